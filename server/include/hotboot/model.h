@@ -1,0 +1,105 @@
+// The reference model runtime: a Llama-architecture decoder (token embedding,
+// RMSNorm, RoPE attention with a KV cache, SwiGLU MLP, greedy decoding) on the
+// kernels in kernels/. Weights come from a safetensors file written by
+// hotboot-mkmodel (bf16 or fp16), converted and repacked into the kernels'
+// layout at load time.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "hotboot/status.h"
+
+namespace hotboot {
+
+struct ModelConfig {
+  int dim = 0;
+  int n_layers = 0;
+  int n_heads = 0;
+  int n_kv_heads = 0;
+  int hidden_dim = 0;
+  int vocab_size = 0;
+  int max_seq_len = 0;
+  float rope_theta = 10000.f;
+  float norm_eps = 1e-5f;
+  bool tied_embeddings = false;
+  std::string dtype;  // "bf16" | "fp16": how the file stores weights
+  uint64_t seed = 0;  // the generator's seed, for provenance only
+};
+
+// Byte-level BPE: ids 0..255 are raw bytes, then specials, then merges.
+// Encode(Decode(x)) is not required to be x, but Decode(Encode(s)) == s for
+// every byte string s (including invalid UTF-8).
+class Tokenizer {
+ public:
+  virtual ~Tokenizer() = default;
+  virtual std::vector<int32_t> Encode(std::string_view text) const = 0;
+  virtual std::string Decode(std::span<const int32_t> ids) const = 0;
+  virtual int32_t bos() const = 0;
+  virtual int32_t eos() const = 0;
+  virtual int32_t vocab_size() const = 0;
+};
+
+// Phase timings of a boot, in milliseconds; exported by /metrics.
+struct LoadTimings {
+  double read_ms = 0;     // reading the file
+  double convert_ms = 0;  // dtype conversion + repacking into kernel layout
+  double tune_ms = 0;     // kernel plan autotuning for the model's shapes
+};
+
+struct LoadOptions {
+  int threads = 0;  // 0: all cores
+};
+
+struct GenerateRequest {
+  std::vector<int32_t> prompt;  // already tokenized, BOS included by the caller
+  int max_tokens = 16;
+};
+
+struct GenerateResult {
+  std::vector<int32_t> tokens;  // generated ids only (prompt excluded), stops at EOS
+  double prefill_ms = 0;
+  double decode_ms = 0;
+};
+
+class Model {
+ public:
+  virtual ~Model() = default;
+
+  // Reads, validates (shapes, dtypes, config in __metadata__) and repacks.
+  static Result<std::unique_ptr<Model>> Load(const std::string& path, const LoadOptions& opts,
+                                             LoadTimings* timings);
+
+  virtual const ModelConfig& config() const = 0;
+  virtual const Tokenizer& tokenizer() const = 0;
+
+  // Greedy decoding for a batch of independent sequences (1..8), processed
+  // together (one weight pass per step for the whole batch). Deterministic:
+  // the same prompts give the same tokens on every call, in every process.
+  virtual Result<std::vector<GenerateResult>> Generate(
+      const std::vector<GenerateRequest>& batch) = 0;
+
+  // Measures the kernels' variants on this model's shapes for the given batch
+  // sizes and fixes the fastest per shape (the "compiled plan"). Real work that
+  // a cold boot pays and a snapshot saves.
+  virtual Status Tune(std::span<const int> batch_sizes) = 0;
+  // Human-readable description of the chosen plan (part of the digest).
+  virtual std::string PlanDescription() const = 0;
+
+  // xxh3-128 (hex) over the repacked weights, the config and the plan.
+  // Identical before capture and after restore; differs if any weight byte does.
+  virtual std::string Digest() const = 0;
+
+  // Frees KV caches and scratch buffers (before capture); they are re-created
+  // lazily by the next Generate.
+  virtual void ReleaseScratch() = 0;
+
+  virtual uint64_t parameter_count() const = 0;
+  virtual uint64_t weight_bytes() const = 0;  // resident, in kernel layout
+};
+
+}  // namespace hotboot
