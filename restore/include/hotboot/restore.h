@@ -1,0 +1,82 @@
+// Restore: check that a snapshot can run here (before touching anything),
+// unpack it with every chunk verified, CRIU-restore the replica, run its
+// after-restore hook, and report it ready only after readiness verification:
+// the warm-state digest matches the build's and the canary answers the same
+// tokens within the warm latency bound recorded at build.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "hotboot/criu.h"
+#include "hotboot/host_info.h"
+#include "hotboot/replica.h"
+#include "hotboot/status.h"
+
+namespace hotboot {
+
+struct CompatProblem {
+  std::string what;  // "cpu", "kernel", "criu", "file", "arch", "port"
+  std::string detail;
+};
+
+// Everything that makes the snapshot unusable on `host` with `criu_version`
+// (empty when it fits). Reads only the manifest and the local filesystem.
+std::vector<CompatProblem> CheckCompatibility(const nlohmann::json& manifest, const HostInfo& host,
+                                              const std::string& criu_version);
+std::string DescribeProblems(const std::vector<CompatProblem>& problems);
+
+// True when host:port can be bound now.
+bool PortAvailable(const std::string& host, int port);
+
+struct RestoreOptions {
+  std::string snapshot_path;
+  std::string host = "127.0.0.1";
+  int port = 0;
+  // Where the replica's log (fd 2) goes. Empty: a pipe to us (the caller
+  // pumps it through on_server_log); required for a detached replica.
+  std::string log_file;
+  std::string work_root;  // where images are unpacked; default $TMPDIR or /tmp
+  std::chrono::milliseconds verify_timeout{std::chrono::minutes(2)};
+  uint64_t seed = 0;          // 0: random
+  std::string instance;       // empty: generated
+  int threads = 0;            // unpack threads; 0: all cores
+  bool skip_latency_check = false;
+};
+
+struct RestoreEvents {
+  std::function<void(const std::string& phase)> on_phase;
+  LogSink on_server_log;
+};
+
+struct RestoreResult {
+  std::unique_ptr<Replica> replica;
+  int port = 0;
+  std::string instance;
+  std::string digest;
+  double time_to_ready_ms = 0;
+  double canary_latency_ms = 0;
+  nlohmann::json timings_ms = nlohmann::json::object();
+  bool cold = false;  // true when this is a cold boot fallback
+};
+
+// Fails with Code::kIncompatible (and touches nothing) when the snapshot
+// cannot run here; with kCorrupt/kTruncated when its bytes are bad.
+Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, const RestoreEvents& ev);
+
+// Boots the server recorded in the snapshot's manifest cold, on opts.port,
+// and waits until it is warm: the fallback when the snapshot cannot be used.
+Result<RestoreResult> ColdBootFromManifest(const nlohmann::json& manifest, const RestoreOptions& opts,
+                                           const RestoreEvents& ev);
+
+// Replaces "--port N" (or appends it) in a server command line.
+std::vector<std::string> WithPort(std::vector<std::string> command, int port);
+
+}  // namespace hotboot

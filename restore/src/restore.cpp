@@ -1,0 +1,223 @@
+#include <signal.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+#include <chrono>
+#include <filesystem>
+#include <random>
+
+#include "hotboot/http_client.h"
+#include "hotboot/restore.h"
+#include "hotboot/snapshot_file.h"
+
+namespace hotboot {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double MsSince(Clock::time_point t) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
+}
+
+std::string NewInstanceId(std::mt19937_64& rng) {
+  static const char* kHex = "0123456789abcdef";
+  std::string id = "r-";
+  for (int i = 0; i < 12; ++i) id += kHex[rng() % 16];
+  return id;
+}
+
+class TempDir {
+ public:
+  static Result<TempDir> Make(const std::string& root) {
+    std::string base = root;
+    if (base.empty()) {
+      const char* t = std::getenv("TMPDIR");
+      base = t && *t ? t : "/tmp";
+    }
+    RemoveStale(base);
+    std::string tmpl = base + "/hotboot-restore." + std::to_string(::getpid()) + ".XXXXXX";
+    std::vector<char> buf(tmpl.begin(), tmpl.end());
+    buf.push_back('\0');
+    if (!::mkdtemp(buf.data())) return ErrnoError("mkdtemp " + tmpl, errno);
+    return TempDir(buf.data());
+  }
+  TempDir(TempDir&& o) noexcept : path_(std::move(o.path_)) { o.path_.clear(); }
+  ~TempDir() {
+    if (path_.empty()) return;
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  // Work dirs of restores that were killed (their PID is gone).
+  static void RemoveStale(const std::string& base) {
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(base, ec)) {
+      std::string name = e.path().filename().string();
+      if (name.rfind("hotboot-restore.", 0) != 0) continue;
+      long pid = std::strtol(name.c_str() + 16, nullptr, 10);
+      if (pid > 0 && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) fs::remove_all(e.path(), ec);
+    }
+  }
+  explicit TempDir(std::string p) : path_(std::move(p)) {}
+  std::string path_;
+};
+
+// The readiness verification: the digest of the warm state must match the
+// build's, and the canary must give the same tokens within the bound.
+Status VerifyReplica(const json& manifest, const RestoreOptions& opts, const std::string& digest,
+                     double* canary_ms) {
+  const json warm = manifest.value("warm", json::object());
+  const std::string want = warm.value("digest", "");
+  if (want.empty()) return Corrupt("manifest records no warm-state digest");
+  if (digest != want) {
+    return FailedPrecondition("warm-state digest after restore is " + digest + ", the build recorded " +
+                              want + ": the restored weights/config/plan differ");
+  }
+  const json canary = warm.value("canary", json::object());
+  json req = {{"prompt", canary.value("prompt", "")}, {"max_tokens", canary.value("max_tokens", 16)}};
+  HB_ASSIGN_OR_RETURN(HttpResponse r, HttpRequest(opts.host, opts.port, "POST", "/v1/generate",
+                                                  req.dump(), opts.verify_timeout));
+  if (r.status != 200) {
+    return FailedPrecondition("canary request answered HTTP " + std::to_string(r.status) + ": " +
+                              r.body.substr(0, 200));
+  }
+  json got = json::parse(r.body, nullptr, false);
+  if (!got.is_object() || got.value("tokens", json()) != canary.value("tokens", json())) {
+    return FailedPrecondition("canary answer differs from the build's: expected tokens " +
+                              canary.value("tokens", json()).dump() + ", got " +
+                              (got.is_object() ? got.value("tokens", json()).dump() : r.body.substr(0, 200)));
+  }
+  *canary_ms = r.elapsed_ms;
+  const double bound = canary.value("latency_bound_ms", 0.0);
+  if (!opts.skip_latency_check && bound > 0 && r.elapsed_ms > bound) {
+    return FailedPrecondition("canary answered correctly but in " + std::to_string(r.elapsed_ms) +
+                              " ms, over the warm bound of " + std::to_string(bound) +
+                              " ms recorded at build: this replica is not warm");
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, const RestoreEvents& ev) {
+  auto phase = [&](const std::string& p) {
+    if (ev.on_phase) ev.on_phase(p);
+  };
+  const auto t0 = Clock::now();
+  RestoreResult res;
+
+  phase("open");
+  HB_ASSIGN_OR_RETURN(auto reader, snapfile::SnapshotReader::Open(opts.snapshot_path));
+  json manifest = json::parse(reader->manifest_json(), nullptr, false);
+  if (!manifest.is_object() || manifest.value("format", "") != "hotboot-snapshot-manifest") {
+    return Corrupt(opts.snapshot_path + ": manifest is not a hotboot snapshot manifest");
+  }
+
+  phase("check");
+  auto criu_version = criu.Version();
+  auto problems = CheckCompatibility(manifest, ReadHostInfo(), criu_version.ok() ? *criu_version : "");
+  if (!problems.empty()) {
+    return Incompatible("snapshot " + opts.snapshot_path + " cannot be restored on this host:" +
+                        DescribeProblems(problems));
+  }
+  if (opts.port <= 0 || opts.port > 65535) return InvalidArgument("--port must be 1..65535");
+  if (!PortAvailable(opts.host, opts.port)) {
+    return FailedPrecondition("port " + std::to_string(opts.port) + " on " + opts.host +
+                              " is already in use; pick a free --port");
+  }
+  res.timings_ms["check"] = MsSince(t0);
+
+  phase("unpack");
+  const auto tu = Clock::now();
+  HB_ASSIGN_OR_RETURN(TempDir work, TempDir::Make(opts.work_root));
+  const std::string images = work.path() + "/images";
+  fs::create_directories(images);
+  HB_RETURN_IF_ERROR(reader->ExtractTo(images, "criu/", opts.threads));
+  res.timings_ms["unpack"] = MsSince(tu);
+
+  phase("criu-restore");
+  const auto tr = Clock::now();
+  const json proc = manifest.value("process", json::object());
+  std::vector<std::string> keys = proc.value("fd_keys", std::vector<std::string>{});
+  HB_ASSIGN_OR_RETURN(ReplicaPipes pipes, MakeReplicaPipes(opts.log_file));
+  CriuRestoreOptions ro;
+  ro.images_dir = images;
+  ro.work_dir = work.path();
+  for (size_t fd = 0; fd < keys.size() && fd < 3; ++fd) {
+    if (keys[fd].rfind("pipe:", 0) == 0) ro.inherit_fds.emplace_back(pipes.child_fds[fd], keys[fd]);
+  }
+  auto pid = criu.Restore(ro);
+  pipes.CloseChildEnds();
+  if (!pid.ok()) {
+    pipes.CloseAll();
+    return pid.status().Prefixed("CRIU restore");
+  }
+  auto replica = std::make_unique<Replica>(*pid, pipes.control_write, pipes.control_read,
+                                           pipes.log_read, ev.on_server_log);
+  res.timings_ms["criu_restore"] = MsSince(tr);
+
+  phase("after-restore");
+  const auto ta = Clock::now();
+  std::mt19937_64 rng(opts.seed ? opts.seed : std::random_device{}());
+  const uint64_t seed = rng();
+  res.instance = opts.instance.empty() ? NewInstanceId(rng) : opts.instance;
+  json cmd = {{"cmd", "after_restore"}, {"port", opts.port}, {"host", opts.host},
+              {"instance", res.instance}, {"seed", seed}};
+  auto reply = replica->Call(cmd, opts.verify_timeout);
+  if (!reply.ok()) return reply.status().Prefixed("after_restore hook");
+  res.digest = reply->value("digest", "");
+  res.timings_ms["after_restore"] = MsSince(ta);
+
+  phase("verify");
+  const auto tv = Clock::now();
+  HB_RETURN_IF_ERROR(VerifyReplica(manifest, opts, res.digest, &res.canary_latency_ms)
+                         .Prefixed("readiness verification failed"));
+  auto ready = replica->Call({{"cmd", "mark_ready"}}, opts.verify_timeout);
+  if (!ready.ok()) return ready.status().Prefixed("mark_ready");
+  HB_ASSIGN_OR_RETURN(HttpResponse rz, HttpRequest(opts.host, opts.port, "GET", "/readyz", "", opts.verify_timeout));
+  if (rz.status != 200) {
+    return FailedPrecondition("replica passed verification but /readyz answers " + std::to_string(rz.status));
+  }
+  res.timings_ms["verify"] = MsSince(tv);
+  res.time_to_ready_ms = MsSince(t0);
+  res.timings_ms["total"] = res.time_to_ready_ms;
+  res.port = opts.port;
+  res.replica = std::move(replica);
+  phase("ready");
+  return res;
+}
+
+Result<RestoreResult> ColdBootFromManifest(const json& manifest, const RestoreOptions& opts,
+                                           const RestoreEvents& ev) {
+  const auto t0 = Clock::now();
+  std::vector<std::string> cmd =
+      manifest.value("process", json::object()).value("command", std::vector<std::string>{});
+  if (cmd.empty()) return FailedPrecondition("the manifest records no server command to boot cold");
+  if (!PortAvailable(opts.host, opts.port)) {
+    return FailedPrecondition("port " + std::to_string(opts.port) + " is already in use; pick a free --port");
+  }
+  if (ev.on_phase) ev.on_phase("cold-boot");
+  LaunchOptions lo;
+  lo.argv = WithPort(cmd, opts.port);
+  lo.log_file = opts.log_file;
+  lo.new_pid_namespace = false;
+  HB_ASSIGN_OR_RETURN(auto replica, LaunchReplica(lo, ev.on_server_log));
+  auto warm = replica->WaitForState("warm", std::chrono::minutes(10));
+  if (!warm.ok()) return warm.status().Prefixed("cold boot");
+  RestoreResult res;
+  res.cold = true;
+  res.port = opts.port;
+  res.instance = warm->value("instance", "");
+  res.time_to_ready_ms = MsSince(t0);
+  res.timings_ms["total"] = res.time_to_ready_ms;
+  res.replica = std::move(replica);
+  return res;
+}
+
+}  // namespace hotboot

@@ -1,0 +1,68 @@
+// The builder: launch a server, wait until it is warm, record the canary,
+// quiesce it, dump it with CRIU and pack everything into one snapshot file.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "hotboot/criu.h"
+#include "hotboot/replica.h"
+#include "hotboot/status.h"
+
+namespace hotboot {
+
+struct PromptSpec {
+  std::string prompt;
+  int max_tokens = 16;
+  int iterations = 1;
+};
+
+struct BuildSpec {
+  // The server command; it must speak the control protocol on stdio
+  // (server/CONTROL.md), e.g. hotboot-server ... --control-stdio.
+  std::vector<std::string> command;
+  std::string host = "127.0.0.1";
+  std::chrono::milliseconds ready_timeout{std::chrono::minutes(10)};
+  std::chrono::milliseconds request_timeout{std::chrono::minutes(2)};
+  // Extra warmup run by the builder once the server is warm (the server runs
+  // its own warmup before it reports warm).
+  std::vector<PromptSpec> warmup;
+  PromptSpec canary{"The quick brown fox", 16, 3};
+  int zstd_level = 3;
+  std::string criu_binary;
+  // Free-form provenance copied into the manifest (model path, preset...).
+  nlohmann::json labels = nlohmann::json::object();
+
+  static Result<BuildSpec> FromJson(const nlohmann::json& j);
+};
+
+struct BuildEvents {
+  std::function<void(const std::string& phase)> on_phase;  // "launch", "ready", ...
+  LogSink on_server_log;
+  std::function<void(uint64_t done, uint64_t total)> on_pack_progress;
+};
+
+struct BuildResult {
+  std::string path;
+  nlohmann::json manifest;
+  uint64_t file_size = 0;
+  uint64_t images_bytes = 0;  // raw CRIU image size
+};
+
+// Writes out_path atomically: a failed or killed build leaves no file there.
+Result<BuildResult> BuildSnapshot(const BuildSpec& spec, const std::string& out_path, Criu& criu,
+                                  const BuildEvents& events);
+
+// Removes work directories and temporary snapshot files that builds killed
+// earlier left next to out_path (their owner PID no longer runs).
+void RemoveStaleBuildFiles(const std::string& out_path);
+
+// Manifest format marker and the version of the manifest schema.
+inline constexpr const char* kManifestFormat = "hotboot-snapshot-manifest";
+inline constexpr int kManifestVersion = 1;
+
+}  // namespace hotboot

@@ -1,0 +1,104 @@
+// A replica process as the builder and the restorer see it: a PID, the pipes
+// wired to its fds 0-2, and the JSON-lines control channel over fds 0 and 1
+// (server/CONTROL.md). Logs (fd 2) are pumped to a sink by a thread.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "hotboot/status.h"
+
+namespace hotboot {
+
+using LogSink = std::function<void(const std::string& line)>;
+
+struct LaunchOptions {
+  std::vector<std::string> argv;  // argv[0] is a path to the executable
+  bool new_pid_namespace = true;  // so restored PIDs never collide
+  std::string cwd = "/";
+  // When set, fd 2 goes to this file instead of a pipe to us.
+  std::string log_file;
+};
+
+class Replica {
+ public:
+  // Adopts a running process (a child of ours) and our ends of its pipes.
+  Replica(pid_t pid, int control_write_fd, int control_read_fd, int log_read_fd, LogSink sink);
+  ~Replica();  // kills the process if it is still ours and running (see Release)
+  Replica(const Replica&) = delete;
+  Replica& operator=(const Replica&) = delete;
+
+  pid_t pid() const { return pid_; }
+
+  // Sends one command and waits for its reply ({"reply": cmd, ...}); events
+  // seen meanwhile are recorded. An {"ok": false} reply becomes an error.
+  Result<nlohmann::json> Call(const nlohmann::json& cmd, std::chrono::milliseconds timeout);
+  // Waits for {"event":"state","state":state}; fails early when the process
+  // exits or reports state "failed".
+  Result<nlohmann::json> WaitForState(const std::string& state, std::chrono::milliseconds timeout);
+
+  // The last log lines (for error messages).
+  std::string LogTail(size_t lines = 12) const;
+  // True and the wait status when the process has exited (reaps it).
+  std::optional<int> Exited();
+  // SIGKILL and reap.
+  void Kill();
+  // Forget the process: the destructor will not kill it (detached replica).
+  void Release() { owned_ = false; }
+  // Closes our end of the control channel (the server then keeps serving or
+  // exits, per CONTROL.md) and stops pumping logs.
+  void CloseChannel();
+  // Blocks until the process exits; returns its wait status.
+  int Wait();
+
+  // Keys of fds 0,1,2 as CRIU names them from inside ("pipe:[123]"), read
+  // from /proc before the dump.
+  Result<std::vector<std::string>> FdKeys() const;
+
+ private:
+  Result<nlohmann::json> ReadUntil(const std::function<bool(const nlohmann::json&)>& want,
+                                   std::chrono::milliseconds timeout, const std::string& what);
+  std::string DescribeExit(int wstatus) const;
+
+  pid_t pid_;
+  int ctl_w_;
+  int ctl_r_;
+  int log_r_;
+  bool owned_ = true;
+  std::optional<int> exit_status_;
+  std::string read_buf_;
+  LogSink sink_;
+  mutable std::mutex log_mu_;
+  std::deque<std::string> log_tail_;
+  std::thread log_thread_;
+};
+
+// Forks (into a new PID namespace when asked), makes the child a session
+// leader with only fds 0-2 (control in, control out, log), and execs argv.
+Result<std::unique_ptr<Replica>> LaunchReplica(const LaunchOptions& opts, LogSink sink);
+
+// Creates pipes for a restored replica's fds 0-2. `fds_for_child` are the
+// ends the restored process inherits (in fd order 0,1,2); close them after
+// the restore. When log_file is set, fd 2 is that file instead of a pipe.
+struct ReplicaPipes {
+  int child_fds[3] = {-1, -1, -1};
+  int control_write = -1;
+  int control_read = -1;
+  int log_read = -1;
+  void CloseChildEnds();
+  void CloseAll();
+};
+Result<ReplicaPipes> MakeReplicaPipes(const std::string& log_file);
+
+}  // namespace hotboot

@@ -1,0 +1,274 @@
+#include "hotboot/builder.h"
+
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <ctime>
+#include <filesystem>
+
+#include "hotboot/host_info.h"
+#include "hotboot/http_client.h"
+#include "hotboot/snapshot_file.h"
+
+namespace hotboot {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double MsSince(Clock::time_point t) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
+}
+
+std::string NowUtc() {
+  std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+const std::string kWorkPrefix = ".hotboot-build.";
+
+std::string WorkDirFor(const std::string& out_path) {
+  fs::path out(out_path);
+  fs::path dir = out.has_parent_path() ? out.parent_path() : fs::path(".");
+  return (dir / (kWorkPrefix + out.filename().string() + "." + std::to_string(::getpid()))).string();
+}
+
+bool PidAlive(pid_t pid) { return pid > 0 && (::kill(pid, 0) == 0 || errno == EPERM); }
+
+// Generates once, checks the answer, and returns the parsed reply.
+Result<json> Generate(const BuildSpec& spec, int port, const PromptSpec& p) {
+  json req = {{"prompt", p.prompt}, {"max_tokens", p.max_tokens}};
+  HB_ASSIGN_OR_RETURN(HttpResponse r,
+                      HttpRequest(spec.host, port, "POST", "/v1/generate", req.dump(), spec.request_timeout));
+  if (r.status != 200) {
+    return FailedPrecondition("POST /v1/generate answered " + std::to_string(r.status) + ": " + r.body);
+  }
+  json j = json::parse(r.body, nullptr, false);
+  if (!j.is_object() || !j.contains("tokens") || !j.contains("text")) {
+    return Corrupt("POST /v1/generate answered a body without text/tokens: " + r.body.substr(0, 200));
+  }
+  j["client_latency_ms"] = r.elapsed_ms;
+  return j;
+}
+
+class WorkDir {
+ public:
+  explicit WorkDir(std::string path) : path_(std::move(path)) {}
+  ~WorkDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+}  // namespace
+
+Result<BuildSpec> BuildSpec::FromJson(const json& j) {
+  BuildSpec s;
+  if (!j.is_object()) return InvalidArgument("build spec must be a JSON object");
+  try {
+    if (j.contains("command")) s.command = j.at("command").get<std::vector<std::string>>();
+    s.host = j.value("host", s.host);
+    if (j.contains("ready_timeout_s")) s.ready_timeout = std::chrono::seconds(j.at("ready_timeout_s").get<int>());
+    if (j.contains("request_timeout_s")) s.request_timeout = std::chrono::seconds(j.at("request_timeout_s").get<int>());
+    auto prompt = [](const json& p) {
+      PromptSpec ps;
+      ps.prompt = p.at("prompt").get<std::string>();
+      ps.max_tokens = p.value("max_tokens", 16);
+      ps.iterations = p.value("iterations", 1);
+      return ps;
+    };
+    if (j.contains("warmup")) {
+      for (const auto& p : j.at("warmup")) s.warmup.push_back(prompt(p));
+    }
+    if (j.contains("canary")) s.canary = prompt(j.at("canary"));
+    s.zstd_level = j.value("zstd_level", s.zstd_level);
+    if (j.contains("labels")) s.labels = j.at("labels");
+  } catch (const json::exception& e) {
+    return InvalidArgument(std::string("build spec: ") + e.what());
+  }
+  if (s.canary.max_tokens < 1 || s.canary.iterations < 2) {
+    return InvalidArgument("build spec: canary needs max_tokens >= 1 and iterations >= 2");
+  }
+  return s;
+}
+
+void RemoveStaleBuildFiles(const std::string& out_path) {
+  fs::path out(out_path);
+  fs::path dir = out.has_parent_path() ? out.parent_path() : fs::path(".");
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    std::string name = e.path().filename().string();
+    std::string base = out.filename().string();
+    std::string pid_part;
+    if (name.rfind(kWorkPrefix + base + ".", 0) == 0) {
+      pid_part = name.substr(kWorkPrefix.size() + base.size() + 1);
+    } else if (name.rfind(base + ".tmp.", 0) == 0) {
+      pid_part = name.substr(base.size() + 5);
+    } else {
+      continue;
+    }
+    char* end = nullptr;
+    long pid = std::strtol(pid_part.c_str(), &end, 10);
+    if (end == pid_part.c_str() || *end != '\0' || PidAlive(static_cast<pid_t>(pid))) continue;
+    fs::remove_all(e.path(), ec);
+  }
+}
+
+Result<BuildResult> BuildSnapshot(const BuildSpec& spec, const std::string& out_path, Criu& criu,
+                                  const BuildEvents& ev) {
+  auto phase = [&](const std::string& p) {
+    if (ev.on_phase) ev.on_phase(p);
+  };
+  if (spec.command.empty()) return InvalidArgument("no server command to build a snapshot of");
+  const auto t0 = Clock::now();
+  HB_ASSIGN_OR_RETURN(std::string criu_version, criu.Version());
+
+  RemoveStaleBuildFiles(out_path);
+  WorkDir work(WorkDirFor(out_path));
+  std::error_code ec;
+  fs::create_directories(fs::path(work.path()) / "images", ec);
+  if (ec) return IoError("create work dir " + work.path() + ": " + ec.message());
+  const std::string images = work.path() + "/images";
+
+  phase("launch");
+  LaunchOptions lo;
+  lo.argv = spec.command;
+  HB_ASSIGN_OR_RETURN(auto replica, LaunchReplica(lo, ev.on_server_log));
+
+  phase("wait-ready");
+  auto warm = replica->WaitForState("warm", spec.ready_timeout);
+  if (!warm.ok()) return warm.status().Prefixed("server never became ready");
+  const int port = warm->value("port", 0);
+  const double ready_ms = MsSince(t0);
+  HB_ASSIGN_OR_RETURN(HttpResponse rz, HttpRequest(spec.host, port, "GET", "/readyz", "", spec.request_timeout));
+  if (rz.status != 200) {
+    return FailedPrecondition("server reported warm but GET /readyz answered " + std::to_string(rz.status));
+  }
+
+  phase("warmup");
+  const auto tw = Clock::now();
+  for (const auto& p : spec.warmup) {
+    for (int i = 0; i < p.iterations; ++i) {
+      auto r = Generate(spec, port, p);
+      if (!r.ok()) return r.status().Prefixed("warmup request");
+    }
+  }
+  const double warmup_ms = MsSince(tw);
+
+  phase("canary");
+  json canary;
+  std::vector<double> latencies;
+  for (int i = 0; i < spec.canary.iterations; ++i) {
+    auto r = Generate(spec, port, spec.canary);
+    if (!r.ok()) return r.status().Prefixed("canary request");
+    latencies.push_back((*r)["client_latency_ms"].get<double>());
+    if (i == 0) {
+      canary = *r;
+    } else if ((*r)["tokens"] != canary["tokens"]) {
+      return FailedPrecondition("the server is not deterministic: the canary prompt gave different tokens on repeat (" +
+                                canary["tokens"].dump() + " vs " + (*r)["tokens"].dump() + ")");
+    }
+  }
+  std::vector<double> steady(latencies.begin() + 1, latencies.end());
+  std::sort(steady.begin(), steady.end());
+  const double warm_latency = steady[steady.size() / 2];
+  // The first request after a restore pays cold CPU caches and page-table
+  // warmup that a warm replica does not; allow a margin, not an order.
+  const double bound = std::max(3.0 * warm_latency, warm_latency + 200.0);
+
+  phase("quiesce");
+  const auto tq = Clock::now();
+  HB_ASSIGN_OR_RETURN(json frozen, replica->Call({{"cmd", "before_capture"}}, spec.request_timeout));
+  const double quiesce_ms = MsSince(tq);
+  HB_ASSIGN_OR_RETURN(std::vector<std::string> keys, replica->FdKeys());
+  HB_ASSIGN_OR_RETURN(std::vector<MappedFile> files, MappedFiles(replica->pid()));
+
+  phase("dump");
+  const auto td = Clock::now();
+  CriuDumpOptions dopt;
+  dopt.pid = replica->pid();
+  dopt.images_dir = images;
+  for (const auto& k : keys) {
+    if (k.rfind("pipe:", 0) == 0) dopt.externals.push_back(k);
+  }
+  Status dumped = criu.Dump(dopt);
+  if (!dumped.ok()) return dumped.Prefixed("CRIU dump");
+  replica->Wait();  // CRIU ends the dumped tree
+  const double dump_ms = MsSince(td);
+
+  HostInfo host = ReadHostInfo();
+  json jfiles = json::array();
+  for (const auto& f : files) jfiles.push_back({{"path", f.path}, {"size", f.size}});
+  uint64_t images_bytes = 0;
+  for (const auto& e : fs::recursive_directory_iterator(images, ec)) {
+    if (e.is_regular_file()) images_bytes += e.file_size();
+  }
+
+  json manifest = {
+      {"format", kManifestFormat},
+      {"manifest_version", kManifestVersion},
+      {"tool_version", HOTBOOT_VERSION},
+      {"created_at", NowUtc()},
+      {"mode", "cooperative"},
+      {"host", ToJson(host)},
+      {"criu", {{"version", criu_version}, {"images_bytes", images_bytes}, {"log_level", dopt.log_level}}},
+      {"process",
+       {{"command", spec.command},
+        {"cwd", lo.cwd},
+        {"pid_namespace", lo.new_pid_namespace},
+        {"fd_keys", keys},
+        {"mapped_files", jfiles}}},
+      {"server", {{"host", spec.host}, {"build_port", port}, {"instance", frozen.value("instance", "")}}},
+      {"warm",
+       {{"digest", frozen.value("digest", "")},
+        {"canary",
+         {{"prompt", spec.canary.prompt},
+          {"max_tokens", spec.canary.max_tokens},
+          {"tokens", canary["tokens"]},
+          {"text", canary["text"]},
+          {"first_latency_ms", latencies.front()},
+          {"warm_latency_ms", warm_latency},
+          {"latency_bound_ms", bound}}}}},
+      {"timings_ms",
+       {{"launch_to_warm", ready_ms},
+        {"builder_warmup", warmup_ms},
+        {"quiesce", quiesce_ms},
+        {"criu_dump", dump_ms}}},
+      {"labels", spec.labels},
+  };
+
+  phase("pack");
+  const auto tp = Clock::now();
+  HB_ASSIGN_OR_RETURN(auto sections, snapfile::SectionsFromDirectory(images, "criu"));
+  // Sections carry the pack timing only via the manifest's own field below;
+  // the pack time is known after writing and is reported in BuildResult.
+  snapfile::WriteOptions wo;
+  wo.zstd_level = spec.zstd_level;
+  manifest["timings_ms"]["total_before_pack"] = MsSince(t0);
+  HB_RETURN_IF_ERROR(snapfile::WriteSnapshot(out_path, manifest.dump(), sections, wo, ev.on_pack_progress));
+  manifest["timings_ms"]["pack"] = MsSince(tp);
+
+  BuildResult res;
+  res.path = out_path;
+  res.manifest = manifest;
+  res.images_bytes = images_bytes;
+  struct stat st{};
+  if (::stat(out_path.c_str(), &st) == 0) res.file_size = static_cast<uint64_t>(st.st_size);
+  phase("done");
+  return res;
+}
+
+}  // namespace hotboot

@@ -1,0 +1,73 @@
+#include "hotboot/http_client.h"
+
+#include <boost/asio/connect.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+
+namespace hotboot {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = asio::ip::tcp;
+
+Result<HttpResponse> HttpRequest(const std::string& host, int port, const std::string& method,
+                                 const std::string& target, const std::string& body,
+                                 std::chrono::milliseconds timeout) {
+  const auto start = std::chrono::steady_clock::now();
+  asio::io_context ioc;
+  beast::tcp_stream stream(ioc);
+  boost::system::error_code addr_ec;
+  auto addr = asio::ip::make_address(host, addr_ec);
+  if (addr_ec) return InvalidArgument("bad host address '" + host + "': " + addr_ec.message());
+  tcp::endpoint ep(addr, static_cast<unsigned short>(port));
+
+  http::request<http::string_body> req{http::string_to_verb(method), target, 11};
+  req.set(http::field::host, host + ":" + std::to_string(port));
+  req.set(http::field::user_agent, "hotboot/" HOTBOOT_VERSION);
+  req.set(http::field::connection, "close");
+  if (!body.empty()) {
+    req.set(http::field::content_type, "application/json");
+    req.body() = body;
+  }
+  req.prepare_payload();
+
+  beast::flat_buffer buffer;
+  http::response_parser<http::string_body> parser;
+  parser.body_limit(64u << 20);
+  boost::system::error_code result_ec;
+  const char* stage = "connect";
+
+  stream.expires_after(timeout);
+  stream.async_connect(ep, [&](boost::system::error_code ec) {
+    if (ec) { result_ec = ec; return; }
+    stage = "send";
+    http::async_write(stream, req, [&](boost::system::error_code ec, size_t) {
+      if (ec) { result_ec = ec; return; }
+      stage = "read";
+      http::async_read(stream, buffer, parser, [&](boost::system::error_code ec, size_t) {
+        result_ec = ec;
+      });
+    });
+  });
+  ioc.run();
+  boost::system::error_code ignored;
+  stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
+
+  const std::string where = method + " http://" + host + ":" + std::to_string(port) + target;
+  if (result_ec == beast::error::timeout) {
+    return Timeout(where + ": no answer within " + std::to_string(timeout.count()) + " ms (" +
+                   stage + ")");
+  }
+  if (result_ec) return IoError(where + ": " + stage + ": " + result_ec.message());
+  HttpResponse out;
+  out.status = static_cast<int>(parser.get().result_int());
+  out.body = std::move(parser.get().body());
+  out.elapsed_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  return out;
+}
+
+}  // namespace hotboot

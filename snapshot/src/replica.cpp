@@ -1,0 +1,314 @@
+#include "hotboot/replica.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <climits>
+#include <cstring>
+
+namespace hotboot {
+
+using json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+void CloseFd(int& fd) {
+  if (fd >= 0) ::close(fd);
+  fd = -1;
+}
+
+void PumpLogs(int fd, LogSink sink, std::mutex* mu, std::deque<std::string>* tail) {
+  std::string buf;
+  char chunk[4096];
+  auto emit = [&](std::string line) {
+    {
+      std::lock_guard lock(*mu);
+      tail->push_back(line);
+      if (tail->size() > 64) tail->pop_front();
+    }
+    if (sink) sink(line);
+  };
+  for (;;) {
+    ssize_t n = ::read(fd, chunk, sizeof chunk);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    buf.append(chunk, static_cast<size_t>(n));
+    size_t pos;
+    while ((pos = buf.find('\n')) != std::string::npos) {
+      emit(buf.substr(0, pos));
+      buf.erase(0, pos + 1);
+    }
+  }
+  if (!buf.empty()) emit(buf);
+}
+
+}  // namespace
+
+Replica::Replica(pid_t pid, int control_write_fd, int control_read_fd, int log_read_fd,
+                 LogSink sink)
+    : pid_(pid), ctl_w_(control_write_fd), ctl_r_(control_read_fd), log_r_(log_read_fd),
+      sink_(std::move(sink)) {
+  if (log_r_ >= 0) {
+    log_thread_ = std::thread(PumpLogs, log_r_, sink_, &log_mu_, &log_tail_);
+  }
+}
+
+Replica::~Replica() {
+  if (owned_) Kill();
+  CloseChannel();
+}
+
+void Replica::CloseChannel() {
+  CloseFd(ctl_w_);
+  CloseFd(ctl_r_);
+  if (log_thread_.joinable()) {
+    // The pump ends when every writer of the log pipe is gone; a detached
+    // replica keeps writing, so do not wait for it.
+    if (owned_) {
+      log_thread_.join();
+    } else {
+      log_thread_.detach();
+    }
+  }
+  if (owned_) CloseFd(log_r_);
+}
+
+std::string Replica::LogTail(size_t lines) const {
+  std::lock_guard lock(log_mu_);
+  std::string out;
+  size_t start = log_tail_.size() > lines ? log_tail_.size() - lines : 0;
+  for (size_t i = start; i < log_tail_.size(); ++i) out += "  | " + log_tail_[i] + "\n";
+  return out;
+}
+
+std::optional<int> Replica::Exited() {
+  if (exit_status_) return exit_status_;
+  int st = 0;
+  pid_t r = ::waitpid(pid_, &st, WNOHANG);
+  if (r == pid_) exit_status_ = st;
+  if (r < 0 && errno == ECHILD) exit_status_ = 0;  // not ours any more
+  return exit_status_;
+}
+
+void Replica::Kill() {
+  if (Exited()) return;
+  ::kill(pid_, SIGKILL);
+  Wait();
+}
+
+int Replica::Wait() {
+  while (!exit_status_) {
+    int st = 0;
+    pid_t r = ::waitpid(pid_, &st, 0);
+    if (r == pid_) exit_status_ = st;
+    else if (r < 0 && errno != EINTR) exit_status_ = 0;
+  }
+  return *exit_status_;
+}
+
+std::string Replica::DescribeExit(int st) const {
+  if (WIFEXITED(st)) return "exited with status " + std::to_string(WEXITSTATUS(st));
+  if (WIFSIGNALED(st)) return std::string("was killed by signal ") + strsignal(WTERMSIG(st));
+  return "stopped";
+}
+
+Result<std::vector<std::string>> Replica::FdKeys() const {
+  std::vector<std::string> keys;
+  for (int fd = 0; fd < 3; ++fd) {
+    std::string link = "/proc/" + std::to_string(pid_) + "/fd/" + std::to_string(fd);
+    char buf[PATH_MAX];
+    ssize_t n = ::readlink(link.c_str(), buf, sizeof buf - 1);
+    if (n < 0) return ErrnoError("readlink " + link, errno);
+    keys.emplace_back(buf, static_cast<size_t>(n));
+  }
+  return keys;
+}
+
+Result<json> Replica::ReadUntil(const std::function<bool(const json&)>& want,
+                                std::chrono::milliseconds timeout, const std::string& what) {
+  const auto deadline = Clock::now() + timeout;
+  for (;;) {
+    size_t pos;
+    while ((pos = read_buf_.find('\n')) != std::string::npos) {
+      std::string line = read_buf_.substr(0, pos);
+      read_buf_.erase(0, pos + 1);
+      json msg = json::parse(line, nullptr, /*allow_exceptions=*/false);
+      if (msg.is_discarded() || !msg.is_object()) continue;  // not a control message
+      if (msg.value("event", "") == "state" && msg.value("state", "") == "failed") {
+        return FailedPrecondition("server reported state failed while waiting for " + what +
+                                  ": " + msg.value("error", "(no reason given)") + "\n" +
+                                  LogTail());
+      }
+      if (want(msg)) return msg;
+    }
+    if (ctl_r_ < 0) return FailedPrecondition("control channel is closed");
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    if (left.count() <= 0) {
+      return Timeout("no " + what + " from the server (pid " + std::to_string(pid_) +
+                     ") within " + std::to_string(timeout.count() / 1000.0) + " s; last log:\n" +
+                     LogTail());
+    }
+    pollfd p{ctl_r_, POLLIN, 0};
+    int r = ::poll(&p, 1, static_cast<int>(std::min<long long>(left.count(), 200)));
+    if (r < 0 && errno != EINTR) return ErrnoError("poll control channel", errno);
+    if (r > 0) {
+      char chunk[4096];
+      ssize_t n = ::read(ctl_r_, chunk, sizeof chunk);
+      if (n > 0) {
+        read_buf_.append(chunk, static_cast<size_t>(n));
+        continue;
+      }
+      if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN)) {
+        CloseFd(ctl_r_);
+        // The server closed its end: it is exiting, or it does not speak the protocol.
+        for (int i = 0; i < 20 && !Exited(); ++i) ::poll(nullptr, 0, 50);
+        std::string how = Exited() ? DescribeExit(*Exited()) : "closed its control channel";
+        return FailedPrecondition("server (pid " + std::to_string(pid_) + ") " + how +
+                                  " while waiting for " + what + "; last log:\n" + LogTail());
+      }
+    }
+    if (auto st = Exited()) {
+      return FailedPrecondition("server (pid " + std::to_string(pid_) + ") " + DescribeExit(*st) +
+                                " while waiting for " + what + "; last log:\n" + LogTail());
+    }
+  }
+}
+
+Result<json> Replica::Call(const json& cmd, std::chrono::milliseconds timeout) {
+  if (ctl_w_ < 0) return FailedPrecondition("control channel is closed");
+  std::string line = cmd.dump() + "\n";
+  size_t off = 0;
+  while (off < line.size()) {
+    ssize_t n = ::write(ctl_w_, line.data() + off, line.size() - off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return ErrnoError("write control command to pid " + std::to_string(pid_), errno);
+    off += static_cast<size_t>(n);
+  }
+  const std::string name = cmd.value("cmd", "");
+  HB_ASSIGN_OR_RETURN(json reply, ReadUntil([&](const json& m) { return m.value("reply", "") == name; },
+                                            timeout, "reply to '" + name + "'"));
+  if (!reply.value("ok", false)) {
+    return FailedPrecondition("server refused '" + name + "': " + reply.value("error", "(no reason)"));
+  }
+  return reply;
+}
+
+Result<json> Replica::WaitForState(const std::string& state, std::chrono::milliseconds timeout) {
+  return ReadUntil(
+      [&](const json& m) { return m.value("event", "") == "state" && m.value("state", "") == state; },
+      timeout, "state '" + state + "'");
+}
+
+void ReplicaPipes::CloseChildEnds() {
+  for (int& fd : child_fds) CloseFd(fd);
+}
+
+void ReplicaPipes::CloseAll() {
+  CloseChildEnds();
+  CloseFd(control_write);
+  CloseFd(control_read);
+  CloseFd(log_read);
+}
+
+Result<ReplicaPipes> MakeReplicaPipes(const std::string& log_file) {
+  ReplicaPipes p;
+  int in[2], out[2];
+  if (::pipe2(in, O_CLOEXEC) < 0) return ErrnoError("pipe", errno);
+  if (::pipe2(out, O_CLOEXEC) < 0) {
+    ::close(in[0]); ::close(in[1]);
+    return ErrnoError("pipe", errno);
+  }
+  p.child_fds[0] = in[0];
+  p.control_write = in[1];
+  p.control_read = out[0];
+  p.child_fds[1] = out[1];
+  if (!log_file.empty()) {
+    int fd = ::open(log_file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd < 0) {
+      Status s = ErrnoError("open log file " + log_file, errno);
+      p.CloseAll();
+      return s;
+    }
+    p.child_fds[2] = fd;
+  } else {
+    int err[2];
+    if (::pipe2(err, O_CLOEXEC) < 0) {
+      p.CloseAll();
+      return ErrnoError("pipe", errno);
+    }
+    p.log_read = err[0];
+    p.child_fds[2] = err[1];
+  }
+  return p;
+}
+
+Result<std::unique_ptr<Replica>> LaunchReplica(const LaunchOptions& opts, LogSink sink) {
+  if (opts.argv.empty()) return InvalidArgument("no command to launch");
+  if (::access(opts.argv[0].c_str(), X_OK) != 0) {
+    return ErrnoError("cannot execute " + opts.argv[0], errno);
+  }
+  HB_ASSIGN_OR_RETURN(ReplicaPipes pipes, MakeReplicaPipes(opts.log_file));
+  std::vector<char*> argv;
+  for (const auto& a : opts.argv) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  // An exec failure is reported through this pipe (closed on a successful exec).
+  int errp[2];
+  if (::pipe2(errp, O_CLOEXEC) < 0) {
+    pipes.CloseAll();
+    return ErrnoError("pipe", errno);
+  }
+  unsigned long flags = SIGCHLD | (opts.new_pid_namespace ? CLONE_NEWPID : 0);
+  pid_t pid = static_cast<pid_t>(::syscall(SYS_clone, flags, nullptr, nullptr, nullptr, nullptr));
+  if (pid < 0) {
+    int e = errno;
+    pipes.CloseAll();
+    ::close(errp[0]); ::close(errp[1]);
+    return ErrnoError(opts.new_pid_namespace ? "clone(CLONE_NEWPID) (needs root)" : "fork", e);
+  }
+  if (pid == 0) {
+    // Child: only async-signal-safe calls from here to exec.
+    ::setsid();
+    for (int fd = 0; fd < 3; ++fd) ::dup2(pipes.child_fds[fd], fd);
+    int keep = errp[1];
+    for (int fd = 3; fd < 1024; ++fd) {
+      if (fd != keep) ::close(fd);
+    }
+    sigset_t none;
+    sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
+    if (::chdir(opts.cwd.c_str()) != 0) {
+      int e = errno;
+      (void)!::write(keep, &e, sizeof e);
+      ::_exit(127);
+    }
+    ::execv(argv[0], argv.data());
+    int e = errno;
+    (void)!::write(keep, &e, sizeof e);
+    ::_exit(127);
+  }
+  ::close(errp[1]);
+  pipes.CloseChildEnds();
+  int child_errno = 0;
+  ssize_t n;
+  do {
+    n = ::read(errp[0], &child_errno, sizeof child_errno);
+  } while (n < 0 && errno == EINTR);
+  ::close(errp[0]);
+  if (n == sizeof child_errno) {
+    ::waitpid(pid, nullptr, 0);
+    pipes.CloseAll();
+    return ErrnoError("exec " + opts.argv[0], child_errno);
+  }
+  return std::make_unique<Replica>(pid, pipes.control_write, pipes.control_read, pipes.log_read,
+                                   std::move(sink));
+}
+
+}  // namespace hotboot

@@ -1,0 +1,133 @@
+#include <cstdio>
+#include <fstream>
+#include <memory>
+
+#include "cli_common.h"
+#include "commands.h"
+#include "hotboot/builder.h"
+
+namespace hotboot::cli {
+
+using json = nlohmann::json;
+
+namespace {
+
+struct BuildArgs {
+  std::string out;
+  std::string model;
+  std::string preset = "small";
+  std::string spec_path;
+  std::string server_log;
+  int zstd_level = 3;
+  int ready_timeout_s = 0;
+  bool json_out = false;
+  std::vector<std::string> command;
+};
+
+int RunBuild(const BuildArgs& a) {
+  BuildSpec spec;
+  if (!a.spec_path.empty()) {
+    std::ifstream in(a.spec_path);
+    if (!in) return Fail(NotFound("cannot read build spec " + a.spec_path));
+    json j = json::parse(in, nullptr, false);
+    if (j.is_discarded()) return Fail(InvalidArgument("build spec " + a.spec_path + " is not valid JSON"));
+    auto s = BuildSpec::FromJson(j);
+    if (!s.ok()) return Fail(s.status());
+    spec = std::move(s).value();
+  }
+  if (!a.command.empty()) {
+    spec.command = a.command;
+  } else if (spec.command.empty()) {
+    auto server = FindSibling("hotboot-server");
+    if (!server.ok()) return Fail(server.status());
+    auto model = EnsureModel(a.model, a.preset);
+    if (!model.ok()) return Fail(model.status());
+    spec.command = {*server, "--model", *model, "--port", "0", "--control-stdio"};
+    spec.labels["model"] = *model;
+  }
+  spec.zstd_level = a.zstd_level;
+  if (a.ready_timeout_s > 0) spec.ready_timeout = std::chrono::seconds(a.ready_timeout_s);
+
+  std::unique_ptr<std::ofstream> log_file;
+  if (!a.server_log.empty()) log_file = std::make_unique<std::ofstream>(a.server_log, std::ios::app);
+  Progress pack("packing");
+  const auto t0 = std::chrono::steady_clock::now();
+  BuildEvents ev;
+  ev.on_phase = [&](const std::string& p) {
+    double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    static const std::map<std::string, std::string> kText = {
+        {"launch", "launching the server"},
+        {"wait-ready", "waiting until it is warm (weights loaded, warmup done)"},
+        {"warmup", "running the build spec's warmup"},
+        {"canary", "recording the canary"},
+        {"quiesce", "quiescing (before_capture)"},
+        {"dump", "dumping the process with CRIU"},
+        {"pack", "packing the snapshot"},
+        {"done", "done"}};
+    auto it = kText.find(p);
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "[%6.2fs] ", s);
+    if (p == "done") pack.Finish();
+    Note(buf + (it == kText.end() ? p : it->second));
+  };
+  ev.on_server_log = [&](const std::string& line) {
+    if (log_file) {
+      *log_file << line << '\n';
+    } else if (!Quiet()) {
+      std::fprintf(stderr, "  server | %s\n", line.c_str());
+    }
+  };
+  ev.on_pack_progress = [&](uint64_t d, uint64_t t) { pack.Update(d, t); };
+
+  auto criu = MakeLibCriu();
+  auto r = BuildSnapshot(spec, a.out, *criu, ev);
+  if (!r.ok()) {
+    pack.Finish();
+    int rc = Fail(r.status());
+    std::fprintf(stderr, "hotboot: no snapshot was written to %s\n", a.out.c_str());
+    return rc == kExitCorrupt ? kExitFailure : rc;
+  }
+  const json& m = r->manifest;
+  if (a.json_out) {
+    json out = {{"path", r->path},
+                {"file_bytes", r->file_size},
+                {"criu_images_bytes", r->images_bytes},
+                {"digest", m["warm"]["digest"]},
+                {"timings_ms", m["timings_ms"]},
+                {"canary", m["warm"]["canary"]}};
+    std::printf("%s\n", out.dump(2).c_str());
+  } else {
+    std::printf("snapshot %s: %s (CRIU images %s, %.1f%%), warm in %s, dump %s, pack %s\n",
+                r->path.c_str(), HumanBytes(r->file_size).c_str(), HumanBytes(r->images_bytes).c_str(),
+                r->images_bytes ? 100.0 * r->file_size / r->images_bytes : 0.0,
+                Ms(m["timings_ms"]["launch_to_warm"].get<double>()).c_str(),
+                Ms(m["timings_ms"]["criu_dump"].get<double>()).c_str(),
+                Ms(m["timings_ms"]["pack"].get<double>()).c_str());
+  }
+  return kExitOk;
+}
+
+}  // namespace
+
+Runner AddBuild(CLI::App& app) {
+  auto a = std::make_shared<BuildArgs>();
+  app.description(
+      "Boot a server, wait until it is warm, record a canary, quiesce it, dump it with CRIU and\n"
+      "pack everything into one snapshot file (written atomically: a failed or killed build\n"
+      "leaves no file at --out). With no COMMAND, builds the reference server (hotboot-server)\n"
+      "on --model, or on the default model of --preset, generated when missing. A COMMAND must\n"
+      "speak hotboot's control protocol on stdio (server/CONTROL.md).");
+  app.add_option("-o,--out", a->out, "Snapshot file to write")->required();
+  app.add_option("-m,--model", a->model, "Model file (safetensors) for the reference server");
+  app.add_option("--preset", a->preset, "Default model preset when --model is not given")
+      ->check(CLI::IsMember({"tiny", "small", "1b"}));
+  app.add_option("--spec", a->spec_path, "Build spec (JSON: command, warmup, canary, timeouts)");
+  app.add_option("--zstd-level", a->zstd_level, "zstd level for the snapshot chunks")->check(CLI::Range(1, 19));
+  app.add_option("--ready-timeout", a->ready_timeout_s, "Seconds to wait for the server to become warm");
+  app.add_option("--server-log", a->server_log, "Append the server's log here instead of stderr");
+  app.add_flag("--json", a->json_out, "Print the result as JSON");
+  app.add_option("command", a->command, "Server command (after --)");
+  return [a] { return RunBuild(*a); };
+}
+
+}  // namespace hotboot::cli

@@ -1,0 +1,186 @@
+// `hotboot demo`: the main job end to end on the reference server: generate
+// a model, cold-boot the server and time it to ready, build a snapshot,
+// restore it as a new replica, and compare the two side by side.
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+
+#include "cli_common.h"
+#include "commands.h"
+#include "hotboot/builder.h"
+#include "hotboot/http_client.h"
+#include "hotboot/restore.h"
+
+namespace hotboot::cli {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+struct DemoArgs {
+  std::string model;
+  std::string preset = "small";
+  std::string work_dir;
+  int port = 18080;
+  bool json_out = false;
+  bool keep = false;
+};
+
+const char* kPrompt = "User: I liked the film about a lonely robot. What should I watch next?\nAssistant:";
+const int kMaxTokens = 16;
+
+struct Measured {
+  double ready_ms = 0;
+  double first_ms = 0;
+  double steady_ms = 0;
+  std::vector<int> tokens;
+};
+
+double MsSince(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
+
+// First request after ready, then the median of three more.
+Status MeasureRequests(int port, Measured* m) {
+  json req = {{"prompt", kPrompt}, {"max_tokens", kMaxTokens}};
+  std::vector<double> steady;
+  for (int i = 0; i < 4; ++i) {
+    HB_ASSIGN_OR_RETURN(HttpResponse r, HttpRequest("127.0.0.1", port, "POST", "/v1/generate", req.dump(),
+                                                    std::chrono::minutes(5)));
+    if (r.status != 200) return FailedPrecondition("generate answered " + std::to_string(r.status) + ": " + r.body);
+    json j = json::parse(r.body, nullptr, false);
+    if (i == 0) {
+      m->first_ms = r.elapsed_ms;
+      m->tokens = j.value("tokens", std::vector<int>{});
+    } else {
+      steady.push_back(r.elapsed_ms);
+    }
+  }
+  std::sort(steady.begin(), steady.end());
+  m->steady_ms = steady[steady.size() / 2];
+  return Status::Ok();
+}
+
+Status ColdBoot(const std::string& server, const std::string& model, int port, const std::string& log,
+                Measured* m) {
+  if (!PortAvailable("127.0.0.1", port)) return FailedPrecondition("port " + std::to_string(port) + " is in use; pass --port");
+  const auto t0 = Clock::now();
+  LaunchOptions lo;
+  lo.argv = {server, "--model", model, "--port", std::to_string(port)};
+  lo.new_pid_namespace = false;
+  lo.log_file = log;
+  HB_ASSIGN_OR_RETURN(auto replica, LaunchReplica(lo, nullptr));
+  // Poll /readyz as a load balancer would.
+  for (;;) {
+    auto r = HttpRequest("127.0.0.1", port, "GET", "/readyz", "", std::chrono::seconds(2));
+    if (r.ok() && r->status == 200) break;
+    if (auto st = replica->Exited()) return FailedPrecondition("cold server exited before ready; see " + log);
+    if (MsSince(t0) > 30 * 60 * 1000) return Timeout("cold server not ready within 30 minutes");
+    ::usleep(10 * 1000);
+  }
+  m->ready_ms = MsSince(t0);
+  HB_RETURN_IF_ERROR(MeasureRequests(port, m));
+  ::kill(replica->pid(), SIGTERM);
+  replica->Wait();
+  return Status::Ok();
+}
+
+int RunDemo(const DemoArgs& a) {
+  auto server = FindSibling("hotboot-server");
+  if (!server.ok()) return Fail(server.status());
+  auto model = EnsureModel(a.model, a.preset);
+  if (!model.ok()) return Fail(model.status());
+  std::string work = a.work_dir.empty() ? fs::temp_directory_path().string() + "/hotboot-demo" : a.work_dir;
+  fs::create_directories(work);
+  const std::string snap = work + "/replica.hbsnap";
+
+  Note("1/3 cold boot of the reference server on " + *model);
+  Measured cold;
+  if (Status s = ColdBoot(*server, *model, a.port, work + "/cold.log", &cold); !s.ok()) return Fail(s);
+  Note("    ready in " + Ms(cold.ready_ms) + ", first request " + Ms(cold.first_ms));
+
+  Note("2/3 building a snapshot at " + snap);
+  BuildSpec spec;
+  spec.command = {*server, "--model", *model, "--port", "0", "--control-stdio"};
+  spec.canary = {kPrompt, kMaxTokens, 3};
+  spec.labels["model"] = *model;
+  std::ofstream build_log(work + "/build.log");
+  BuildEvents bev;
+  bev.on_phase = [](const std::string& p) { Note("    " + p); };
+  bev.on_server_log = [&](const std::string& l) { build_log << l << '\n'; };
+  auto criu = MakeLibCriu();
+  auto built = BuildSnapshot(spec, snap, *criu, bev);
+  if (!built.ok()) return Fail(built.status());
+
+  Note("3/3 restoring the snapshot as a new replica");
+  RestoreOptions ro;
+  ro.snapshot_path = snap;
+  ro.port = a.port + 1;
+  ro.log_file = work + "/restored.log";
+  RestoreEvents rev;
+  rev.on_phase = [](const std::string& p) { Note("    " + p); };
+  auto restored = RestoreReplica(ro, *criu, rev);
+  if (!restored.ok()) return Fail(restored.status());
+  Measured rest;
+  rest.ready_ms = restored->time_to_ready_ms;
+  if (Status s = MeasureRequests(ro.port, &rest); !s.ok()) return Fail(s);
+  ::kill(restored->replica->pid(), SIGTERM);
+  restored->replica->Wait();
+  if (rest.tokens != cold.tokens) {
+    return Fail(FailedPrecondition("the restored replica answered differently from the cold one"));
+  }
+
+  const json& m = built->manifest;
+  uint64_t model_bytes = fs::file_size(*model);
+  if (a.json_out) {
+    json out = {{"model", *model},
+                {"model_bytes", model_bytes},
+                {"cold", {{"time_to_ready_ms", cold.ready_ms}, {"first_request_ms", cold.first_ms}, {"steady_request_ms", cold.steady_ms}}},
+                {"restore", {{"time_to_ready_ms", rest.ready_ms}, {"first_request_ms", rest.first_ms}, {"steady_request_ms", rest.steady_ms}, {"phases_ms", restored->timings_ms}}},
+                {"speedup_time_to_ready", cold.ready_ms / rest.ready_ms},
+                {"snapshot_bytes", built->file_size},
+                {"criu_images_bytes", built->images_bytes},
+                {"build_timings_ms", m["timings_ms"]}};
+    std::printf("%s\n", out.dump(2).c_str());
+  } else {
+    std::printf("\nhotboot demo: %s (%s)\n\n", fs::path(*model).filename().c_str(), HumanBytes(model_bytes).c_str());
+    std::printf("%-28s %14s %14s %10s\n", "", "cold boot", "restore", "ratio");
+    auto row = [](const char* name, double c, double r) {
+      std::printf("%-28s %14s %14s %9.1fx\n", name, Ms(c).c_str(), Ms(r).c_str(), r > 0 ? c / r : 0.0);
+    };
+    row("time to ready", cold.ready_ms, rest.ready_ms);
+    row("first request", cold.first_ms, rest.first_ms);
+    row("steady request (median)", cold.steady_ms, rest.steady_ms);
+    std::printf("\nrestore phases:");
+    for (const auto& [k, v] : restored->timings_ms.items()) std::printf(" %s %s;", k.c_str(), Ms(v.get<double>()).c_str());
+    std::printf("\nbuild: warm in %s, CRIU dump %s, pack %s\n", Ms(m["timings_ms"]["launch_to_warm"].get<double>()).c_str(),
+                Ms(m["timings_ms"]["criu_dump"].get<double>()).c_str(), Ms(m["timings_ms"]["pack"].get<double>()).c_str());
+    std::printf("snapshot %s vs raw CRIU images %s (%.1f%%)\n", HumanBytes(built->file_size).c_str(),
+                HumanBytes(built->images_bytes).c_str(), 100.0 * built->file_size / std::max<uint64_t>(1, built->images_bytes));
+    std::printf("both replicas answered the same %zu tokens for the same prompt\n", rest.tokens.size());
+  }
+  if (!a.keep) fs::remove(snap);
+  return kExitOk;
+}
+
+}  // namespace
+
+Runner AddDemo(CLI::App& app) {
+  auto a = std::make_shared<DemoArgs>();
+  app.description("Generate the default model (when missing), cold-boot the reference server and time it\n"
+                  "to ready, build a snapshot, restore it as a new replica, and print both side by side.");
+  app.add_option("-m,--model", a->model, "Model file (default: the preset's, generated when missing)");
+  app.add_option("--preset", a->preset, "Model preset")->check(CLI::IsMember({"tiny", "small", "1b"}));
+  app.add_option("--work-dir", a->work_dir, "Where the snapshot and logs go (default $TMPDIR/hotboot-demo)");
+  app.add_option("--port", a->port, "Cold server port; the restored replica uses port+1");
+  app.add_flag("--json", a->json_out, "Print the comparison as JSON");
+  app.add_flag("--keep", a->keep, "Keep the snapshot file");
+  return [a] { return RunDemo(*a); };
+}
+
+}  // namespace hotboot::cli

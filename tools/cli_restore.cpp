@@ -1,0 +1,204 @@
+#include <signal.h>
+#include <sys/wait.h>
+#include <time.h>
+
+#include <atomic>
+#include <cstdio>
+#include <memory>
+#include <thread>
+
+#include "cli_common.h"
+#include "commands.h"
+#include "hotboot/restore.h"
+#include "hotboot/snapshot_file.h"
+
+namespace hotboot::cli {
+
+using json = nlohmann::json;
+
+namespace {
+
+struct RestoreArgs {
+  std::string snapshot;
+  int port = 0;
+  std::string host = "127.0.0.1";
+  bool detach = false;
+  bool fallback_cold = false;
+  bool json_out = false;
+  bool no_latency_check = false;
+  std::string log_file;
+  std::string work_dir;
+  int verify_timeout_s = 120;
+};
+
+// SIGTERM/SIGINT/SIGHUP are blocked in every thread and taken by one watcher:
+// before the replica is ready a signal ends us at once (the replica, seeing
+// its control channel close before it was marked ready, exits too, per
+// server/CONTROL.md: no orphan is left); once supervising, it is forwarded.
+std::atomic<bool> g_supervising{false};
+std::atomic<int> g_signal{0};
+
+sigset_t StopSignals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGHUP);
+  return set;
+}
+
+void StartSignalWatcher() {
+  sigset_t set = StopSignals();
+  ::pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  std::thread([set] {
+    for (;;) {
+      int sig = 0;
+      if (::sigwait(&set, &sig) != 0) continue;
+      if (!g_supervising.load()) {
+        std::fprintf(stderr, "hotboot: interrupted by %s before the replica was ready; nothing is left running\n",
+                     strsignal(sig));
+        std::_Exit(128 + sig);
+      }
+      g_signal.store(sig);
+    }
+  }).detach();
+}
+
+// Forwards a stop signal to the replica and waits for it; returns our exit code.
+int Supervise(Replica& replica) {
+  g_supervising.store(true);
+  for (;;) {
+    if (auto st = replica.Exited()) {
+      if (WIFEXITED(*st)) {
+        Note("replica exited with status " + std::to_string(WEXITSTATUS(*st)));
+        return WEXITSTATUS(*st) == 0 ? kExitOk : kExitFailure;
+      }
+      Note(std::string("replica was killed by signal ") + strsignal(WTERMSIG(*st)));
+      return kExitFailure;
+    }
+    ::usleep(100 * 1000);
+    if (int sig = g_signal.exchange(0); sig > 0) {
+      Note(std::string("got ") + strsignal(sig) + ", stopping the replica");
+      ::kill(replica.pid(), SIGTERM);
+      for (int i = 0; i < 100 && !replica.Exited(); ++i) ::usleep(100 * 1000);
+      if (!replica.Exited()) {
+        Note("replica did not stop within 10 s; killing it");
+        replica.Kill();
+      }
+      return kExitOk;
+    }
+  }
+}
+
+int RunRestore(const RestoreArgs& a) {
+  RestoreOptions o;
+  o.snapshot_path = a.snapshot;
+  o.port = a.port;
+  o.host = a.host;
+  o.work_root = a.work_dir;
+  o.verify_timeout = std::chrono::seconds(a.verify_timeout_s);
+  o.skip_latency_check = a.no_latency_check;
+  o.log_file = a.log_file;
+  if (a.detach && o.log_file.empty()) {
+    const char* t = std::getenv("TMPDIR");
+    o.log_file = std::string(t && *t ? t : "/tmp") + "/hotboot-replica-" + std::to_string(a.port) + ".log";
+  }
+  RestoreEvents ev;
+  const auto t0 = std::chrono::steady_clock::now();
+  ev.on_phase = [&](const std::string& p) {
+    double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "[%6.2fs] ", s);
+    Note(buf + p);
+  };
+  ev.on_server_log = [](const std::string& line) { std::fprintf(stderr, "  replica | %s\n", line.c_str()); };
+
+  auto criu = MakeLibCriu();
+  auto r = RestoreReplica(o, *criu, ev);
+  if (!r.ok()) {
+    Status s = r.status();
+    bool port_problem = s.message().find("already in use") != std::string::npos ||
+                        s.code() == Code::kInvalidArgument;
+    if (!a.fallback_cold || port_problem) {
+      int rc = Fail(s);
+      if (rc == kExitFailure && s.message().find("readiness verification") != std::string::npos) rc = kExitNotReady;
+      std::fprintf(stderr, "hotboot: no replica is running from this attempt%s\n",
+                   a.fallback_cold ? "" : " (--fallback-cold would boot the server cold instead)");
+      return rc;
+    }
+    auto reader = snapfile::SnapshotReader::Open(a.snapshot);
+    json manifest = reader.ok() ? json::parse((*reader)->manifest_json(), nullptr, false) : json();
+    if (!manifest.is_object()) {
+      int rc = Fail(s);
+      std::fprintf(stderr, "hotboot: cannot fall back to a cold boot: the snapshot's manifest is unreadable\n");
+      return rc;
+    }
+    Note("snapshot cannot be used here (" + s.message() + ")");
+    Note("falling back to a cold boot of the same server, as asked by --fallback-cold");
+    r = ColdBootFromManifest(manifest, o, ev);
+    if (!r.ok()) return Fail(r.status());
+  }
+  RestoreResult& res = *r;
+  if (a.detach) {
+    auto d = res.replica->Call({{"cmd", "detach"}}, std::chrono::seconds(10));
+    if (!d.ok()) {
+      return Fail(d.status().Prefixed("detach"));  // the replica dies with us: never half-detached
+    }
+    res.replica->Release();
+    res.replica->CloseChannel();
+  }
+  if (a.json_out) {
+    json out = {{"pid", res.replica->pid()},
+                {"port", res.port},
+                {"host", a.host},
+                {"instance", res.instance},
+                {"mode", res.cold ? "cold" : "restored"},
+                {"time_to_ready_ms", res.time_to_ready_ms},
+                {"canary_latency_ms", res.canary_latency_ms},
+                {"digest", res.digest},
+                {"timings_ms", res.timings_ms},
+                {"detached", a.detach}};
+    if (a.detach) out["log_file"] = o.log_file;
+    std::printf("%s\n", out.dump().c_str());
+  } else {
+    std::printf("replica %s ready on http://%s:%d (pid %d, %s in %s)%s\n", res.instance.c_str(),
+                a.host.c_str(), res.port, res.replica->pid(), res.cold ? "cold boot" : "restored",
+                Ms(res.time_to_ready_ms).c_str(),
+                a.detach ? (", detached; log: " + o.log_file).c_str() : "");
+  }
+  std::fflush(stdout);
+  if (a.detach) return kExitOk;
+  return Supervise(*res.replica);
+}
+
+}  // namespace
+
+Runner AddRestore(CLI::App& app) {
+  auto a = std::make_shared<RestoreArgs>();
+  app.description(
+      "Restore a snapshot as a new replica serving on --port. Checks first that the snapshot can\n"
+      "run here (CPU, kernel, CRIU, files) and refuses with the reason before touching anything;\n"
+      "verifies every chunk before using it; after the CRIU restore, runs the replica's\n"
+      "after-restore hook and the readiness verification (warm-state digest and canary answer\n"
+      "within the build's warm latency bound). Prints the result only once the replica is ready.\n"
+      "Without --detach it then supervises the replica (forwards its log and SIGTERM/SIGINT) and\n"
+      "exits when it does; with --detach it exits 0 and leaves the replica running.");
+  app.add_option("snapshot", a->snapshot, "Snapshot file")->required();
+  app.add_option("-p,--port", a->port, "Port the replica serves on")->required()->check(CLI::Range(1, 65535));
+  app.add_option("--host", a->host, "Address the replica listens on");
+  app.add_flag("-d,--detach", a->detach, "Exit once ready and leave the replica running");
+  app.add_flag("--fallback-cold", a->fallback_cold,
+               "Boot the server cold when the snapshot cannot be used here");
+  app.add_option("--log", a->log_file, "Replica log file (default with --detach: $TMPDIR/hotboot-replica-PORT.log)");
+  app.add_option("--work-dir", a->work_dir, "Where to unpack CRIU images (default $TMPDIR or /tmp)");
+  app.add_option("--verify-timeout", a->verify_timeout_s, "Seconds allowed for each verification step");
+  app.add_flag("--no-latency-check", a->no_latency_check,
+               "Accept a canary answer slower than the build's warm bound");
+  app.add_flag("--json", a->json_out, "Print the result as one JSON line");
+  return [a] {
+    StartSignalWatcher();
+    return RunRestore(*a);
+  };
+}
+
+}  // namespace hotboot::cli

@@ -1,0 +1,19 @@
+// The subcommands of `hotboot`; each registers its options on the app and
+// returns the function that runs it once argv is parsed.
+#pragma once
+
+#include <functional>
+
+#include <CLI/CLI.hpp>
+
+namespace hotboot::cli {
+
+using Runner = std::function<int()>;
+
+Runner AddBuild(CLI::App& app);
+Runner AddRestore(CLI::App& app);
+Runner AddInspect(CLI::App& app);
+Runner AddVerify(CLI::App& app);
+Runner AddDemo(CLI::App& app);
+
+}  // namespace hotboot::cli
