@@ -107,7 +107,7 @@ int RunDemo(const DemoArgs& a) {
   Note("2/3 building a snapshot at " + snap);
   BuildSpec spec;
   spec.command = {*server, "--model", *model, "--port", "0", "--control-stdio"};
-  spec.canary = {kPrompt, kMaxTokens, 3};
+  spec.canary = {kPrompt, 8, 3};
   spec.labels["model"] = *model;
   std::ofstream build_log(work + "/build.log");
   BuildEvents bev;

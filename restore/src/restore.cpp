@@ -1,4 +1,5 @@
 #include <signal.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -32,11 +33,19 @@ std::string NewInstanceId(std::mt19937_64& rng) {
 
 class TempDir {
  public:
-  static Result<TempDir> Make(const std::string& root) {
+  // Unpacked images are read once by CRIU and deleted: memory-backed /dev/shm
+  // spares the disk a write of the whole image when it has room.
+  static Result<TempDir> Make(const std::string& root, uint64_t need_bytes) {
     std::string base = root;
     if (base.empty()) {
-      const char* t = std::getenv("TMPDIR");
-      base = t && *t ? t : "/tmp";
+      struct statvfs vfs{};
+      if (::statvfs("/dev/shm", &vfs) == 0 &&
+          static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize > 2 * need_bytes + (256u << 20)) {
+        base = "/dev/shm";
+      } else {
+        const char* t = std::getenv("TMPDIR");
+        base = t && *t ? t : "/tmp";
+      }
     }
     RemoveStale(base);
     std::string tmpl = base + "/hotboot-restore." + std::to_string(::getpid()) + ".XXXXXX";
@@ -135,7 +144,9 @@ Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, con
 
   phase("unpack");
   const auto tu = Clock::now();
-  HB_ASSIGN_OR_RETURN(TempDir work, TempDir::Make(opts.work_root));
+  uint64_t raw_bytes = 0;
+  for (const auto& sec : reader->sections()) raw_bytes += sec.raw_size;
+  HB_ASSIGN_OR_RETURN(TempDir work, TempDir::Make(opts.work_root, raw_bytes));
   const std::string images = work.path() + "/images";
   fs::create_directories(images);
   HB_RETURN_IF_ERROR(reader->ExtractTo(images, "criu/", opts.threads));

@@ -31,7 +31,7 @@ struct BuildSpec {
   // Extra warmup run by the builder once the server is warm (the server runs
   // its own warmup before it reports warm).
   std::vector<PromptSpec> warmup;
-  PromptSpec canary{"The quick brown fox", 16, 3};
+  PromptSpec canary{"The quick brown fox", 8, 3};
   int zstd_level = 3;
   std::string criu_binary;
   // Free-form provenance copied into the manifest (model path, preset...).
