@@ -2,12 +2,14 @@
 
 #include <signal.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <chrono>
 #include <ctime>
 #include <filesystem>
+#include <fstream>
 
 #include "hotboot/host_info.h"
 #include "hotboot/http_client.h"
@@ -36,10 +38,32 @@ std::string NowUtc() {
 
 const std::string kWorkPrefix = ".hotboot-build.";
 
-std::string WorkDirFor(const std::string& out_path) {
+// CRIU images are written once and packed right away: memory-backed
+// /dev/shm spares the disk that round trip when it has room for them.
+std::string WorkDirFor(const std::string& out_path, uint64_t expect_bytes) {
   fs::path out(out_path);
   fs::path dir = out.has_parent_path() ? out.parent_path() : fs::path(".");
+  struct statvfs vfs{};
+  if (::statvfs("/dev/shm", &vfs) == 0 &&
+      static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize > 2 * expect_bytes + (256u << 20)) {
+    dir = "/dev/shm";
+  }
   return (dir / (kWorkPrefix + out.filename().string() + "." + std::to_string(::getpid()))).string();
+}
+
+// Resident memory of a process tree's root, a bound on its dump's size.
+uint64_t ResidentBytes(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string key;
+  while (in >> key) {
+    if (key == "VmRSS:") {
+      uint64_t kb = 0;
+      in >> kb;
+      return kb * 1024;
+    }
+    in.ignore(4096, '\n');
+  }
+  return 0;
 }
 
 bool PidAlive(pid_t pid) { return pid > 0 && (::kill(pid, 0) == 0 || errno == EPERM); }
@@ -109,7 +133,12 @@ void RemoveStaleBuildFiles(const std::string& out_path) {
   fs::path out(out_path);
   fs::path dir = out.has_parent_path() ? out.parent_path() : fs::path(".");
   std::error_code ec;
-  for (const auto& e : fs::directory_iterator(dir, ec)) {
+  std::vector<fs::directory_entry> entries;
+  for (const auto& e : fs::directory_iterator(dir, ec)) entries.push_back(e);
+  for (const auto& e : fs::directory_iterator("/dev/shm", ec)) {
+    if (e.path().filename().string().rfind(kWorkPrefix, 0) == 0) entries.push_back(e);
+  }
+  for (const auto& e : entries) {
     std::string name = e.path().filename().string();
     std::string base = out.filename().string();
     std::string pid_part;
@@ -137,11 +166,6 @@ Result<BuildResult> BuildSnapshot(const BuildSpec& spec, const std::string& out_
   HB_ASSIGN_OR_RETURN(std::string criu_version, criu.Version());
 
   RemoveStaleBuildFiles(out_path);
-  WorkDir work(WorkDirFor(out_path));
-  std::error_code ec;
-  fs::create_directories(fs::path(work.path()) / "images", ec);
-  if (ec) return IoError("create work dir " + work.path() + ": " + ec.message());
-  const std::string images = work.path() + "/images";
 
   phase("launch");
   LaunchOptions lo;
@@ -195,6 +219,11 @@ Result<BuildResult> BuildSnapshot(const BuildSpec& spec, const std::string& out_
   const double quiesce_ms = MsSince(tq);
   HB_ASSIGN_OR_RETURN(std::vector<std::string> keys, replica->FdKeys());
   HB_ASSIGN_OR_RETURN(std::vector<MappedFile> files, MappedFiles(replica->pid()));
+  WorkDir work(WorkDirFor(out_path, ResidentBytes(replica->pid())));
+  std::error_code ec;
+  fs::create_directories(fs::path(work.path()) / "images", ec);
+  if (ec) return IoError("create work dir " + work.path() + ": " + ec.message());
+  const std::string images = work.path() + "/images";
 
   phase("dump");
   const auto td = Clock::now();

@@ -190,8 +190,11 @@ TEST(Faults, KillNineMidDumpPublishesNoSnapshot) {
   CmdResult r = Run({Bin("hotboot"), "build", "--out", out, "--model", TinyModel()});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_TRUE(fs::exists(out));
-  for (const auto& e : fs::directory_iterator(ScratchDir())) {
-    EXPECT_EQ(e.path().filename().string().find(".hotboot-build.killed"), std::string::npos) << e.path();
+  for (const std::string dir : {ScratchDir(), std::string("/dev/shm")}) {
+    for (const auto& e : fs::directory_iterator(dir)) {
+      EXPECT_EQ(e.path().filename().string().find(".hotboot-build.killed"), std::string::npos) << e.path();
+      EXPECT_EQ(e.path().filename().string().find("killed.hbsnap.tmp"), std::string::npos) << e.path();
+    }
   }
 }
 
