@@ -1,5 +1,6 @@
 #include "hotboot/http_client.h"
 
+#include <utility>  // before Boost 1.74 asio: it uses std::exchange
 #include <boost/asio/connect.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>

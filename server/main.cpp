@@ -1,0 +1,51 @@
+// hotboot-server: the reference inference server, runnable alone.
+#include <signal.h>
+#include <sys/time.h>
+
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <mutex>
+
+#include <CLI/CLI.hpp>
+
+#include "hotboot/replica_server.h"
+
+int main(int argc, char** argv) {
+  ::signal(SIGPIPE, SIG_IGN);
+  ::signal(SIGHUP, SIG_IGN);
+  hotboot::ServerOptions o;
+  bool control = false;
+  CLI::App app{"hotboot-server " HOTBOOT_VERSION
+               " - the reference inference server: a Llama-architecture transformer on the CPU\n"
+               "behind HTTP. GET /livez (liveness), GET /readyz (200 only when warm), POST /v1/generate\n"
+               "{\"prompt\": \"...\", \"max_tokens\": N}, GET /metrics (Prometheus text with boot phases).",
+               "hotboot-server"};
+  app.add_option("-m,--model", o.model_path, "Model file (safetensors, from hotboot-mkmodel)")->required();
+  app.add_option("-p,--port", o.port, "Port to listen on (0: any free port)")->check(CLI::Range(0, 65535));
+  app.add_option("--host", o.host, "Address to listen on");
+  app.add_option("--threads", o.threads, "Compute threads (0: all cores)");
+  app.add_option("--max-batch", o.max_batch, "Requests decoded together")->check(CLI::Range(1, 8));
+  app.add_flag("--control-stdio", control,
+               "Take hotboot's control commands as JSON lines on stdin, answer on stdout (server/CONTROL.md)");
+  CLI11_PARSE(app, argc, argv);
+  if (control) {
+    o.control_in_fd = 0;
+    o.control_out_fd = 1;
+  }
+  // One line per message on stderr, with a UTC timestamp.
+  static std::mutex log_mu;
+  hotboot::Logger log = [](const std::string& line) {
+    timeval tv{};
+    ::gettimeofday(&tv, nullptr);
+    std::tm tm{};
+    ::gmtime_r(&tv.tv_sec, &tm);
+    char ts[40];
+    std::strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);
+    std::lock_guard lock(log_mu);
+    std::fprintf(stderr, "%s.%03ldZ hotboot-server[%d]: %s\n", ts, static_cast<long>(tv.tv_usec / 1000), ::getpid(),
+                 line.c_str());
+  };
+  hotboot::ReplicaServer server(o, log);
+  return server.Run();
+}

@@ -1,0 +1,329 @@
+// The HTTP front, lifecycle and control channel of the reference server,
+// over a fake model (the real one has its own tests).
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <utility>  // before Boost 1.74 asio: it uses std::exchange
+#include <boost/asio.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <future>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "hotboot/replica_server.h"
+
+namespace hotboot {
+namespace {
+
+using json = nlohmann::json;
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+
+class ByteTokenizer : public Tokenizer {
+ public:
+  std::vector<int32_t> Encode(std::string_view t) const override {
+    std::vector<int32_t> v;
+    for (unsigned char c : t) v.push_back(c);
+    return v;
+  }
+  std::string Decode(std::span<const int32_t> ids) const override {
+    std::string s;
+    for (int32_t i : ids) s.push_back(static_cast<char>(i & 0xff));
+    return s;
+  }
+  int32_t bos() const override { return 256; }
+  int32_t eos() const override { return 257; }
+  int32_t vocab_size() const override { return 258; }
+};
+
+// Deterministic "model": the next token is a function of the sequence so far.
+class FakeModel : public Model {
+ public:
+  explicit FakeModel(std::atomic<int>* generating = nullptr) : generating_(generating) {
+    cfg_.max_seq_len = 64;
+    cfg_.n_layers = 1;
+    cfg_.dim = 8;
+  }
+  const ModelConfig& config() const override { return cfg_; }
+  const Tokenizer& tokenizer() const override { return tok_; }
+  Result<std::vector<GenerateResult>> Generate(const std::vector<GenerateRequest>& batch) override {
+    if (generating_) ++*generating_;
+    std::vector<GenerateResult> out;
+    for (const auto& r : batch) {
+      GenerateResult g;
+      uint32_t h = 7;
+      for (int32_t t : r.prompt) h = h * 31 + static_cast<uint32_t>(t);
+      for (int i = 0; i < r.max_tokens; ++i) {
+        h = h * 1103515245u + 12345u;
+        g.tokens.push_back(static_cast<int32_t>('a' + (h >> 16) % 26));
+      }
+      out.push_back(g);
+    }
+    if (generating_) --*generating_;
+    return out;
+  }
+  Status Tune(std::span<const int>) override { return Status::Ok(); }
+  std::string PlanDescription() const override { return "fake"; }
+  std::string Digest() const override { return "0123456789abcdef0123456789abcdef"; }
+  void ReleaseScratch() override { released++; }
+  uint64_t parameter_count() const override { return 1; }
+  uint64_t weight_bytes() const override { return 2; }
+  int released = 0;
+
+ private:
+  ModelConfig cfg_;
+  ByteTokenizer tok_;
+  std::atomic<int>* generating_;
+};
+
+struct Resp {
+  int status = -1;
+  std::string body;
+};
+
+Resp Http(int port, http::verb verb, const std::string& target, const std::string& body = "") {
+  try {
+    asio::io_context ioc;
+    beast::tcp_stream s(ioc);
+    s.connect(asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), static_cast<unsigned short>(port)));
+    http::request<http::string_body> req{verb, target, 11};
+    req.set(http::field::host, "localhost");
+    req.body() = body;
+    req.prepare_payload();
+    http::write(s, req);
+    beast::flat_buffer buf;
+    http::response<http::string_body> res;
+    http::read(s, buf, res);
+    return {static_cast<int>(res.result_int()), res.body()};
+  } catch (const std::exception&) {
+    return {};
+  }
+}
+
+// A server on an ephemeral port with a control channel over pipes.
+class ServerFixture : public ::testing::Test {
+ protected:
+  void Start(bool fail_load = false) {
+    ASSERT_EQ(pipe(cmd_), 0);
+    ASSERT_EQ(pipe(ev_), 0);
+    ServerOptions o;
+    o.port = 0;
+    o.control_in_fd = cmd_[0];
+    o.control_out_fd = ev_[1];
+    o.loader = [this, fail_load](const std::string&, LoadTimings*) -> Result<std::unique_ptr<Model>> {
+      if (fail_load) return Corrupt("model.safetensors: tensor 'x' truncated");
+      auto m = std::make_unique<FakeModel>();
+      model_ = m.get();
+      return std::unique_ptr<Model>(std::move(m));
+    };
+    server_ = std::make_unique<ReplicaServer>(o, [](const std::string&) {});
+    runner_ = std::thread([this] { exit_code_ = server_->Run(); });
+  }
+  void TearDown() override {
+    if (server_) server_->Stop();
+    if (runner_.joinable()) runner_.join();
+    for (int fd : {cmd_[1], ev_[0], cmd_[0], ev_[1]}) {
+      if (fd >= 0) close(fd);
+    }
+  }
+  // Next control message matching pred (events and replies alike).
+  json Next(const std::function<bool(const json&)>& pred) {
+    for (;;) {
+      size_t pos;
+      while ((pos = buf_.find('\n')) != std::string::npos) {
+        json j = json::parse(buf_.substr(0, pos));
+        buf_.erase(0, pos + 1);
+        if (pred(j)) return j;
+      }
+      char c[4096];
+      ssize_t n = read(ev_[0], c, sizeof c);
+      if (n <= 0) return nullptr;
+      buf_.append(c, static_cast<size_t>(n));
+    }
+  }
+  json WaitState(const std::string& s) {
+    return Next([&](const json& j) { return j.value("event", "") == "state" && j.value("state", "") == s; });
+  }
+  json Call(const json& cmd) {
+    std::string line = cmd.dump() + "\n";
+    EXPECT_EQ(write(cmd_[1], line.data(), line.size()), static_cast<ssize_t>(line.size()));
+    return Next([&](const json& j) { return j.contains("reply"); });
+  }
+  int port() { return server_->port(); }
+
+  int cmd_[2] = {-1, -1}, ev_[2] = {-1, -1};
+  std::string buf_;
+  std::unique_ptr<ReplicaServer> server_;
+  std::thread runner_;
+  int exit_code_ = -1;
+  FakeModel* model_ = nullptr;
+};
+
+TEST(Lifecycle, OnlyTheDesignedMoves) {
+  using S = ReplicaState;
+  EXPECT_TRUE(TransitionAllowed(S::kCold, S::kLoading));
+  EXPECT_TRUE(TransitionAllowed(S::kWarm, S::kQuiescing));
+  EXPECT_TRUE(TransitionAllowed(S::kFrozen, S::kRestored));
+  EXPECT_TRUE(TransitionAllowed(S::kRestored, S::kVerifying));
+  EXPECT_TRUE(TransitionAllowed(S::kVerifying, S::kWarm));
+  EXPECT_FALSE(TransitionAllowed(S::kCold, S::kWarm));
+  EXPECT_FALSE(TransitionAllowed(S::kRestored, S::kWarm));  // never ready unverified
+  EXPECT_FALSE(TransitionAllowed(S::kLoading, S::kFrozen));
+  EXPECT_FALSE(TransitionAllowed(S::kFailed, S::kWarm));
+}
+
+TEST_F(ServerFixture, BootsToWarmThenServes) {
+  Start();
+  json warm = WaitState("warm");
+  ASSERT_FALSE(warm.is_null());
+  EXPECT_EQ(warm["port"], port());
+  EXPECT_EQ(Http(port(), http::verb::get, "/livez").status, 200);
+  Resp rz = Http(port(), http::verb::get, "/readyz");
+  EXPECT_EQ(rz.status, 200);
+  EXPECT_EQ(json::parse(rz.body)["state"], "warm");
+  Resp g = Http(port(), http::verb::post, "/v1/generate", R"({"prompt":"hi","max_tokens":5})");
+  ASSERT_EQ(g.status, 200) << g.body;
+  json j = json::parse(g.body);
+  EXPECT_EQ(j["tokens"].size(), 5u);
+  EXPECT_EQ(j["text"].get<std::string>().size(), 5u);
+  EXPECT_EQ(j["prompt_tokens"], 3);  // bos + 2 bytes
+  // Deterministic.
+  EXPECT_EQ(json::parse(Http(port(), http::verb::post, "/v1/generate", R"({"prompt":"hi","max_tokens":5})").body)["tokens"],
+            j["tokens"]);
+  Resp m = Http(port(), http::verb::get, "/metrics");
+  EXPECT_EQ(m.status, 200);
+  for (const char* phase : {"weight_read", "weight_convert", "compile_autotune", "warmup", "first_inference", "time_to_ready",
+                            "process_start_to_listen"}) {
+    EXPECT_NE(m.body.find(std::string("phase=\"") + phase + "\""), std::string::npos) << phase;
+  }
+  EXPECT_NE(m.body.find("hotboot_state{state=\"warm\"} 1"), std::string::npos);
+  EXPECT_NE(m.body.find("shape=\"long_b4\""), std::string::npos);
+}
+
+TEST_F(ServerFixture, BadRequestsGetClearErrors) {
+  Start();
+  WaitState("warm");
+  struct Case {
+    std::string body;
+    const char* want;
+  } cases[] = {{"not json", "JSON object"},
+               {R"({"max_tokens":3})", "prompt"},
+               {R"({"prompt":5})", "prompt"},
+               {R"({"prompt":"x","max_tokens":0})", "max_tokens"},
+               {R"({"prompt":"x","max_tokens":"many"})", "max_tokens"},
+               {R"({"prompt":"x","max_tokens":100000})", "max_tokens"},
+               {R"({"prompt":")" + std::string(100, 'x') + R"(","max_tokens":10})", "context"}};
+  for (const auto& c : cases) {
+    Resp r = Http(port(), http::verb::post, "/v1/generate", c.body);
+    EXPECT_EQ(r.status, 400) << c.body;
+    EXPECT_NE(r.body.find(c.want), std::string::npos) << r.body;
+  }
+  EXPECT_EQ(Http(port(), http::verb::get, "/nope").status, 404);
+  EXPECT_EQ(Http(port(), http::verb::get, "/v1/generate").status, 405);
+  EXPECT_EQ(Http(port(), http::verb::post, "/readyz").status, 405);
+  // A declared body over the limit is refused before it is read.
+  asio::io_context ioc;
+  beast::tcp_stream s(ioc);
+  s.connect(asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), static_cast<unsigned short>(port())));
+  std::string head = "POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Length: 50000000\r\n\r\n{";
+  asio::write(s, asio::buffer(head));
+  beast::flat_buffer buf;
+  http::response<http::string_body> res;
+  http::read(s, buf, res);
+  EXPECT_EQ(res.result_int(), 413u);
+}
+
+TEST_F(ServerFixture, FailedLoadIsReportedAndExits) {
+  Start(/*fail_load=*/true);
+  json failed = WaitState("failed");
+  ASSERT_FALSE(failed.is_null());
+  EXPECT_NE(failed["error"].get<std::string>().find("truncated"), std::string::npos);
+  runner_.join();
+  EXPECT_EQ(exit_code_, 1);
+}
+
+TEST_F(ServerFixture, CaptureCycle) {
+  Start();
+  WaitState("warm");
+  const int old_port = port();
+  json r = Call({{"cmd", "before_capture"}});
+  ASSERT_TRUE(r["ok"].get<bool>()) << r.dump();
+  EXPECT_EQ(r["digest"], "0123456789abcdef0123456789abcdef");
+  EXPECT_EQ(model_->released, 1);
+  // No listener any more: the old port refuses connections.
+  EXPECT_EQ(Http(old_port, http::verb::get, "/livez").status, -1);
+  // Illegal now.
+  EXPECT_FALSE(Call({{"cmd", "mark_ready"}})["ok"].get<bool>());
+  EXPECT_FALSE(Call({{"cmd", "before_capture"}})["ok"].get<bool>());
+
+  // A port that is taken fails cleanly and leaves the replica restorable.
+  asio::io_context ioc;
+  asio::ip::tcp::acceptor taken(ioc, asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
+  const int taken_port = taken.local_endpoint().port();
+  json bad = Call({{"cmd", "after_restore"}, {"port", taken_port}, {"instance", "r-new"}, {"seed", 5}});
+  EXPECT_FALSE(bad["ok"].get<bool>());
+  EXPECT_NE(bad["error"].get<std::string>().find("in use"), std::string::npos) << bad.dump();
+
+  asio::ip::tcp::acceptor probe(ioc, asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
+  const int new_port = probe.local_endpoint().port();
+  probe.close();
+  json ok = Call({{"cmd", "after_restore"}, {"port", new_port}, {"instance", "r-new"}, {"seed", 5}});
+  ASSERT_TRUE(ok["ok"].get<bool>()) << ok.dump();
+  EXPECT_EQ(ok["port"], new_port);
+  // Verifying: not ready, but the canary is served.
+  EXPECT_EQ(Http(new_port, http::verb::get, "/readyz").status, 503);
+  Resp g = Http(new_port, http::verb::post, "/v1/generate", R"({"prompt":"canary","max_tokens":3})");
+  EXPECT_EQ(g.status, 200);
+  EXPECT_EQ(json::parse(g.body)["instance"], "r-new");
+  EXPECT_TRUE(Call({{"cmd", "mark_ready"}})["ok"].get<bool>());
+  EXPECT_EQ(Http(new_port, http::verb::get, "/readyz").status, 200);
+  EXPECT_NE(Http(new_port, http::verb::get, "/metrics").body.find("boot=\"restored\""), std::string::npos);
+}
+
+TEST_F(ServerFixture, ResumeAfterAFailedBuild) {
+  Start();
+  WaitState("warm");
+  ASSERT_TRUE(Call({{"cmd", "before_capture"}})["ok"].get<bool>());
+  json r = Call({{"cmd", "resume"}});
+  ASSERT_TRUE(r["ok"].get<bool>()) << r.dump();
+  EXPECT_EQ(Http(r["port"], http::verb::get, "/readyz").status, 200);
+}
+
+TEST_F(ServerFixture, GarbageCommandsAreAnsweredNotFatal) {
+  Start();
+  WaitState("warm");
+  std::string junk = "{{{ not json\n";
+  ASSERT_EQ(write(cmd_[1], junk.data(), junk.size()), static_cast<ssize_t>(junk.size()));
+  json r = Next([](const json& j) { return j.contains("reply"); });
+  EXPECT_FALSE(r["ok"].get<bool>());
+  EXPECT_FALSE(Call({{"cmd", "dance"}})["ok"].get<bool>());
+  EXPECT_FALSE(Call({{"cmd", "after_restore"}})["ok"].get<bool>());
+  EXPECT_EQ(Call({{"cmd", "status"}})["state"], "warm");
+}
+
+TEST_F(ServerFixture, ControlEofBeforeDetachExits) {
+  Start();
+  WaitState("warm");
+  close(cmd_[1]);
+  cmd_[1] = -1;
+  runner_.join();  // Run returns by itself
+  EXPECT_EQ(exit_code_, 0);
+}
+
+TEST_F(ServerFixture, DetachedReplicaOutlivesItsDriver) {
+  Start();
+  WaitState("warm");
+  EXPECT_TRUE(Call({{"cmd", "detach"}})["ok"].get<bool>());
+  close(cmd_[1]);
+  cmd_[1] = -1;
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_EQ(Http(port(), http::verb::get, "/readyz").status, 200);
+}
+
+}  // namespace
+}  // namespace hotboot
