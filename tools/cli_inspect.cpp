@@ -73,7 +73,8 @@ int RunInspect(const InspectArgs& a) {
   std::printf("CRIU          %s, images %s\n", Str(m.value("criu", json::object()), "version").c_str(),
               HumanBytes(m.value("criu", json::object()).value("images_bytes", uint64_t{0})).c_str());
   std::string cmd;
-  for (const auto& c : m.value("process", json::object()).value("command", json::array())) {
+  const json command = m.value("process", json::object()).value("command", json::array());
+  for (const auto& c : command) {
     cmd += (cmd.empty() ? "" : " ") + c.get<std::string>();
   }
   std::printf("command       %s\n", cmd.c_str());
@@ -85,7 +86,8 @@ int RunInspect(const InspectArgs& a) {
               Ms(canary.value("warm_latency_ms", 0.0)).c_str(), Ms(canary.value("latency_bound_ms", 0.0)).c_str(),
               Ms(canary.value("first_latency_ms", 0.0)).c_str());
   std::printf("timings      ");
-  for (const auto& [k, v] : m.value("timings_ms", json::object()).items()) {
+  const json timings = m.value("timings_ms", json::object());
+  for (const auto& [k, v] : timings.items()) {
     if (v.is_number()) std::printf(" %s %s;", k.c_str(), Ms(v.get<double>()).c_str());
   }
   std::printf("\n\n%-40s %12s %12s %7s %7s\n", "section", "raw", "stored", "ratio", "chunks");

@@ -247,6 +247,9 @@ Result<ReplicaPipes> MakeReplicaPipes(const std::string& log_file) {
     p.log_read = err[0];
     p.child_fds[2] = err[1];
   }
+  // The child's ends travel to CRIU (forked and exec'd by libcriu) to be
+  // inherited by the restored process: they must survive exec.
+  for (int fd : p.child_fds) ::fcntl(fd, F_SETFD, 0);
   return p;
 }
 
