@@ -38,7 +38,7 @@ std::string CopyWith(const std::string& name, const std::function<void(std::stri
 // and no replica serving on the port afterwards.
 void ExpectRestoreRefused(const std::string& snap, int code, const std::string& needle) {
   int port = FreePort();
-  CmdResult r = Run({Bin("hotboot"), "restore", snap, "--port", std::to_string(port), "--detach"});
+  CmdResult r = RunCmd({Bin("hotboot"), "restore", snap, "--port", std::to_string(port), "--detach"});
   EXPECT_EQ(r.exit_code, code) << r.err;
   EXPECT_NE(r.err.find(needle), std::string::npos) << r.err;
   EXPECT_EQ(HttpStatus(port, "/livez"), -1);
@@ -46,7 +46,7 @@ void ExpectRestoreRefused(const std::string& snap, int code, const std::string& 
 
 TEST(Faults, CorruptByteInChunkDataIsNamed) {
   std::string snap = CopyWith("corrupt-data.hbsnap", [](std::string& b) { b[b.size() / 3] ^= 0x40; });
-  CmdResult v = Run({Bin("hotboot"), "verify", snap});
+  CmdResult v = RunCmd({Bin("hotboot"), "verify", snap});
   EXPECT_EQ(v.exit_code, kExitCorrupt) << v.err;
   EXPECT_NE(v.err.find("chunk"), std::string::npos) << v.err;
   EXPECT_NE(v.err.find("section"), std::string::npos) << v.err;
@@ -58,7 +58,7 @@ TEST(Faults, CorruptByteInEveryRegionFailsVerify) {
   // Header, early data, middle, late data (index), the trailer.
   for (size_t off : {size_t{3}, size_t{100}, good.size() / 2, good.size() - 200, good.size() - 8}) {
     std::string snap = CopyWith("corrupt-" + std::to_string(off) + ".hbsnap", [&](std::string& b) { b[off] ^= 0x01; });
-    CmdResult v = Run({Bin("hotboot"), "verify", snap});
+    CmdResult v = RunCmd({Bin("hotboot"), "verify", snap});
     EXPECT_EQ(v.exit_code, kExitCorrupt) << "byte " << off << ": " << v.err;
     EXPECT_NE(v.err.find("error:"), std::string::npos);
   }
@@ -66,7 +66,7 @@ TEST(Faults, CorruptByteInEveryRegionFailsVerify) {
 
 TEST(Faults, TruncatedSnapshotIsTruncated) {
   std::string snap = CopyWith("truncated.hbsnap", [](std::string& b) { b.resize(b.size() / 2); });
-  CmdResult v = Run({Bin("hotboot"), "verify", snap});
+  CmdResult v = RunCmd({Bin("hotboot"), "verify", snap});
   EXPECT_EQ(v.exit_code, kExitCorrupt);
   EXPECT_NE(v.err.find("truncated"), std::string::npos) << v.err;
   ExpectRestoreRefused(snap, kExitCorrupt, "truncated");
@@ -74,12 +74,12 @@ TEST(Faults, TruncatedSnapshotIsTruncated) {
 
 TEST(Faults, WrongMagicAndNewerVersion) {
   std::string magic = CopyWith("magic.hbsnap", [](std::string& b) { b[0] = 'X'; });
-  CmdResult v = Run({Bin("hotboot"), "inspect", magic});
+  CmdResult v = RunCmd({Bin("hotboot"), "inspect", magic});
   EXPECT_EQ(v.exit_code, kExitCorrupt);
   EXPECT_NE(v.err.find("magic"), std::string::npos) << v.err;
   // The major version is the u16 after the 8-byte magic.
   std::string newer = CopyWith("newer.hbsnap", [](std::string& b) { b[8] = 9; });
-  v = Run({Bin("hotboot"), "inspect", newer});
+  v = RunCmd({Bin("hotboot"), "inspect", newer});
   EXPECT_EQ(v.exit_code, kExitCorrupt);
   EXPECT_NE(v.err.find("version"), std::string::npos) << v.err;
   std::string junk = ScratchDir() + "/junk.hbsnap";
@@ -115,7 +115,7 @@ TEST(Faults, IncompatibleHostIsRefusedBeforeTouchingAnything) {
   });
   ExpectRestoreRefused(snap, kExitIncompatible, "avx10_9_imaginary");
   int port = FreePort();
-  CmdResult r = Run({Bin("hotboot"), "restore", snap, "--port", std::to_string(port), "--detach", "--json",
+  CmdResult r = RunCmd({Bin("hotboot"), "restore", snap, "--port", std::to_string(port), "--detach", "--json",
                      "--fallback-cold"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("cold"), std::string::npos);
@@ -135,7 +135,7 @@ TEST(Faults, PortAlreadyInUse) {
   socklen_t len = sizeof a;
   getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
   int port = ntohs(a.sin_port);
-  CmdResult r = Run({Bin("hotboot"), "restore", TinySnapshot(), "--port", std::to_string(port), "--detach"});
+  CmdResult r = RunCmd({Bin("hotboot"), "restore", TinySnapshot(), "--port", std::to_string(port), "--detach"});
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.err.find("in use"), std::string::npos) << r.err;
   close(fd);
@@ -143,7 +143,7 @@ TEST(Faults, PortAlreadyInUse) {
 
 TEST(Faults, ServerThatNeverGetsReadyTimesOut) {
   std::string out = ScratchDir() + "/never.hbsnap";
-  CmdResult r = Run({Bin("hotboot"), "build", "--out", out, "--ready-timeout", "2", "--", "/bin/sleep", "30"});
+  CmdResult r = RunCmd({Bin("hotboot"), "build", "--out", out, "--ready-timeout", "2", "--", "/bin/sleep", "30"});
   EXPECT_EQ(r.exit_code, kExitTimeout) << r.err;
   EXPECT_NE(r.err.find("never became ready"), std::string::npos) << r.err;
   EXPECT_FALSE(fs::exists(out));
@@ -187,7 +187,7 @@ TEST(Faults, KillNineMidDumpPublishesNoSnapshot) {
   for (int i = 0; i < 100 && CountServersOf(TinyModel()) > before; ++i) usleep(100 * 1000);
   EXPECT_EQ(CountServersOf(TinyModel()), before);
   // The next build cleans what the killed one left and succeeds.
-  CmdResult r = Run({Bin("hotboot"), "build", "--out", out, "--model", TinyModel()});
+  CmdResult r = RunCmd({Bin("hotboot"), "build", "--out", out, "--model", TinyModel()});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_TRUE(fs::exists(out));
   for (const std::string dir : {ScratchDir(), std::string("/dev/shm")}) {

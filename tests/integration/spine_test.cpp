@@ -18,7 +18,7 @@ namespace {
 using json = nlohmann::json;
 
 json Manifest() {
-  CmdResult r = Run({Bin("hotboot"), "inspect", TinySnapshot(), "--json"});
+  CmdResult r = RunCmd({Bin("hotboot"), "inspect", TinySnapshot(), "--json"});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   return json::parse(r.out, nullptr, false);
 }
@@ -37,12 +37,12 @@ TEST(Spine, BuildWritesASnapshotThatInspectsAndVerifies) {
   EXPECT_FALSE(m["warm"]["canary"]["tokens"].empty());
   EXPECT_GE(m["criu"]["version"].get<std::string>(), "4");
 
-  CmdResult human = Run({Bin("hotboot"), "inspect", TinySnapshot()});
+  CmdResult human = RunCmd({Bin("hotboot"), "inspect", TinySnapshot()});
   EXPECT_EQ(human.exit_code, 0);
   EXPECT_NE(human.out.find("CRIU"), std::string::npos);
   EXPECT_NE(human.out.find("canary"), std::string::npos);
 
-  CmdResult v = Run({Bin("hotboot"), "verify", TinySnapshot()});
+  CmdResult v = RunCmd({Bin("hotboot"), "verify", TinySnapshot()});
   EXPECT_EQ(v.exit_code, 0) << v.err;
   EXPECT_NE(v.out.find("OK"), std::string::npos);
 }
@@ -54,7 +54,7 @@ struct Restored {
 };
 
 Restored RestoreDetached(int port) {
-  CmdResult r = Run({Bin("hotboot"), "restore", TinySnapshot(), "--port", std::to_string(port), "--detach", "--json"});
+  CmdResult r = RunCmd({Bin("hotboot"), "restore", TinySnapshot(), "--port", std::to_string(port), "--detach", "--json"});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   Restored res;
   res.out = json::parse(r.out, nullptr, false);

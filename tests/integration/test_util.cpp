@@ -54,7 +54,7 @@ pid_t Spawn(const std::vector<std::string>& argv, const std::string& out_file, c
   return pid;
 }
 
-CmdResult Run(const std::vector<std::string>& argv, int timeout_s) {
+CmdResult RunCmd(const std::vector<std::string>& argv, int timeout_s) {
   static std::atomic<int> seq{0};
   std::string base = ScratchDir() + "/cmd." + std::to_string(seq++);
   CmdResult r;
@@ -93,7 +93,7 @@ std::string ScratchDir() {
 const std::string& TinyModel() {
   static std::string path = [] {
     std::string p = ScratchDir() + "/tiny.safetensors";
-    CmdResult r = Run({Bin("hotboot-mkmodel"), "--preset", "tiny", "--out", p});
+    CmdResult r = RunCmd({Bin("hotboot-mkmodel"), "--preset", "tiny", "--out", p});
     if (r.exit_code != 0) throw std::runtime_error("hotboot-mkmodel failed: " + r.err);
     return p;
   }();
@@ -103,7 +103,7 @@ const std::string& TinyModel() {
 const std::string& TinySnapshot() {
   static std::string path = [] {
     std::string p = ScratchDir() + "/tiny.hbsnap";
-    CmdResult r = Run({Bin("hotboot"), "build", "--out", p, "--model", TinyModel(), "--json"});
+    CmdResult r = RunCmd({Bin("hotboot"), "build", "--out", p, "--model", TinyModel(), "--json"});
     if (r.exit_code != 0) throw std::runtime_error("hotboot build failed: " + r.err);
     return p;
   }();

@@ -18,7 +18,7 @@ struct CmdResult {
 
 std::string Bin(const std::string& name);  // build/bin/<name>
 // Runs argv to completion with stdin from /dev/null.
-CmdResult Run(const std::vector<std::string>& argv, int timeout_s = 600);
+CmdResult RunCmd(const std::vector<std::string>& argv, int timeout_s = 600);
 // Starts argv in the background with stdout/stderr to files; returns its pid.
 pid_t Spawn(const std::vector<std::string>& argv, const std::string& out_file, const std::string& err_file);
 
