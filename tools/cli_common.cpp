@@ -110,6 +110,10 @@ Result<std::string> EnsureModel(const std::string& path_or_empty, const std::str
 
 void Progress::Update(uint64_t done, uint64_t total) {
   if (g_quiet || total == 0) return;
+  if (!started_) {
+    started_ = true;
+    start_ = std::chrono::steady_clock::now();
+  }
   int pct = static_cast<int>(done * 100 / total);
   bool tty = ::isatty(STDERR_FILENO);
   if (pct == last_pct_ || (!tty && pct / 10 == last_pct_ / 10 && pct != 100)) return;

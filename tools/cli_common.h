@@ -50,7 +50,8 @@ class Progress {
   std::string label_;
   int last_pct_ = -1;
   bool drawn_ = false;
-  std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
+  bool started_ = false;
+  std::chrono::steady_clock::time_point start_;
 };
 
 }  // namespace hotboot::cli
