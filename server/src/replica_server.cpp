@@ -78,6 +78,7 @@ struct WarmShape {
   const char* name;
   std::string prompt;
   int max_tokens;
+  std::vector<int> batch_sizes;  // bounded by --max-batch
 };
 
 std::vector<WarmShape> WarmShapes(int max_seq_len) {
@@ -86,10 +87,12 @@ std::vector<WarmShape> WarmShapes(int max_seq_len) {
       "Assistant: Bioluminescence is light made by living things; many deep sea fish use it to hunt or hide. ";
   std::string long_prompt;
   while (long_prompt.size() < 1200) long_prompt += turn;
+  // Short queries arrive in bursts (batched); long multi-turn prompts are
+  // prefill-bound and run alone.
   std::vector<WarmShape> shapes = {
-      {"short", "play jazz", 4},
-      {"medium", "Recommend three science fiction novels for someone who liked Dune, with one sentence each.", 24},
-      {"long", long_prompt + "User: what should I watch next?", 8},
+      {"short", "play jazz", 4, {1, 2, 4}},
+      {"medium", "Recommend three science fiction novels for someone who liked Dune, with one sentence each.", 16, {1, 4}},
+      {"long", long_prompt + "User: what should I watch next?", 4, {1}},
   };
   (void)max_seq_len;
   return shapes;
@@ -295,10 +298,11 @@ bool ReplicaServer::Impl::BootSteps() {
     prompt.insert(prompt.end(), ids.begin(), ids.end());
     const int room = cfg.max_seq_len - shape.max_tokens;
     if (static_cast<int>(prompt.size()) > room) prompt.resize(static_cast<size_t>(std::max(1, room)));
-    for (int b : sizes) {
+    for (int b : shape.batch_sizes) {
+      if (b > std::max(1, opts.max_batch)) continue;
       std::vector<GenerateRequest> reqs(static_cast<size_t>(b), GenerateRequest{prompt, shape.max_tokens});
       Metrics::Shape m;
-      const int iterations = 3;
+      const int iterations = 2;  // the first (cold) and one steady
       std::vector<double> steady;
       for (int it = 0; it < iterations; ++it) {
         const auto t = Clock::now();

@@ -202,7 +202,7 @@ TEST_F(ServerFixture, BootsToWarmThenServes) {
     EXPECT_NE(m.body.find(std::string("phase=\"") + phase + "\""), std::string::npos) << phase;
   }
   EXPECT_NE(m.body.find("hotboot_state{state=\"warm\"} 1"), std::string::npos);
-  EXPECT_NE(m.body.find("shape=\"long_b4\""), std::string::npos);
+  EXPECT_NE(m.body.find("shape=\"short_b4\""), std::string::npos);
 }
 
 TEST_F(ServerFixture, BadRequestsGetClearErrors) {
