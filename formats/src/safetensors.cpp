@@ -1,5 +1,7 @@
 #include "hotboot/safetensors.h"
 
+#include "io_util.h"
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -16,6 +18,9 @@ using json = nlohmann::json;
 
 namespace {
 
+using io::PreadAll;
+using io::WriteAll;
+
 constexpr uint64_t kMaxHeader = 100u << 20;  // bounds the header allocation
 constexpr size_t kMaxRank = 8;
 
@@ -31,29 +36,7 @@ bool ParseDType(const std::string& s, DType* t) {
   return false;
 }
 
-Status PreadAll(int fd, char* dst, uint64_t len, uint64_t off, const std::string& path) {
-  uint64_t got = 0;
-  while (got < len) {
-    ssize_t n = ::pread(fd, dst + got, len - got, static_cast<off_t>(off + got));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return ErrnoError("read " + path, errno);
-    if (n == 0) return Truncated(path + ": file ends at byte " + std::to_string(off + got));
-    got += static_cast<uint64_t>(n);
-  }
-  return Status::Ok();
-}
 
-Status WriteAll(int fd, const void* p, size_t n, const std::string& path) {
-  const char* c = static_cast<const char*>(p);
-  while (n > 0) {
-    ssize_t w = ::write(fd, c, n);
-    if (w < 0 && errno == EINTR) continue;
-    if (w < 0) return ErrnoError("write " + path, errno);
-    c += w;
-    n -= static_cast<size_t>(w);
-  }
-  return Status::Ok();
-}
 
 }  // namespace
 

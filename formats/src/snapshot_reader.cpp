@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "hotboot/snapshot_file.h"
+#include "io_util.h"
 #include "snapshot_layout.h"
 
 namespace hotboot::snapfile {
@@ -26,17 +27,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-Status PreadAll(int fd, char* dst, uint64_t len, uint64_t off, const std::string& path) {
-  uint64_t got = 0;
-  while (got < len) {
-    ssize_t n = ::pread(fd, dst + got, len - got, static_cast<off_t>(off + got));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return ErrnoError("read " + path, errno);
-    if (n == 0) return Truncated(path + ": file ends at byte " + std::to_string(off + got));
-    got += static_cast<uint64_t>(n);
-  }
-  return Status::Ok();
-}
+using io::PreadAll;
+
 
 // Runs fn(i) for i in [0, n) on `threads` threads; returns the error of the
 // lowest failing index, so the report does not depend on scheduling.

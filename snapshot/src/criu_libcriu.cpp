@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <fstream>
 #include <mutex>
 #include <deque>
@@ -49,7 +50,7 @@ class LibCriu final : public Criu {
     criu_set_pid(o.pid);
     criu_set_images_dir_fd(dir.get());
     criu_set_log_file(o.log_file.c_str());
-    criu_set_log_level(o.log_level);
+    criu_set_log_level(LogLevel(o.log_level));
     criu_set_leave_running(o.leave_running);
     if (o.timeout_s) criu_set_timeout(o.timeout_s);
     for (const auto& e : o.externals) criu_add_external(e.c_str());
@@ -74,7 +75,7 @@ class LibCriu final : public Criu {
     criu_set_images_dir_fd(dir.get());
     criu_set_work_dir_fd(wdir.get());
     criu_set_log_file(o.log_file.c_str());
-    criu_set_log_level(o.log_level);
+    criu_set_log_level(LogLevel(o.log_level));
     for (const auto& [fd, key] : o.inherit_fds) criu_add_inherit_fd(fd, key.c_str());
     int pid = criu_restore_child();
     criu_free_opts();
@@ -88,11 +89,17 @@ class LibCriu final : public Criu {
  private:
   Status Init() {
     if (criu_init_opts() < 0) return Internal("criu_init_opts failed");
+    // HOTBOOT_CRIU_LOG_LEVEL=4 makes CRIU's own logs verbose, for debugging.
     if (!binary_.empty() && criu_set_service_binary(binary_.c_str()) < 0) {
       criu_free_opts();
       return Internal("criu_set_service_binary failed");
     }
     return Status::Ok();
+  }
+
+  static int LogLevel(int level) {
+    const char* env = std::getenv("HOTBOOT_CRIU_LOG_LEVEL");
+    return env && *env ? std::atoi(env) : level;
   }
 
   static std::string ErrName(int rc) {
