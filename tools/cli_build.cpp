@@ -111,7 +111,7 @@ int RunBuild(const BuildArgs& a) {
 
 Runner AddBuild(CLI::App& app) {
   auto a = std::make_shared<BuildArgs>();
-  app.description(
+  app.footer(
       "Boot a server, wait until it is warm, record a canary, quiesce it, dump it with CRIU and\n"
       "pack everything into one snapshot file (written atomically: a failed or killed build\n"
       "leaves no file at --out). With no COMMAND, builds the reference server (hotboot-server)\n"

@@ -172,7 +172,7 @@ int RunDemo(const DemoArgs& a) {
 
 Runner AddDemo(CLI::App& app) {
   auto a = std::make_shared<DemoArgs>();
-  app.description("Generate the default model (when missing), cold-boot the reference server and time it\n"
+  app.footer("Generate the default model (when missing), cold-boot the reference server and time it\n"
                   "to ready, build a snapshot, restore it as a new replica, and print both side by side.");
   app.add_option("-m,--model", a->model, "Model file (default: the preset's, generated when missing)");
   app.add_option("--preset", a->preset, "Model preset")->check(CLI::IsMember({"tiny", "small", "1b"}));

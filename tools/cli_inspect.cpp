@@ -152,7 +152,7 @@ Runner AddInspect(CLI::App& app) {
 Runner AddVerify(CLI::App& app) {
   auto path = std::make_shared<std::string>();
   auto json_out = std::make_shared<bool>(false);
-  app.description("Check every chunk checksum and the whole-file digest; report the first bad\n"
+  app.footer("Check every chunk checksum and the whole-file digest; report the first bad\n"
                   "section, chunk and byte offset. Exit 0 when intact, 4 when not.");
   app.add_option("snapshot", *path, "Snapshot file")->required();
   app.add_flag("--json", *json_out, "Print the result as JSON");

@@ -175,7 +175,7 @@ int RunRestore(const RestoreArgs& a) {
 
 Runner AddRestore(CLI::App& app) {
   auto a = std::make_shared<RestoreArgs>();
-  app.description(
+  app.footer(
       "Restore a snapshot as a new replica serving on --port. Checks first that the snapshot can\n"
       "run here (CPU, kernel, CRIU, files) and refuses with the reason before touching anything;\n"
       "verifies every chunk before using it; after the CRIU restore, runs the replica's\n"
@@ -190,7 +190,7 @@ Runner AddRestore(CLI::App& app) {
   app.add_flag("--fallback-cold", a->fallback_cold,
                "Boot the server cold when the snapshot cannot be used here");
   app.add_option("--log", a->log_file, "Replica log file (default with --detach: $TMPDIR/hotboot-replica-PORT.log)");
-  app.add_option("--work-dir", a->work_dir, "Where to unpack CRIU images (default $TMPDIR or /tmp)");
+  app.add_option("--work-dir", a->work_dir, "Where to unpack CRIU images (default /dev/shm when they fit, else $TMPDIR or /tmp)");
   app.add_option("--verify-timeout", a->verify_timeout_s, "Seconds allowed for each verification step");
   app.add_flag("--no-latency-check", a->no_latency_check,
                "Accept a canary answer slower than the build's warm bound");
