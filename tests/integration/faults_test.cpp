@@ -190,7 +190,7 @@ TEST(Faults, KillNineMidDumpPublishesNoSnapshot) {
   CmdResult r = RunCmd({Bin("hotboot"), "build", "--out", out, "--model", TinyModel()});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_TRUE(fs::exists(out));
-  for (const std::string dir : {ScratchDir(), std::string("/dev/shm")}) {
+  for (const std::string& dir : {ScratchDir(), std::string("/dev/shm")}) {
     for (const auto& e : fs::directory_iterator(dir)) {
       EXPECT_EQ(e.path().filename().string().find(".hotboot-build.killed"), std::string::npos) << e.path();
       EXPECT_EQ(e.path().filename().string().find("killed.hbsnap.tmp"), std::string::npos) << e.path();
