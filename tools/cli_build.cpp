@@ -92,14 +92,16 @@ int RunBuild(const BuildArgs& a) {
     json out = {{"path", r->path},
                 {"file_bytes", r->file_size},
                 {"criu_images_bytes", r->images_bytes},
+                {"weights_bytes", r->weights_bytes},
                 {"digest", m["warm"]["digest"]},
                 {"timings_ms", m["timings_ms"]},
                 {"canary", m["warm"]["canary"]}};
     std::printf("%s\n", out.dump(2).c_str());
   } else {
-    std::printf("snapshot %s: %s (CRIU images %s, %.1f%%), warm in %s, dump %s, pack %s\n",
-                r->path.c_str(), HumanBytes(r->file_size).c_str(), HumanBytes(r->images_bytes).c_str(),
-                r->images_bytes ? 100.0 * r->file_size / r->images_bytes : 0.0,
+    const uint64_t raw = r->images_bytes + r->weights_bytes;
+    std::printf("snapshot %s: %s (%.1f%% of CRIU images %s + weights %s), warm in %s, dump %s, pack %s\n",
+                r->path.c_str(), HumanBytes(r->file_size).c_str(), raw ? 100.0 * r->file_size / raw : 0.0,
+                HumanBytes(r->images_bytes).c_str(), HumanBytes(r->weights_bytes).c_str(),
                 Ms(m["timings_ms"]["launch_to_warm"].get<double>()).c_str(),
                 Ms(m["timings_ms"]["criu_dump"].get<double>()).c_str(),
                 Ms(m["timings_ms"]["pack"].get<double>()).c_str());

@@ -145,6 +145,7 @@ int RunDemo(const DemoArgs& a) {
                 {"speedup_time_to_ready", cold.ready_ms / rest.ready_ms},
                 {"snapshot_bytes", built->file_size},
                 {"criu_images_bytes", built->images_bytes},
+                {"weights_bytes", built->weights_bytes},
                 {"build_timings_ms", m["timings_ms"]}};
     std::printf("%s\n", out.dump(2).c_str());
   } else {
@@ -160,8 +161,10 @@ int RunDemo(const DemoArgs& a) {
     for (const auto& [k, v] : restored->timings_ms.items()) std::printf(" %s %s;", k.c_str(), Ms(v.get<double>()).c_str());
     std::printf("\nbuild: warm in %s, CRIU dump %s, pack %s\n", Ms(m["timings_ms"]["launch_to_warm"].get<double>()).c_str(),
                 Ms(m["timings_ms"]["criu_dump"].get<double>()).c_str(), Ms(m["timings_ms"]["pack"].get<double>()).c_str());
-    std::printf("snapshot %s vs raw CRIU images %s (%.1f%%)\n", HumanBytes(built->file_size).c_str(),
-                HumanBytes(built->images_bytes).c_str(), 100.0 * built->file_size / std::max<uint64_t>(1, built->images_bytes));
+    const uint64_t raw = built->images_bytes + built->weights_bytes;
+    std::printf("snapshot %s vs raw %s: CRIU images %s + weights %s (%.1f%%)\n", HumanBytes(built->file_size).c_str(),
+                HumanBytes(raw).c_str(), HumanBytes(built->images_bytes).c_str(), HumanBytes(built->weights_bytes).c_str(),
+                100.0 * built->file_size / std::max<uint64_t>(1, raw));
     std::printf("both replicas answered the same %zu tokens for the same prompt\n", rest.tokens.size());
   }
   if (!a.keep) fs::remove(snap);

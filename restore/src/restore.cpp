@@ -145,12 +145,40 @@ Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, con
   phase("unpack");
   const auto tu = Clock::now();
   uint64_t raw_bytes = 0;
-  for (const auto& sec : reader->sections()) raw_bytes += sec.raw_size;
+  for (const auto& sec : reader->sections()) {
+    if (sec.name.rfind("criu/", 0) == 0) raw_bytes += sec.raw_size;
+  }
   HB_ASSIGN_OR_RETURN(TempDir work, TempDir::Make(opts.work_root, raw_bytes));
   const std::string images = work.path() + "/images";
   fs::create_directories(images);
   HB_RETURN_IF_ERROR(reader->ExtractTo(images, "criu/", opts.threads));
   res.timings_ms["unpack"] = MsSince(tu);
+
+  // Files the snapshot provides (the server's weights): reuse one already on
+  // this host (content-addressed name, same size; the digest check below
+  // catches anything else), or extract it next to its final path and rename,
+  // never rewriting a file another replica maps.
+  phase("weights");
+  const auto tw = Clock::now();
+  const json provided = manifest.value("process", json::object()).value("provided_files", json::array());
+  for (const auto& f : provided) {
+    const std::string path = f.value("path", ""), section = f.value("section", "");
+    const uint64_t size = f.value("size", uint64_t{0});
+    std::error_code ec;
+    if (path.empty() || section.rfind("weights/", 0) != 0) return Corrupt("manifest: bad provided_files entry");
+    if (fs::exists(path, ec) && fs::file_size(path, ec) == size) continue;
+    const fs::path dir = fs::path(path).parent_path();
+    fs::create_directories(dir, ec);
+    const fs::path stage = dir / (".extract." + std::to_string(::getpid()));
+    fs::create_directories(stage, ec);
+    if (ec) return IoError("create " + stage.string() + ": " + ec.message());
+    Status s = reader->ExtractTo(stage.string(), section.substr(0, section.rfind('/') + 1), opts.threads);
+    const fs::path got = stage / fs::path(section).filename();
+    if (s.ok() && ::rename(got.c_str(), path.c_str()) != 0) s = ErrnoError("rename " + got.string(), errno);
+    fs::remove_all(stage, ec);
+    HB_RETURN_IF_ERROR(s.Prefixed("weights for " + path));
+  }
+  res.timings_ms["weights"] = MsSince(tw);
 
   phase("criu-restore");
   const auto tr = Clock::now();

@@ -2,7 +2,16 @@
 // Weights are read from safetensors, converted and packed into the kernels'
 // panel layout (q/k/v fused into one matrix, gate/up into another); sequences
 // of a batch share every weight pass.
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <xxhash.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
 
 #include <algorithm>
 #include <chrono>
@@ -45,6 +54,60 @@ struct Seg {
   int pos0;
 };
 
+// The packed weights' home: a file mapped shared (see LoadOptions).
+class WeightFile {
+ public:
+  ~WeightFile() {
+    kernels::SetArena(nullptr);
+    if (arena_.base) {
+      kernels::ForgetArena(&arena_);
+      ::munmap(arena_.base, arena_.size);
+    }
+    if (!tmp_.empty()) ::unlink(tmp_.c_str());
+  }
+  // Creates and maps a file of `bytes` in dir; the arena is then active.
+  Status Create(const std::string& dir, size_t bytes) {
+    static std::atomic<int> seq{0};
+    std::error_code ec;
+    std::filesystem::create_directories(dir, ec);
+    if (ec) return IoError("create " + dir + ": " + ec.message());
+    tmp_ = dir + "/.loading." + std::to_string(::getpid()) + "." + std::to_string(seq++);
+    int fd = ::open(tmp_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0) return ErrnoError("create " + tmp_, errno);
+    Status s;
+    if (::ftruncate(fd, static_cast<off_t>(bytes)) != 0) s = ErrnoError("size " + tmp_, errno);
+    void* p = s.ok() ? ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) : MAP_FAILED;
+    if (s.ok() && p == MAP_FAILED) s = ErrnoError("map " + tmp_, errno);
+    ::close(fd);
+    if (!s.ok()) return s;
+    arena_.base = static_cast<uint8_t*>(p);
+    arena_.size = bytes;
+    kernels::SetArena(&arena_);
+    return Status::Ok();
+  }
+  // Ends allocation, names the file after its content, makes it read-only.
+  Status Seal(const std::string& dir) {
+    kernels::SetArena(nullptr);
+    XXH128_hash_t h = XXH3_128bits(arena_.base, arena_.used);
+    char name[80];
+    std::snprintf(name, sizeof name, "/weights-%016llx%016llx.bin", static_cast<unsigned long long>(h.high64),
+                  static_cast<unsigned long long>(h.low64));
+    path_ = dir + name;
+    // Replacing a file of the same name is safe: same content, and processes
+    // mapping the old one keep its inode.
+    if (::rename(tmp_.c_str(), path_.c_str()) != 0) return ErrnoError("rename " + tmp_, errno);
+    tmp_.clear();
+    if (::mprotect(arena_.base, arena_.size, PROT_READ) != 0) return ErrnoError("mprotect weights", errno);
+    return Status::Ok();
+  }
+  const std::string& path() const { return path_; }
+  bool active() const { return arena_.base != nullptr; }
+
+ private:
+  kernels::Arena arena_;
+  std::string tmp_, path_;
+};
+
 class LlamaModel final : public Model {
  public:
   static Result<std::unique_ptr<Model>> Load(const std::string& path, const LoadOptions& opts, LoadTimings* timings);
@@ -61,6 +124,10 @@ class LlamaModel final : public Model {
     rows_cap_ = 0;
   }
   uint64_t parameter_count() const override { return ParameterCount(cfg_); }
+  std::vector<std::string> weight_files() const override {
+    if (weights_.path().empty()) return {};
+    return {weights_.path()};
+  }
   uint64_t weight_bytes() const override {
     uint64_t n = embed_.size_bytes() + (head_ ? head_->size_bytes() : 0) + final_norm_.size_bytes();
     for (const auto& l : layers_) {
@@ -82,6 +149,7 @@ class LlamaModel final : public Model {
   }
 
   ModelConfig cfg_;
+  WeightFile weights_;  // declared first: unmapped after the matrices that live in it
   std::unique_ptr<BpeTokenizer> tok_;
   std::unique_ptr<k::ThreadPool> pool_;
   k::PackedMatrix embed_;
@@ -152,6 +220,24 @@ Result<std::unique_ptr<Model>> LlamaModel::Load(const std::string& path, const L
   if (!tok.ok()) return tok.status().Prefixed(path);
   m->tok_ = std::move(tok).value();
 
+  // Size the weight file: every matrix big enough to leave the heap.
+  std::string wdir = opts.weights_dir;
+  if (wdir.empty()) {
+    const char* env = std::getenv("HOTBOOT_WEIGHTS_DIR");
+    wdir = env && *env ? env : "/dev/shm/hotboot-weights";
+  }
+  if (wdir != "none") {
+    auto mat_bytes = [](int64_t n, int64_t kk) {
+      const size_t b = static_cast<size_t>((n + 15) / 16 * 16 * kk * 2);
+      return b >= (size_t{1} << 20) ? k::ArenaBytes(b) + 4096 : 0;
+    };
+    const int64_t dd = c.dim, hh = c.hidden_dim;
+    size_t total = mat_bytes(c.vocab_size, dd) * (c.tied_embeddings ? 1 : 2);
+    total += static_cast<size_t>(c.n_layers) *
+             (mat_bytes(m->qkv_cols_, dd) + mat_bytes(dd, c.n_heads * m->hd_) + mat_bytes(2 * hh, dd) + mat_bytes(dd, hh));
+    if (total > 0) HB_RETURN_IF_ERROR(m->weights_.Create(wdir, total).Prefixed("weights file"));
+  }
+
   std::vector<uint16_t> buf;
   auto pack = [&](k::PackedMatrix& w, int64_t row0, int64_t rows) {
     const auto t = Clock::now();
@@ -211,6 +297,7 @@ Result<std::unique_ptr<Model>> LlamaModel::Load(const std::string& path, const L
     HB_RETURN_IF_ERROR(alloc(*m->head_, c.vocab_size, d, "lm_head"));
     pack(*m->head_, 0, c.vocab_size);
   }
+  if (m->weights_.active()) HB_RETURN_IF_ERROR(m->weights_.Seal(wdir).Prefixed("weights file"));
   const auto t_rope = Clock::now();
   if (!k::BuildRopeTable(c.max_seq_len, m->hd_, c.rope_theta, &m->rope_)) return Internal("out of memory (rope table)");
   lt.convert_ms += MsSince(t_rope);

@@ -433,7 +433,9 @@ json ReplicaServer::Impl::HandleControl(const json& cmd) {
       return fail("sockets still open after closing every connection:" + list);
     }
     SetState(ReplicaState::kFrozen);
-    return {{"ok", true}, {"digest", model->Digest()}, {"instance", instance}, {"state", "frozen"}};
+    // The agent API's registered regions: files the snapshot must carry.
+    return {{"ok", true}, {"digest", model->Digest()}, {"instance", instance}, {"state", "frozen"},
+            {"weights_files", model->weight_files()}};
   }
   if (name == "after_restore") {
     if (st != ReplicaState::kFrozen && st != ReplicaState::kRestored) {

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <ctime>
 #include <filesystem>
+#include <set>
 #include <fstream>
 
 #include "hotboot/host_info.h"
@@ -239,8 +240,29 @@ Result<BuildResult> BuildSnapshot(const BuildSpec& spec, const std::string& out_
   const double dump_ms = MsSince(td);
 
   HostInfo host = ReadHostInfo();
-  json jfiles = json::array();
-  for (const auto& f : files) jfiles.push_back({{"path", f.path}, {"size", f.size}});
+  // Large immutable regions the server registered (its weights file) travel
+  // as their own sections; the rest of the mapped files must exist on the
+  // restoring host.
+  std::set<std::string> provided;
+  if (frozen.contains("weights_files") && frozen["weights_files"].is_array()) {
+    for (const auto& w : frozen["weights_files"]) {
+      if (w.is_string()) provided.insert(w.get<std::string>());
+    }
+  }
+  json jfiles = json::array(), jprovided = json::array();
+  std::vector<snapfile::SectionSource> extra_sections;
+  for (const auto& f : files) {
+    if (provided.count(f.path)) {
+      const std::string section = "weights/" + fs::path(f.path).filename().string();
+      jprovided.push_back({{"path", f.path}, {"size", f.size}, {"section", section}});
+      snapfile::SectionSource src;
+      src.name = section;
+      src.file_path = f.path;
+      extra_sections.push_back(std::move(src));
+    } else {
+      jfiles.push_back({{"path", f.path}, {"size", f.size}});
+    }
+  }
   uint64_t images_bytes = 0;
   for (const auto& e : fs::recursive_directory_iterator(images, ec)) {
     if (e.is_regular_file()) images_bytes += e.file_size();
@@ -259,7 +281,8 @@ Result<BuildResult> BuildSnapshot(const BuildSpec& spec, const std::string& out_
         {"cwd", lo.cwd},
         {"pid_namespace", lo.new_pid_namespace},
         {"fd_keys", keys},
-        {"mapped_files", jfiles}}},
+        {"mapped_files", jfiles},
+        {"provided_files", jprovided}}},
       {"server", {{"host", spec.host}, {"build_port", port}, {"instance", frozen.value("instance", "")}}},
       {"warm",
        {{"digest", frozen.value("digest", "")},
@@ -282,6 +305,7 @@ Result<BuildResult> BuildSnapshot(const BuildSpec& spec, const std::string& out_
   phase("pack");
   const auto tp = Clock::now();
   HB_ASSIGN_OR_RETURN(auto sections, snapfile::SectionsFromDirectory(images, "criu"));
+  for (auto& e : extra_sections) sections.push_back(std::move(e));
   // Sections carry the pack timing only via the manifest's own field below;
   // the pack time is known after writing and is reported in BuildResult.
   snapfile::WriteOptions wo;
@@ -294,6 +318,7 @@ Result<BuildResult> BuildSnapshot(const BuildSpec& spec, const std::string& out_
   res.path = out_path;
   res.manifest = manifest;
   res.images_bytes = images_bytes;
+  for (const auto& w : jprovided) res.weights_bytes += w.value("size", uint64_t{0});
   struct stat st{};
   if (::stat(out_path.c_str(), &st) == 0) res.file_size = static_cast<uint64_t>(st.st_size);
   phase("done");

@@ -87,6 +87,28 @@ TEST(Spine, RestoredReplicaIsReadyAndAnswersTheCanary) {
   Stop(r.pid);
 }
 
+TEST(Spine, WeightsTravelInTheSnapshotAndAreMappedNotCopied) {
+  const json m = Manifest()["manifest"];
+  ASSERT_EQ(m["process"]["provided_files"].size(), 1u) << m["process"].dump();
+  const std::string weights = m["process"]["provided_files"][0]["path"];
+  // A fresh host has no weights file: restore extracts it from the snapshot.
+  unlink(weights.c_str());
+  int port = FreePort();
+  Restored r = RestoreDetached(port);
+  ASSERT_GT(r.pid, 0);
+  EXPECT_GT(ReadFile(weights).size(), 0u);
+  // The replica maps the file shared and read-only instead of holding a copy.
+  std::string maps = ReadFile("/proc/" + std::to_string(r.pid) + "/maps");
+  size_t at = maps.find(weights);
+  ASSERT_NE(at, std::string::npos) << maps;
+  size_t line = maps.rfind('\n', at);
+  std::string entry = maps.substr(line == std::string::npos ? 0 : line + 1, at - (line == std::string::npos ? 0 : line + 1));
+  EXPECT_NE(entry.find(" r--s "), std::string::npos) << entry;
+  EXPECT_EQ(Generate(port, m["warm"]["canary"]["prompt"], m["warm"]["canary"]["max_tokens"])["tokens"],
+            m["warm"]["canary"]["tokens"]);
+  Stop(r.pid);
+}
+
 TEST(Spine, ThreeReplicasFromOneSnapshotAtOnce) {
   const json m = Manifest()["manifest"];
   int ports[3] = {FreePort(), FreePort(), FreePort()};

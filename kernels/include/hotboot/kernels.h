@@ -137,6 +137,23 @@ class Buffer {
 extern template class Buffer<float>;
 extern template class Buffer<uint16_t>;
 
+// Large buffers (>= 1 MiB) allocated while an arena is set are carved from
+// it instead of fresh anonymous mappings: the model places its packed weights
+// in a file-backed shared mapping this way, so a snapshot stores them once
+// and restored replicas map them instead of copying them. Freeing arena
+// memory is a no-op; its owner unmaps the whole arena. Not thread-safe: set
+// it around single-threaded allocation only.
+struct Arena {
+  uint8_t* base = nullptr;
+  size_t size = 0;
+  size_t used = 0;
+};
+void SetArena(Arena* arena);  // nullptr: back to anonymous mappings
+// Before unmapping an arena: its buffers must all be gone.
+void ForgetArena(const Arena* arena);
+// The arena space a large buffer of `bytes` takes (page-aligned).
+size_t ArenaBytes(size_t bytes);
+
 // ---------------------------------------------------------------- packed weights
 
 enum class SrcType { kF32, kBf16, kF16 };

@@ -53,6 +53,12 @@ struct LoadTimings {
 
 struct LoadOptions {
   int threads = 0;  // 0: all cores
+  // Where packed weights live: a content-addressed file mapped shared, so a
+  // snapshot stores them once and restored replicas map them (page cache
+  // shared between replicas) instead of copying them through CRIU.
+  // Empty: $HOTBOOT_WEIGHTS_DIR or /dev/shm/hotboot-weights; "none":
+  // anonymous memory.
+  std::string weights_dir;
 };
 
 struct GenerateRequest {
@@ -97,6 +103,10 @@ class Model {
   // Frees KV caches and scratch buffers (before capture); they are re-created
   // lazily by the next Generate.
   virtual void ReleaseScratch() = 0;
+
+  // Files holding large immutable regions (the packed weights) that the
+  // process maps; a snapshot carries them as their own sections.
+  virtual std::vector<std::string> weight_files() const { return {}; }
 
   virtual uint64_t parameter_count() const = 0;
   virtual uint64_t weight_bytes() const = 0;  // resident, in kernel layout

@@ -50,7 +50,8 @@ struct BuildResult {
   std::string path;
   nlohmann::json manifest;
   uint64_t file_size = 0;
-  uint64_t images_bytes = 0;  // raw CRIU image size
+  uint64_t images_bytes = 0;   // raw CRIU image size
+  uint64_t weights_bytes = 0;  // raw size of the registered weight files
 };
 
 // Writes out_path atomically: a failed or killed build leaves no file there.
