@@ -25,7 +25,8 @@ void CloseFd(int& fd) {
   fd = -1;
 }
 
-void PumpLogs(int fd, LogSink sink, std::mutex* mu, std::deque<std::string>* tail) {
+void PumpLogs(int fd, LogSink sink, std::mutex* mu, std::deque<std::string>* tail,
+              std::condition_variable* cv, bool* eof) {
   std::string buf;
   char chunk[4096];
   auto emit = [&](std::string line) {
@@ -48,6 +49,11 @@ void PumpLogs(int fd, LogSink sink, std::mutex* mu, std::deque<std::string>* tai
     }
   }
   if (!buf.empty()) emit(buf);
+  {
+    std::lock_guard lock(*mu);
+    *eof = true;
+  }
+  cv->notify_all();
 }
 
 }  // namespace
@@ -57,7 +63,7 @@ Replica::Replica(pid_t pid, int control_write_fd, int control_read_fd, int log_r
     : pid_(pid), ctl_w_(control_write_fd), ctl_r_(control_read_fd), log_r_(log_read_fd),
       sink_(std::move(sink)) {
   if (log_r_ >= 0) {
-    log_thread_ = std::thread(PumpLogs, log_r_, sink_, &log_mu_, &log_tail_);
+    log_thread_ = std::thread(PumpLogs, log_r_, sink_, &log_mu_, &log_tail_, &log_cv_, &log_eof_);
   }
 }
 
@@ -87,6 +93,17 @@ std::string Replica::LogTail(size_t lines) const {
   size_t start = log_tail_.size() > lines ? log_tail_.size() - lines : 0;
   for (size_t i = start; i < log_tail_.size(); ++i) out += "  | " + log_tail_[i] + "\n";
   return out;
+}
+
+std::string Replica::FinalLogTail() {
+  {
+    // A child of the server may still hold the pipe; do not wait for it long.
+    std::unique_lock lock(log_mu_);
+    if (log_thread_.joinable()) {
+      log_cv_.wait_for(lock, std::chrono::seconds(1), [&] { return log_eof_; });
+    }
+  }
+  return LogTail();
 }
 
 std::optional<int> Replica::Exited() {
@@ -172,12 +189,13 @@ Result<json> Replica::ReadUntil(const std::function<bool(const json&)>& want,
         for (int i = 0; i < 20 && !Exited(); ++i) ::poll(nullptr, 0, 50);
         std::string how = Exited() ? DescribeExit(*Exited()) : "closed its control channel";
         return FailedPrecondition("server (pid " + std::to_string(pid_) + ") " + how +
-                                  " while waiting for " + what + "; last log:\n" + LogTail());
+                                  " while waiting for " + what + "; last log:\n" +
+                                  (Exited() ? FinalLogTail() : LogTail()));
       }
     }
     if (auto st = Exited()) {
       return FailedPrecondition("server (pid " + std::to_string(pid_) + ") " + DescribeExit(*st) +
-                                " while waiting for " + what + "; last log:\n" + LogTail());
+                                " while waiting for " + what + "; last log:\n" + FinalLogTail());
     }
   }
 }

@@ -9,6 +9,7 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <condition_variable>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -50,6 +51,9 @@ class Replica {
 
   // The last log lines (for error messages).
   std::string LogTail(size_t lines = 12) const;
+  // LogTail after the process exited: waits (bounded) until the pump has read
+  // what the process wrote before exiting.
+  std::string FinalLogTail();
   // True and the wait status when the process has exited (reaps it).
   std::optional<int> Exited();
   // SIGKILL and reap.
@@ -81,6 +85,8 @@ class Replica {
   LogSink sink_;
   mutable std::mutex log_mu_;
   std::deque<std::string> log_tail_;
+  std::condition_variable log_cv_;
+  bool log_eof_ = false;  // the pump saw every writer of the log pipe go
   std::thread log_thread_;
 };
 
