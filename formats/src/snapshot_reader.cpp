@@ -1,25 +1,25 @@
-// Reads a v0 snapshot. Distrusts every number: lengths and offsets are bounded
-// by caps and by the file's size before anything is allocated; "truncated"
-// and "corrupt" are told apart; a chunk's bytes are used only after both of
-// its hashes matched.
+// Reads a snapshot through its index (formats/SPEC.md). Distrusts every
+// number: lengths and offsets are bounded by caps and by the file's size
+// before anything is allocated; "truncated" and "corrupt" are told apart; a
+// chunk's bytes are used only after its record, its stored bytes and its
+// decoded bytes were checked.
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#define XXH_STATIC_LINKING_ONLY
 #include <xxhash.h>
-#include <zstd.h>
 
-#include <algorithm>
 #include <atomic>
 #include <cerrno>
-#include <cinttypes>
-#include <cstdio>
+#include <cstring>
 #include <filesystem>
+#include <map>
 #include <mutex>
-#include <thread>
 
 #include "hotboot/snapshot_file.h"
 #include "io_util.h"
-#include "snapshot_layout.h"
+#include "pipeline.h"
+#include "records.h"
 
 namespace hotboot::snapfile {
 
@@ -29,55 +29,32 @@ namespace {
 
 using io::PreadAll;
 
-
-// Runs fn(i) for i in [0, n) on `threads` threads; returns the error of the
-// lowest failing index, so the report does not depend on scheduling.
-Status ParallelFor(size_t n, int threads, const std::function<Status(size_t, std::string*)>& fn) {
-  threads = std::max(1, threads > 0 ? threads : static_cast<int>(std::thread::hardware_concurrency()));
-  std::atomic<size_t> next{0};
-  std::mutex mu;
-  size_t first_bad = SIZE_MAX;
-  Status first_status;
-  auto work = [&] {
-    std::string scratch;
-    for (;;) {
-      size_t i = next++;
-      if (i >= n) return;
-      {
-        std::lock_guard lock(mu);
-        if (i > first_bad) return;
-      }
-      Status s = fn(i, &scratch);
-      if (!s.ok()) {
-        std::lock_guard lock(mu);
-        if (i < first_bad) {
-          first_bad = i;
-          first_status = s;
-        }
-      }
-    }
-  };
-  std::vector<std::thread> pool;
-  for (int t = 1; t < threads; ++t) pool.emplace_back(work);
-  work();
-  for (auto& t : pool) t.join();
-  return first_status;
-}
-
 std::string Where(const SectionInfo& s, size_t chunk, uint64_t offset) {
   return "section '" + s.name + "' chunk " + std::to_string(chunk) + " (file offset " + std::to_string(offset) + ")";
 }
+
+bool SameChunk(const ChunkInfo& a, const ChunkInfo& b) {
+  return a.stored_size == b.stored_size && a.raw_size == b.raw_size && a.method == b.method &&
+         a.transform == b.transform && a.stored_hash == b.stored_hash && a.raw_hash == b.raw_hash;
+}
+
+class Hasher128 {
+ public:
+  Hasher128() { XXH3_128bits_reset(&st_); }
+  void Update(const void* p, size_t n) { XXH3_128bits_update(&st_, p, n); }
+  Digest128 Get() const {
+    XXH128_hash_t d = XXH3_128bits_digest(&st_);
+    return {d.high64, d.low64};
+  }
+
+ private:
+  XXH3_state_t st_;
+};
 
 }  // namespace
 
 SnapshotReader::~SnapshotReader() {
   if (fd_ >= 0) ::close(fd_);
-}
-
-std::string SnapshotReader::file_digest_hex() const {
-  char buf[33];
-  std::snprintf(buf, sizeof buf, "%016" PRIx64 "%016" PRIx64, digest_hi_, digest_lo_);
-  return buf;
 }
 
 const SectionInfo* SnapshotReader::FindSection(std::string_view name) const {
@@ -87,290 +64,348 @@ const SectionInfo* SnapshotReader::FindSection(std::string_view name) const {
   return nullptr;
 }
 
-Result<std::unique_ptr<SnapshotReader>> SnapshotReader::Open(const std::string& path) {
+Result<std::unique_ptr<SnapshotReader>> SnapshotReader::Open(const std::string& path, const OpenOptions& opts) {
+  return OpenAt(path, opts, 0);
+}
+
+Result<std::unique_ptr<SnapshotReader>> SnapshotReader::OpenAt(const std::string& path, const OpenOptions& opts,
+                                                               int depth) {
   std::unique_ptr<SnapshotReader> r(new SnapshotReader());
   r->path_ = path;
+  r->depth_ = depth;
   r->fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (r->fd_ < 0) return ErrnoError("open " + path, errno);
   struct stat st{};
   if (::fstat(r->fd_, &st) != 0) return ErrnoError("stat " + path, errno);
   if (!S_ISREG(st.st_mode)) return InvalidArgument(path + " is not a regular file");
-  r->file_size_ = static_cast<uint64_t>(st.st_size);
+  const uint64_t size = r->file_size_ = static_cast<uint64_t>(st.st_size);
+  auto fail = [&](const Status& s) { return s.Prefixed(path); };
 
   // Header (SPEC.md "Header").
-  if (r->file_size_ < 8) return Corrupt(path + ": not a hotboot snapshot (bad magic; the file has only " + std::to_string(r->file_size_) + " bytes)");
   char hb[kHeaderSize] = {};
-  size_t hlen = std::min<uint64_t>(kHeaderSize, r->file_size_);
+  const size_t hlen = static_cast<size_t>(std::min<uint64_t>(kHeaderSize, size));
   HB_RETURN_IF_ERROR(PreadAll(r->fd_, hb, hlen, 0, path));
-  if (std::memcmp(hb, kMagic, 8) != 0) return Corrupt(path + ": not a hotboot snapshot (bad magic)");
-  if (hlen < kHeaderSize) return Truncated(path + ": truncated inside the header (" + std::to_string(r->file_size_) + " bytes)");
-  const auto* h = reinterpret_cast<const unsigned char*>(hb);
-  if (GetLE(h + 32, 8) != XXH3_64bits(hb, 32)) {
-    // A bad header checksum may be a newer layout: report the version first.
-    uint16_t major = static_cast<uint16_t>(GetLE(h + 8, 2));
-    if (major > kVersionMajor) {
-      return Unsupported(path + ": snapshot format version " + std::to_string(major) + "." +
-                         std::to_string(GetLE(h + 10, 2)) + " is newer than this hotboot reads (" +
-                         std::to_string(kVersionMajor) + "." + std::to_string(kVersionMinor) + "); upgrade hotboot");
-    }
-    return Corrupt(path + ": header checksum mismatch (bytes 0-31)");
+  Header h;
+  HB_RETURN_IF_ERROR(fail(DecodeHeader(hb, hlen, &h)));
+  r->major_ = h.major;
+  r->minor_ = h.minor;
+  if (h.file_size != 0 && size < h.file_size) {
+    return Truncated(path + ": truncated: the file has " + std::to_string(size) + " bytes, the header says " +
+                     std::to_string(h.file_size));
   }
-  r->major_ = static_cast<uint16_t>(GetLE(h + 8, 2));
-  r->minor_ = static_cast<uint16_t>(GetLE(h + 10, 2));
-  if (r->major_ != kVersionMajor) {
-    return Unsupported(path + ": snapshot format version " + std::to_string(r->major_) + "." +
-                       std::to_string(r->minor_) + " is not readable by this hotboot (reads " +
-                       std::to_string(kVersionMajor) + ".x)");
+  if (h.file_size != 0 && size > h.file_size) {
+    return Corrupt(path + ": " + std::to_string(size - h.file_size) + " unexpected bytes after the end (byte " +
+                   std::to_string(h.file_size) + ")");
   }
-  if (GetLE(h + 12, 4) != 0) return Corrupt(path + ": header flags must be zero in version 0");
-  if (GetLE(h + 24, 8) != 0) return Corrupt(path + ": header reserved field must be zero");
-  const uint64_t want_size = GetLE(h + 16, 8);
-  if (r->file_size_ < want_size) {
-    return Truncated(path + ": truncated: the file has " + std::to_string(r->file_size_) + " bytes, the header says " +
-                     std::to_string(want_size));
-  }
-  if (r->file_size_ > want_size) {
-    return Corrupt(path + ": " + std::to_string(r->file_size_ - want_size) + " unexpected bytes after the end (" +
-                   std::to_string(want_size) + ")");
-  }
-  if (want_size < kHeaderSize + kTrailerSize) return Corrupt(path + ": header gives an impossible size");
+  const uint64_t min_size = kHeaderSize + kManifestFixed + 8 + kIndexFixed + 8 + kTrailerSize;
+  if (size < min_size) return Truncated(path + ": truncated: " + std::to_string(size) + " bytes is too short for a snapshot");
 
-  // Trailer.
+  // Trailer (SPEC.md "Trailer").
   char tb[kTrailerSize];
-  r->body_end_ = r->file_size_ - kTrailerSize;
-  HB_RETURN_IF_ERROR(PreadAll(r->fd_, tb, kTrailerSize, r->body_end_, path));
-  const auto* t = reinterpret_cast<const unsigned char*>(tb);
-  if (std::memcmp(tb + 40, kTrailerMagic, 8) != 0) {
-    return Corrupt(path + ": bad trailer magic at byte " + std::to_string(r->body_end_ + 40));
+  const uint64_t trailer_at = size - kTrailerSize;
+  HB_RETURN_IF_ERROR(PreadAll(r->fd_, tb, kTrailerSize, trailer_at, path));
+  Trailer tr;
+  Status ts = DecodeTrailer(tb, &tr);
+  if (!ts.ok()) {
+    if (h.file_size == 0) return Truncated(path + ": no trailer at the end: the snapshot is unfinished or truncated");
+    return Corrupt(path + ": " + ts.message() + " (trailer at byte " + std::to_string(trailer_at) + ")");
   }
-  const uint64_t index_off = GetLE(t, 8), index_size = GetLE(t + 8, 8), index_hash = GetLE(t + 16, 8);
-  r->digest_hi_ = GetLE(t + 24, 8);
-  r->digest_lo_ = GetLE(t + 32, 8);
-  if (index_size > kMaxIndexSize || index_off < kHeaderSize || index_off > r->body_end_ ||
-      index_size != r->body_end_ - index_off) {
-    return Corrupt(path + ": trailer points the index outside the file (offset " + std::to_string(index_off) +
-                   ", size " + std::to_string(index_size) + ")");
+  if (tr.index_size < kIndexFixed + 8 || tr.index_size > kIndexFixed + kMaxIndexBody ||
+      tr.index_offset < kHeaderSize + kManifestFixed + 8 || tr.index_offset > trailer_at ||
+      tr.index_size != trailer_at - tr.index_offset) {
+    return Corrupt(path + ": the trailer points the index outside the file (offset " + std::to_string(tr.index_offset) +
+                   ", size " + std::to_string(tr.index_size) + ")");
   }
+  r->digest_ = tr.digest;
+  r->digest_begin_ = kHeaderSize;
+  r->digest_end_ = trailer_at;
+
+  // Manifest record (SPEC.md "Manifest record").
+  char mf[kManifestFixed];
+  HB_RETURN_IF_ERROR(PreadAll(r->fd_, mf, kManifestFixed, kHeaderSize, path));
+  ManifestFixed m;
+  auto at = [&](uint64_t off, const Status& s) {
+    return s.code() == Code::kOk ? s : Status(s.code(), path + ": " + s.message() + " (at byte " + std::to_string(off) + ")");
+  };
+  HB_RETURN_IF_ERROR(at(kHeaderSize, DecodeManifestFixed(mf, &m)));
+  const uint64_t records_at = kHeaderSize + kManifestFixed + m.base_name_len + 8 + m.manifest_len;
+  if (records_at > tr.index_offset) {
+    return Corrupt(path + ": the manifest record runs past the index (at byte " + std::to_string(kHeaderSize) + ")");
+  }
+  std::string rec(kManifestFixed + m.base_name_len + 8, '\0');
+  HB_RETURN_IF_ERROR(PreadAll(r->fd_, rec.data(), rec.size(), kHeaderSize, path));
+  HB_RETURN_IF_ERROR(at(kHeaderSize, CheckManifestTail(rec.data(), rec.size() - 8, rec.data() + rec.size() - 8, &m)));
+  r->manifest_.resize(m.manifest_len);
+  HB_RETURN_IF_ERROR(PreadAll(r->fd_, r->manifest_.data(), m.manifest_len, kHeaderSize + rec.size(), path));
+  if (XXH3_64bits(r->manifest_.data(), r->manifest_.size()) != m.manifest_hash) {
+    return Corrupt(path + ": manifest checksum mismatch (manifest at byte " + std::to_string(kHeaderSize + rec.size()) + ")");
+  }
+  r->base_ = m.base;
 
   // Index (SPEC.md "Index").
-  std::string index(index_size, '\0');
-  HB_RETURN_IF_ERROR(PreadAll(r->fd_, index.data(), index_size, index_off, path));
-  if (XXH3_64bits(index.data(), index.size()) != index_hash) {
-    return Corrupt(path + ": index checksum mismatch (index at byte " + std::to_string(index_off) + ")");
+  std::string index(tr.index_size, '\0');
+  HB_RETURN_IF_ERROR(PreadAll(r->fd_, index.data(), index.size(), tr.index_offset, path));
+  if (XXH3_64bits(index.data(), index.size()) != tr.index_hash) {
+    return Corrupt(path + ": index checksum mismatch (index at byte " + std::to_string(tr.index_offset) + ")");
   }
-  Cursor c(index.data(), index.size());
-  auto bad = [&](const std::string& what) {
-    return Corrupt(path + ": index: " + what + " at index byte " + std::to_string(c.pos()) + " (file byte " +
-                   std::to_string(index_off + c.pos()) + ")");
-  };
-  uint64_t mlen = c.U(4);
-  if (c.bad || mlen > kMaxManifestSize || mlen > c.left()) return bad("manifest length out of bounds");
-  r->manifest_ = c.Bytes(mlen);
-  uint64_t nsec = c.U(4);
-  // Each section needs at least 18 bytes of index: bounds the reservation.
-  if (c.bad || nsec > kMaxSections || nsec > c.left() / 18) return bad("section count out of bounds");
-  r->sections_.reserve(nsec);
-  uint64_t expect_off = kHeaderSize;
-  for (uint64_t i = 0; i < nsec; ++i) {
-    SectionInfo s;
-    uint64_t nlen = c.U(2);
-    if (c.bad || nlen == 0 || nlen > c.left()) return bad("section name length out of bounds");
-    s.name = c.Bytes(nlen);
-    if (s.name.find('\0') != std::string::npos || s.name.find("..") != std::string::npos || s.name[0] == '/') {
-      return bad("unsafe section name '" + s.name + "'");
-    }
-    s.mode = static_cast<uint32_t>(c.U(4));
-    s.raw_size = c.U(8);
-    uint64_t nchunks = c.U(4);
-    if (c.bad || nchunks > c.left() / 33) return bad("chunk count of section '" + s.name + "' out of bounds");
-    uint64_t raw_sum = 0;
-    s.chunks.reserve(nchunks);
-    for (uint64_t k = 0; k < nchunks; ++k) {
-      ChunkInfo ch;
-      ch.offset = c.U(8);
-      ch.stored_size = c.U(4);
-      ch.raw_size = c.U(4);
-      ch.method = static_cast<uint8_t>(c.U(1));
-      ch.stored_hash = c.U(8);
-      ch.raw_hash = c.U(8);
-      if (c.bad) return bad("chunk table of section '" + s.name + "' cut short");
-      const std::string where = "section '" + s.name + "' chunk " + std::to_string(k);
-      if (ch.method > kMethodZero) return bad(where + ": unknown method " + std::to_string(ch.method));
-      if (ch.raw_size == 0 || ch.raw_size > kMaxChunkRaw) return bad(where + ": raw size out of bounds");
-      if (ch.offset != expect_off || ch.stored_size > index_off - ch.offset) {
-        return bad(where + ": stored bytes at " + std::to_string(ch.offset) + "+" + std::to_string(ch.stored_size) +
-                   " are not where the chunks before it end (" + std::to_string(expect_off) + ")");
-      }
-      if ((ch.method == kMethodRaw && ch.stored_size != ch.raw_size) ||
-          (ch.method == kMethodZero && ch.stored_size != 0)) {
-        return bad(where + ": stored size does not fit its method");
-      }
-      expect_off += ch.stored_size;
-      raw_sum += ch.raw_size;
-      s.stored_size += ch.stored_size;
-      s.chunks.push_back(ch);
-    }
-    if (raw_sum != s.raw_size) return bad("section '" + s.name + "': chunk sizes do not add up to its size");
-    r->sections_.push_back(std::move(s));
+  const auto* ip = reinterpret_cast<const unsigned char*>(index.data());
+  if (std::memcmp(index.data(), kTagIndex, 4) != 0 || GetLE(ip + 4, 4) != 0 ||
+      GetLE(ip + 8, 8) != tr.index_size - kIndexFixed) {
+    return Corrupt(path + ": bad index record header (at byte " + std::to_string(tr.index_offset) + ")");
   }
-  if (c.left() != 0) return bad(std::to_string(c.left()) + " unexpected bytes at the end of the index");
-  if (expect_off != index_off) return bad("chunks do not end where the index starts");
+  HB_RETURN_IF_ERROR(at(tr.index_offset, DecodeIndexBody(index.data() + kIndexFixed, index.size() - kIndexFixed,
+                                                         records_at, tr.index_offset, h.max_chunk_raw, &r->sections_)));
+  bool has_refs = false;
+  for (const auto& s : r->sections_) has_refs |= s.is_ref;
+  if (has_refs && r->base_.digest.zero()) return Corrupt(path + ": ref sections but no base snapshot recorded");
+  if (has_refs) r->OpenBase(opts);
   return r;
 }
 
-Status SnapshotReader::ReadChunk(const SectionInfo& s, size_t i, std::string* scratch, char* out) const {
+// A missing or wrong base does not stop Open (inspect still works); reading
+// a ref section then reports why.
+void SnapshotReader::OpenBase(const OpenOptions& opts) {
+  const std::string where =
+      opts.base_path.empty() ? (fs::path(path_).parent_path() / base_.name).string() : opts.base_path;
+  const std::string want = "base snapshot '" + base_.name + "' (digest " + base_.digest.Hex() + ")";
+  if (depth_ + 1 >= kMaxBaseDepth) {
+    base_error_ = Unsupported(path_ + ": more than " + std::to_string(kMaxBaseDepth) + " levels of base snapshots");
+    return;
+  }
+  auto b = OpenAt(where, {}, depth_ + 1);
+  if (!b.ok()) {
+    base_error_ = FailedPrecondition(path_ + " refers to " + want + ", which could not be opened at " + where + ": " +
+                                     b.status().message() + "; pass its path with --base");
+    return;
+  }
+  if (!((*b)->file_digest() == base_.digest)) {
+    base_error_ = FailedPrecondition(path_ + " refers to " + want + ", but " + where + " has digest " +
+                                     (*b)->file_digest().Hex() + "; pass the right one with --base");
+    return;
+  }
+  base_reader_ = std::move(b).value();
+}
+
+const SectionInfo* SnapshotReader::ResolveRef(const SectionInfo& s) const {
+  if (!base_reader_) return nullptr;
+  for (const auto& b : base_reader_->sections()) {
+    if (b.raw_size == s.raw_size && b.content_hash == s.content_hash) return &b;
+  }
+  return nullptr;
+}
+
+Status SnapshotReader::ReadChunkInto(const SectionInfo& s, size_t i, std::string* scratch, ChunkDecoder* dec,
+                                     char* out) const {
   const ChunkInfo& c = s.chunks[i];
-  if (c.method == kMethodZero) {
-    std::memset(out, 0, c.raw_size);
-  } else {
-    scratch->resize(c.stored_size);
-    Status st = PreadAll(fd_, scratch->data(), c.stored_size, c.offset, path_);
-    if (!st.ok()) return st.Prefixed(Where(s, i, c.offset));
-    if (XXH3_64bits(scratch->data(), scratch->size()) != c.stored_hash) {
-      return Corrupt(path_ + ": " + Where(s, i, c.offset) + ": stored checksum mismatch");
+  scratch->resize(kChunkHeaderSize + c.stored_size);
+  Status st = PreadAll(fd_, scratch->data(), scratch->size(), c.offset, path_);
+  if (!st.ok()) return st.Prefixed(Where(s, i, c.offset));
+  ChunkInfo rec;
+  st = DecodeChunkHeader(scratch->data(), static_cast<uint32_t>(kMaxChunkRaw), &rec);
+  if (st.ok() && !SameChunk(rec, c)) st = Corrupt("chunk record disagrees with the index");
+  if (st.ok()) st = dec->Decode(c, scratch->data() + kChunkHeaderSize, out);
+  if (!st.ok()) return Status(st.code(), path_ + ": " + Where(s, i, c.offset) + ": " + st.message());
+  return Status::Ok();
+}
+
+Result<std::string> SnapshotReader::ReadChunk(std::string_view section, size_t chunk) const {
+  const SectionInfo* s = FindSection(section);
+  if (!s) return NotFound(path_ + ": no section '" + std::string(section) + "'");
+  if (s->is_ref) {
+    const SectionInfo* b = ResolveRef(*s);
+    if (!b) return base_error_.ok() ? NotFound(path_ + ": the base has no section '" + s->name + "'") : base_error_;
+    return base_reader_->ReadChunk(b->name, chunk);
+  }
+  if (chunk >= s->chunks.size()) return NotFound(path_ + ": section '" + s->name + "' has no chunk " + std::to_string(chunk));
+  std::string out(s->chunks[chunk].raw_size, '\0'), scratch;
+  ChunkDecoder dec;
+  HB_RETURN_IF_ERROR(ReadChunkInto(*s, chunk, &scratch, &dec, out.data()));
+  return out;
+}
+
+Status SnapshotReader::DecodeSections(const std::vector<const SectionInfo*>& which, int threads,
+                                      const ProgressFn& progress, const Sink& sink) const {
+  uint64_t total = 0, done = 0;
+  for (const SectionInfo* s : which) total += s->raw_size;
+  auto report = [&](uint64_t n) {
+    done += n;
+    if (progress) progress(done, total);
+  };
+  struct Task {
+    const SectionInfo* s;
+    size_t chunk;
+    uint64_t raw_offset;
+  };
+  std::vector<ChunkDecoder> decoders(ResolveThreads(threads));
+  size_t i = 0;
+  while (i < which.size()) {
+    const SectionInfo& s = *which[i];
+    if (s.is_ref) {
+      const SectionInfo* b = ResolveRef(s);
+      if (!b) {
+        if (!base_error_.ok()) return base_error_.Prefixed("section '" + s.name + "'");
+        return NotFound(path_ + ": section '" + s.name + "' refers to content " + s.content_hash.Hex() +
+                        " that the base snapshot " + base_reader_->path() + " does not hold");
+      }
+      HB_RETURN_IF_ERROR(base_reader_->DecodeSections(
+          {b}, threads, [&](uint64_t d, uint64_t) { if (progress) progress(done + d, total); },
+          [&](const SectionInfo&, const ChunkInfo& c, uint64_t off, const std::string& bytes) {
+            return sink(s, c, off, bytes);
+          }));
+      report(s.raw_size);
+      ++i;
+      continue;
     }
-    if (c.method == kMethodRaw) {
-      std::memcpy(out, scratch->data(), c.raw_size);
-    } else {
-      size_t n = ZSTD_decompress(out, c.raw_size, scratch->data(), scratch->size());
-      if (ZSTD_isError(n) || n != c.raw_size) {
-        return Corrupt(path_ + ": " + Where(s, i, c.offset) + ": zstd data does not decode to " +
-                       std::to_string(c.raw_size) + " bytes" + (ZSTD_isError(n) ? std::string(" (") + ZSTD_getErrorName(n) + ")" : ""));
+    // A run of sections stored here, decoded in one ordered pipeline.
+    std::vector<Task> tasks;
+    std::vector<const SectionInfo*> run;
+    for (; i < which.size() && !which[i]->is_ref; ++i) {
+      run.push_back(which[i]);
+      uint64_t off = 0;
+      for (size_t k = 0; k < which[i]->chunks.size(); ++k) {
+        tasks.push_back({which[i], k, off});
+        off += which[i]->chunks[k].raw_size;
       }
     }
+    size_t run_at = 0;
+    Hasher128 content;
+    // Closes every section of the run up to the one task t belongs to.
+    auto close_until = [&](const SectionInfo* upto) -> Status {
+      while (run_at < run.size() && run[run_at] != upto) {
+        if (!(content.Get() == run[run_at]->content_hash)) {
+          return Corrupt(path_ + ": section '" + run[run_at]->name + "': content hash mismatch (its chunks are intact; the section record at byte " +
+                         std::to_string(run[run_at]->offset) + " or its end record is wrong)");
+        }
+        content = Hasher128();
+        ++run_at;
+      }
+      return Status::Ok();
+    };
+    HB_RETURN_IF_ERROR(RunOrdered<std::string>(
+        tasks.size(), threads,
+        [&](size_t k, int worker, std::string* out) {
+          std::string scratch;
+          out->resize(tasks[k].s->chunks[tasks[k].chunk].raw_size);
+          return ReadChunkInto(*tasks[k].s, tasks[k].chunk, &scratch, &decoders[worker], out->data());
+        },
+        [&](size_t k, std::string& bytes) {
+          const Task& t = tasks[k];
+          HB_RETURN_IF_ERROR(close_until(t.s));
+          content.Update(bytes.data(), bytes.size());
+          HB_RETURN_IF_ERROR(sink(*t.s, t.s->chunks[t.chunk], t.raw_offset, bytes));
+          report(bytes.size());
+          return Status::Ok();
+        }));
+    HB_RETURN_IF_ERROR(close_until(nullptr));
   }
-  if (XXH3_64bits(out, c.raw_size) != c.raw_hash) {
-    return Corrupt(path_ + ": " + Where(s, i, c.offset) + ": decoded checksum mismatch");
+  return Status::Ok();
+}
+
+Status SnapshotReader::Verify(int threads, ProgressFn progress) const {
+  std::vector<const SectionInfo*> all;
+  for (const auto& s : sections_) all.push_back(&s);
+  HB_RETURN_IF_ERROR(DecodeSections(all, threads, progress, [](auto&&...) { return Status::Ok(); }));
+  // The whole-file digest covers every byte from the header's end to the trailer.
+  Hasher128 h;
+  std::string buf(8u << 20, '\0');
+  for (uint64_t off = digest_begin_; off < digest_end_;) {
+    const uint64_t n = std::min<uint64_t>(buf.size(), digest_end_ - off);
+    HB_RETURN_IF_ERROR(PreadAll(fd_, buf.data(), n, off, path_));
+    h.Update(buf.data(), n);
+    off += n;
+  }
+  if (!(h.Get() == digest_)) {
+    return Corrupt(path_ + ": whole-file digest mismatch (bytes " + std::to_string(digest_begin_) + "-" +
+                   std::to_string(digest_end_) + "); every chunk is intact, so a record header or the index is damaged");
   }
   return Status::Ok();
 }
 
 namespace {
-struct ChunkRef {
-  const SectionInfo* section;
-  size_t index;
-  uint64_t raw_offset;
-  int out_fd;
-};
-}  // namespace
-
-Status SnapshotReader::Verify(int threads, ProgressFn progress) const {
-  std::vector<ChunkRef> refs;
-  uint64_t total = 0;
-  for (const auto& s : sections_) {
-    uint64_t off = 0;
-    for (size_t i = 0; i < s.chunks.size(); ++i) {
-      refs.push_back({&s, i, off, -1});
-      off += s.chunks[i].raw_size;
-    }
-    total += s.raw_size;
-  }
-  std::atomic<uint64_t> done{0};
-  std::mutex pmu;
-  HB_RETURN_IF_ERROR(ParallelFor(refs.size(), threads, [&](size_t k, std::string* scratch) {
-    const ChunkRef& r = refs[k];
-    std::string out(r.section->chunks[r.index].raw_size, '\0');
-    HB_RETURN_IF_ERROR(ReadChunk(*r.section, r.index, scratch, out.data()));
-    uint64_t d = done += out.size();
-    if (progress) {
-      std::lock_guard lock(pmu);
-      progress(d, total);
-    }
-    return Status::Ok();
-  }));
-  // The whole-file digest covers every byte from the header's end to the trailer.
-  XXH3_state_t* state = XXH3_createState();
-  XXH3_128bits_reset(state);
-  std::string buf(8u << 20, '\0');
-  Status st;
-  for (uint64_t off = kHeaderSize; off < body_end_ && st.ok();) {
-    uint64_t n = std::min<uint64_t>(buf.size(), body_end_ - off);
-    st = PreadAll(fd_, buf.data(), n, off, path_);
-    XXH3_128bits_update(state, buf.data(), n);
-    off += n;
-  }
-  XXH128_hash_t dg = XXH3_128bits_digest(state);
-  XXH3_freeState(state);
-  HB_RETURN_IF_ERROR(st);
-  if (dg.high64 != digest_hi_ || dg.low64 != digest_lo_) {
-    return Corrupt(path_ + ": whole-file digest mismatch (bytes " + std::to_string(kHeaderSize) + "-" +
-                   std::to_string(body_end_) + ")");
+// pwrite of a whole buffer.
+Status PwriteAll(int fd, const std::string& b, uint64_t off, const std::string& what) {
+  uint64_t w = 0;
+  while (w < b.size()) {
+    ssize_t n = ::pwrite(fd, b.data() + w, b.size() - w, static_cast<off_t>(off + w));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return ErrnoError("write " + what, errno);
+    w += static_cast<uint64_t>(n);
   }
   return Status::Ok();
 }
 
+// Creates (or truncates) a file of `size` bytes; zero chunks stay holes.
+Result<int> CreateSized(const std::string& path, uint32_t mode, uint64_t size) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode & 0777);
+  if (fd < 0) return ErrnoError("create " + path, errno);
+  if (::ftruncate(fd, static_cast<off_t>(size)) != 0) {
+    Status e = ErrnoError("size " + path, errno);
+    ::close(fd);
+    return e;
+  }
+  return fd;
+}
+}  // namespace
+
 Status SnapshotReader::ExtractTo(const std::string& dir, const std::string& prefix, int threads,
                                  ProgressFn progress) const {
-  std::vector<ChunkRef> refs;
-  std::vector<int> fds;
-  uint64_t total = 0;
-  auto close_all = [&] {
-    for (int fd : fds) ::close(fd);
-  };
+  std::vector<const SectionInfo*> which;
+  std::map<const SectionInfo*, int> fds;
+  Status st;
   for (const auto& s : sections_) {
     if (s.name.rfind(prefix, 0) != 0) continue;
     fs::path p = fs::path(dir) / s.name.substr(prefix.size());
     std::error_code ec;
     fs::create_directories(p.parent_path(), ec);
-    int fd = ::open(p.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, s.mode & 0777);
-    if (fd < 0) {
-      Status e = ErrnoError("create " + p.string(), errno);
-      close_all();
-      return e;
+    auto fd = CreateSized(p.string(), s.mode, s.raw_size);
+    if (!fd.ok()) {
+      st = fd.status();
+      break;
     }
-    fds.push_back(fd);
-    if (::ftruncate(fd, static_cast<off_t>(s.raw_size)) != 0) {
-      Status e = ErrnoError("size " + p.string(), errno);
-      close_all();
-      return e;
-    }
-    uint64_t off = 0;
-    for (size_t i = 0; i < s.chunks.size(); ++i) {
-      refs.push_back({&s, i, off, fd});
-      off += s.chunks[i].raw_size;
-    }
-    total += s.raw_size;
+    fds[&s] = *fd;
+    which.push_back(&s);
   }
-  std::atomic<uint64_t> done{0};
-  std::mutex pmu;
-  Status st = ParallelFor(refs.size(), threads, [&](size_t k, std::string* scratch) {
-    const ChunkRef& r = refs[k];
-    const ChunkInfo& c = r.section->chunks[r.index];
-    uint64_t d;
-    if (c.method == kMethodZero) {
-      d = done += c.raw_size;  // ftruncate left a hole of zeros
-    } else {
-      std::string out(c.raw_size, '\0');
-      HB_RETURN_IF_ERROR(ReadChunk(*r.section, r.index, scratch, out.data()));
-      uint64_t w = 0;
-      while (w < out.size()) {
-        ssize_t n = ::pwrite(r.out_fd, out.data() + w, out.size() - w, static_cast<off_t>(r.raw_offset + w));
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) return ErrnoError("write " + r.section->name + " into " + dir, errno);
-        w += static_cast<uint64_t>(n);
-      }
-      d = done += out.size();
-    }
-    if (progress) {
-      std::lock_guard lock(pmu);
-      progress(d, total);
-    }
-    return Status::Ok();
-  });
-  close_all();
+  if (st.ok()) {
+    st = DecodeSections(which, threads, progress,
+                        [&](const SectionInfo& s, const ChunkInfo& c, uint64_t off, const std::string& bytes) {
+                          if (c.method == Method::kZero) return Status::Ok();
+                          return PwriteAll(fds.at(&s), bytes, off, s.name + " into " + dir);
+                        });
+  }
+  for (auto& [s, fd] : fds) ::close(fd);
   return st;
 }
 
-Result<std::string> SnapshotReader::ReadSection(std::string_view name) const {
+Status SnapshotReader::ExtractSection(std::string_view name, const std::string& out_path, int threads,
+                                      ProgressFn progress) const {
   const SectionInfo* s = FindSection(name);
   if (!s) return NotFound(path_ + ": no section '" + std::string(name) + "'");
-  std::string out(s->raw_size, '\0');
-  std::string scratch;
-  uint64_t off = 0;
-  for (size_t i = 0; i < s->chunks.size(); ++i) {
-    HB_RETURN_IF_ERROR(ReadChunk(*s, i, &scratch, out.data() + off));
-    off += s->chunks[i].raw_size;
+  const std::string tmp = out_path + ".tmp." + std::to_string(::getpid());
+  HB_ASSIGN_OR_RETURN(int fd, CreateSized(tmp, 0644, s->raw_size));
+  Status st = DecodeSections({s}, threads, progress,
+                             [&](const SectionInfo&, const ChunkInfo& c, uint64_t off, const std::string& bytes) {
+                               if (c.method == Method::kZero) return Status::Ok();
+                               return PwriteAll(fd, bytes, off, tmp);
+                             });
+  if (::close(fd) != 0 && st.ok()) st = ErrnoError("close " + tmp, errno);
+  if (st.ok() && ::rename(tmp.c_str(), out_path.c_str()) != 0) st = ErrnoError("rename to " + out_path, errno);
+  if (!st.ok()) ::unlink(tmp.c_str());
+  return st;
+}
+
+Result<std::string> SnapshotReader::ReadSection(std::string_view name, uint64_t max_bytes) const {
+  const SectionInfo* s = FindSection(name);
+  if (!s) return NotFound(path_ + ": no section '" + std::string(name) + "'");
+  if (s->raw_size > max_bytes) {
+    return FailedPrecondition(path_ + ": section '" + s->name + "' has " + std::to_string(s->raw_size) +
+                              " bytes, more than the " + std::to_string(max_bytes) + " asked to read into memory");
   }
+  std::string out(s->raw_size, '\0');
+  HB_RETURN_IF_ERROR(DecodeSections({s}, 1, nullptr,
+                                    [&](const SectionInfo&, const ChunkInfo&, uint64_t off, const std::string& bytes) {
+                                      std::memcpy(out.data() + off, bytes.data(), bytes.size());
+                                      return Status::Ok();
+                                    }));
   return out;
 }
 

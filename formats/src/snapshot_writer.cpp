@@ -1,25 +1,22 @@
-// Writes a v0 snapshot: chunks are compressed in parallel and written in
-// order with a bounded number in flight, so memory stays bounded whatever the
-// snapshot's size.
+// Writes a snapshot (formats/SPEC.md): chunks are encoded in parallel and
+// written in order with a bounded number in flight, so memory stays bounded
+// whatever the snapshot's size. Sections the base snapshot already holds are
+// written as references.
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #define XXH_STATIC_LINKING_ONLY  // XXH3_state_t on the stack
 #include <xxhash.h>
-#include <zstd.h>
 
-#include <algorithm>
-#include <atomic>
 #include <cerrno>
-#include <condition_variable>
 #include <filesystem>
 #include <map>
-#include <mutex>
-#include <optional>
-#include <thread>
+#include <set>
 
 #include "hotboot/snapshot_file.h"
-#include "snapshot_layout.h"
+#include "io_util.h"
+#include "pipeline.h"
+#include "records.h"
 
 namespace hotboot::snapfile {
 
@@ -33,93 +30,10 @@ struct Task {
   uint64_t raw_size;
 };
 
-struct Done {
-  Status status;
-  uint8_t method = kMethodRaw;
-  std::string stored;
-  uint64_t stored_hash = 0;
-  uint64_t raw_hash = 0;
+struct Encoded {
+  std::string raw;  // kept for the section's content hash, taken in order
+  EncodedChunk chunk;
 };
-
-Status ReadRange(const SectionSource& s, int fd, uint64_t off, uint64_t len, std::string* out) {
-  out->resize(len);
-  if (s.file_path.empty()) {
-    out->assign(s.bytes, off, len);
-    return Status::Ok();
-  }
-  uint64_t got = 0;
-  while (got < len) {
-    ssize_t n = ::pread(fd, out->data() + got, len - got, static_cast<off_t>(off + got));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return ErrnoError("read " + s.file_path, errno);
-    if (n == 0) return IoError("read " + s.file_path + ": file shrank while being packed");
-    got += static_cast<uint64_t>(n);
-  }
-  return Status::Ok();
-}
-
-bool AllZero(const std::string& b) {
-  return std::all_of(b.begin(), b.end(), [](char c) { return c == 0; });
-}
-
-Done Compress(const std::string& raw, int level, ZSTD_CCtx* cctx) {
-  Done d;
-  d.raw_hash = XXH3_64bits(raw.data(), raw.size());
-  if (AllZero(raw)) {
-    d.method = kMethodZero;
-  } else {
-    d.stored.resize(ZSTD_compressBound(raw.size()));
-    size_t n = ZSTD_compressCCtx(cctx, d.stored.data(), d.stored.size(), raw.data(), raw.size(), level);
-    if (ZSTD_isError(n)) {
-      d.status = Internal(std::string("zstd compression failed: ") + ZSTD_getErrorName(n));
-      return d;
-    }
-    if (n < raw.size()) {
-      d.stored.resize(n);
-      d.method = kMethodZstd;
-    } else {
-      d.stored = raw;  // does not shrink: stored raw
-      d.method = kMethodRaw;
-    }
-  }
-  d.stored_hash = XXH3_64bits(d.stored.data(), d.stored.size());
-  return d;
-}
-
-class Output {
- public:
-  explicit Output(int fd) : fd_(fd) { XXH3_128bits_reset(&digest_); }
-  Status Write(const std::string& b, bool hashed = true) {
-    size_t off = 0;
-    while (off < b.size()) {
-      ssize_t n = ::write(fd_, b.data() + off, b.size() - off);
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) return ErrnoError("write snapshot", errno);
-      off += static_cast<size_t>(n);
-    }
-    if (hashed) XXH3_128bits_update(&digest_, b.data(), b.size());
-    pos_ += b.size();
-    return Status::Ok();
-  }
-  uint64_t pos() const { return pos_; }
-  XXH128_hash_t digest() const { return XXH3_128bits_digest(&digest_); }
-
- private:
-  int fd_;
-  uint64_t pos_ = 0;
-  XXH3_state_t digest_;
-};
-
-std::string EncodeHeader(uint64_t file_size) {
-  std::string h(kMagic, 8);
-  PutU16(h, kVersionMajor);
-  PutU16(h, kVersionMinor);
-  PutU32(h, 0);  // flags
-  PutU64(h, file_size);
-  PutU64(h, 0);  // reserved
-  PutU64(h, XXH3_64bits(h.data(), h.size()));
-  return h;
-}
 
 class FdCloser {
  public:
@@ -130,160 +44,226 @@ class FdCloser {
   int fd;
 };
 
-Status WriteBody(int fd, const std::string& manifest, const std::vector<SectionSource>& sections,
-                 const WriteOptions& opts, const ProgressFn& progress) {
-  if (opts.chunk_size == 0 || opts.chunk_size > kMaxChunkRaw) {
-    return InvalidArgument("chunk size must be 1.." + std::to_string(kMaxChunkRaw));
+Status ReadRange(const SectionSource& s, int fd, uint64_t off, uint64_t len, std::string* out) {
+  out->resize(len);
+  if (s.file_path.empty()) {
+    out->assign(s.bytes, off, len);
+    return Status::Ok();
   }
-  if (manifest.size() > kMaxManifestSize) return InvalidArgument("manifest is larger than 16 MiB");
-  if (sections.size() > kMaxSections) return InvalidArgument("too many sections");
-  // Open every source and plan the chunks.
-  std::vector<std::unique_ptr<FdCloser>> fds;
-  std::vector<uint64_t> sizes;
-  std::vector<Task> tasks;
-  uint64_t total = 0;
-  std::map<std::string, int> names;
-  for (size_t i = 0; i < sections.size(); ++i) {
-    const auto& s = sections[i];
-    if (s.name.empty() || s.name.size() > kMaxNameLen) return InvalidArgument("bad section name '" + s.name + "'");
-    if (names[s.name]++) return InvalidArgument("duplicate section name '" + s.name + "'");
-    uint64_t size = s.bytes.size();
-    int sfd = -1;
-    if (!s.file_path.empty()) {
-      sfd = ::open(s.file_path.c_str(), O_RDONLY | O_CLOEXEC);
-      if (sfd < 0) return ErrnoError("open " + s.file_path, errno);
-      struct stat st{};
-      ::fstat(sfd, &st);
-      size = static_cast<uint64_t>(st.st_size);
-    }
-    fds.push_back(std::make_unique<FdCloser>(sfd));
-    sizes.push_back(size);
-    for (uint64_t off = 0; off < size; off += opts.chunk_size) {
-      tasks.push_back({i, off, std::min<uint64_t>(opts.chunk_size, size - off)});
-    }
-    total += size;
-  }
-
-  Output out(fd);
-  HB_RETURN_IF_ERROR(out.Write(EncodeHeader(0), /*hashed=*/false));
-
-  const int threads = std::max(1, opts.threads > 0 ? opts.threads : static_cast<int>(std::thread::hardware_concurrency()));
-  const size_t window = static_cast<size_t>(threads) * 2;
-  std::mutex mu;
-  std::condition_variable cv;
-  std::map<size_t, Done> ready;
-  size_t next_task = 0, written = 0;
-  bool abort = false;
-
-  auto worker = [&] {
-    ZSTD_CCtx* cctx = ZSTD_createCCtx();
-    std::string raw;
-    for (;;) {
-      size_t t;
-      {
-        std::unique_lock lock(mu);
-        cv.wait(lock, [&] { return abort || next_task >= tasks.size() || next_task < written + window; });
-        if (abort || next_task >= tasks.size()) break;
-        t = next_task++;
-      }
-      const Task& task = tasks[t];
-      Done d;
-      d.status = ReadRange(sections[task.section], fds[task.section]->fd, task.raw_offset, task.raw_size, &raw);
-      if (d.status.ok()) d = Compress(raw, opts.zstd_level, cctx);
-      std::lock_guard lock(mu);
-      ready.emplace(t, std::move(d));
-      cv.notify_all();
-    }
-    ZSTD_freeCCtx(cctx);
-  };
-  std::vector<std::thread> pool;
-  for (int i = 0; i < threads; ++i) pool.emplace_back(worker);
-
-  std::vector<SectionInfo> infos(sections.size());
-  for (size_t i = 0; i < sections.size(); ++i) {
-    infos[i].name = sections[i].name;
-    infos[i].mode = sections[i].mode;
-    infos[i].raw_size = sizes[i];
-  }
-  Status st;
-  uint64_t done_raw = 0;
-  while (written < tasks.size()) {
-    Done d;
-    {
-      std::unique_lock lock(mu);
-      cv.wait(lock, [&] { return ready.count(written) > 0; });
-      d = std::move(ready[written]);
-      ready.erase(written);
-    }
-    if (!d.status.ok()) {
-      st = d.status;
-      break;
-    }
-    const Task& task = tasks[written];
-    ChunkInfo c;
-    c.offset = out.pos();
-    c.stored_size = d.stored.size();
-    c.raw_size = task.raw_size;
-    c.method = d.method;
-    c.stored_hash = d.stored_hash;
-    c.raw_hash = d.raw_hash;
-    st = out.Write(d.stored);
-    if (!st.ok()) break;
-    infos[task.section].chunks.push_back(c);
-    infos[task.section].stored_size += c.stored_size;
-    done_raw += task.raw_size;
-    if (progress) progress(done_raw, total);
-    std::lock_guard lock(mu);
-    ++written;
-    cv.notify_all();
-  }
-  {
-    std::lock_guard lock(mu);
-    abort = true;
-    cv.notify_all();
-  }
-  for (auto& t : pool) t.join();
-  HB_RETURN_IF_ERROR(st);
-
-  // Index: manifest, then sections with their chunk tables (SPEC.md "Index").
-  std::string index;
-  PutU32(index, static_cast<uint32_t>(manifest.size()));
-  index += manifest;
-  PutU32(index, static_cast<uint32_t>(infos.size()));
-  for (const auto& s : infos) {
-    PutU16(index, static_cast<uint16_t>(s.name.size()));
-    index += s.name;
-    PutU32(index, s.mode);
-    PutU64(index, s.raw_size);
-    PutU32(index, static_cast<uint32_t>(s.chunks.size()));
-    for (const auto& c : s.chunks) {
-      PutU64(index, c.offset);
-      PutU32(index, static_cast<uint32_t>(c.stored_size));
-      PutU32(index, static_cast<uint32_t>(c.raw_size));
-      PutU8(index, c.method);
-      PutU64(index, c.stored_hash);
-      PutU64(index, c.raw_hash);
-    }
-  }
-  const uint64_t index_offset = out.pos();
-  HB_RETURN_IF_ERROR(out.Write(index));
-  XXH128_hash_t digest = out.digest();
-  std::string trailer;
-  PutU64(trailer, index_offset);
-  PutU64(trailer, index.size());
-  PutU64(trailer, XXH3_64bits(index.data(), index.size()));
-  PutU64(trailer, digest.high64);
-  PutU64(trailer, digest.low64);
-  trailer.append(kTrailerMagic, 8);
-  HB_RETURN_IF_ERROR(out.Write(trailer, false));
-  // The header records the final size, so a reader tells truncation apart.
-  std::string header = EncodeHeader(out.pos());
-  if (::pwrite(fd, header.data(), header.size(), 0) != static_cast<ssize_t>(header.size())) {
-    return ErrnoError("write snapshot header", errno);
-  }
-  if (::fsync(fd) != 0) return ErrnoError("fsync snapshot", errno);
-  return Status::Ok();
+  Status st = io::PreadAll(fd, out->data(), len, off, s.file_path);
+  if (st.code() == Code::kTruncated) return IoError("read " + s.file_path + ": the file shrank while being packed");
+  return st;
 }
+
+// Everything written after the header goes through here: it counts the
+// position and feeds the whole-file digest.
+class Output {
+ public:
+  explicit Output(int fd) : fd_(fd) { XXH3_128bits_reset(&digest_); }
+  Status Write(const std::string& b, bool digested = true) {
+    HB_RETURN_IF_ERROR(io::WriteAll(fd_, b.data(), b.size(), "snapshot"));
+    if (digested) XXH3_128bits_update(&digest_, b.data(), b.size());
+    pos_ += b.size();
+    return Status::Ok();
+  }
+  uint64_t pos() const { return pos_; }
+  Digest128 digest() const {
+    XXH128_hash_t d = XXH3_128bits_digest(&digest_);
+    return {d.high64, d.low64};
+  }
+
+ private:
+  int fd_;
+  uint64_t pos_ = 0;
+  XXH3_state_t digest_;
+};
+
+Result<Digest128> HashSource(const SectionSource& s, int fd, uint64_t size) {
+  XXH3_state_t st;
+  XXH3_128bits_reset(&st);
+  std::string buf;
+  for (uint64_t off = 0; off < size; off += 8u << 20) {
+    HB_RETURN_IF_ERROR(ReadRange(s, fd, off, std::min<uint64_t>(8u << 20, size - off), &buf));
+    XXH3_128bits_update(&st, buf.data(), buf.size());
+  }
+  XXH128_hash_t d = XXH3_128bits_digest(&st);
+  return Digest128{d.high64, d.low64};
+}
+
+class Writer {
+ public:
+  Writer(int fd, const WriteOptions& opts, ProgressFn progress) : out_(fd), fd_(fd), opts_(opts), progress_(progress) {}
+
+  Status Run(const std::string& manifest, const std::vector<SectionSource>& sections) {
+    HB_RETURN_IF_ERROR(Plan(sections));
+    HB_RETURN_IF_ERROR(OpenBase(sections));
+    Header h;
+    h.max_chunk_raw = static_cast<uint32_t>(opts_.chunk_size);
+    HB_RETURN_IF_ERROR(out_.Write(EncodeHeader(h), /*digested=*/false));
+    HB_RETURN_IF_ERROR(out_.Write(EncodeManifestRecord(manifest, base_)));
+
+    std::vector<ChunkEncoder> encoders(ResolveThreads(opts_.threads));
+    auto produce = [&](size_t i, int worker, Encoded* e) {
+      const Task& t = tasks_[i];
+      HB_RETURN_IF_ERROR(ReadRange(sections[t.section], fds_[t.section]->fd, t.raw_offset, t.raw_size, &e->raw));
+      return encoders[worker].Encode(e->raw.data(), e->raw.size(), sections[t.section].elem, opts_.zstd_level,
+                                     opts_.transforms, &e->chunk);
+    };
+    auto consume = [&](size_t i, Encoded& e) { return WriteChunk(tasks_[i], e); };
+    HB_RETURN_IF_ERROR(RunOrdered<Encoded>(tasks_.size(), opts_.threads, produce, consume));
+    HB_RETURN_IF_ERROR(AdvanceTo(infos_.size()));
+
+    // Index and trailer (SPEC.md "Index", "Trailer").
+    Trailer tr;
+    tr.index_offset = out_.pos();
+    const std::string index = EncodeIndex(infos_);
+    HB_RETURN_IF_ERROR(out_.Write(index));
+    tr.index_size = index.size();
+    tr.index_hash = XXH3_64bits(index.data(), index.size());
+    tr.digest = out_.digest();
+    HB_RETURN_IF_ERROR(out_.Write(EncodeTrailer(tr), false));
+    // The header records the final size, so a reader tells truncation apart.
+    h.file_size = out_.pos();
+    const std::string header = EncodeHeader(h);
+    if (::pwrite(fd_, header.data(), header.size(), 0) != static_cast<ssize_t>(header.size())) {
+      return ErrnoError("write snapshot header", errno);
+    }
+    if (::fsync(fd_) != 0) return ErrnoError("fsync snapshot", errno);
+    return Status::Ok();
+  }
+
+ private:
+  Status Plan(const std::vector<SectionSource>& sections) {
+    if (opts_.chunk_size == 0 || opts_.chunk_size > kMaxChunkRaw) {
+      return InvalidArgument("chunk size must be 1.." + std::to_string(kMaxChunkRaw));
+    }
+    if (sections.size() > kMaxSections) return InvalidArgument("too many sections");
+    std::set<std::string> names;
+    for (size_t i = 0; i < sections.size(); ++i) {
+      const auto& s = sections[i];
+      if (!CheckSectionName(s.name).ok()) return InvalidArgument("bad section name '" + s.name + "'");
+      if (!names.insert(s.name).second) return InvalidArgument("duplicate section name '" + s.name + "'");
+      uint64_t size = s.bytes.size();
+      int sfd = -1;
+      if (!s.file_path.empty()) {
+        sfd = ::open(s.file_path.c_str(), O_RDONLY | O_CLOEXEC);
+        if (sfd < 0) return ErrnoError("open " + s.file_path, errno);
+        struct stat st{};
+        if (::fstat(sfd, &st) != 0) {
+          ::close(sfd);
+          return ErrnoError("stat " + s.file_path, errno);
+        }
+        size = static_cast<uint64_t>(st.st_size);
+      }
+      fds_.push_back(std::make_unique<FdCloser>(sfd));
+      SectionInfo info;
+      info.name = s.name;
+      info.mode = s.mode & 07777;
+      info.elem = s.elem;
+      info.raw_size = size;
+      infos_.push_back(std::move(info));
+      total_ += size;
+    }
+    return Status::Ok();
+  }
+
+  // Sections whose size and content hash the base holds become refs.
+  Status OpenBase(const std::vector<SectionSource>& sections) {
+    if (opts_.base_path.empty()) return MakeTasks();
+    auto base = SnapshotReader::Open(opts_.base_path);
+    if (!base.ok()) return base.status().Prefixed("base snapshot");
+    base_.digest = (*base)->file_digest();
+    base_.name = fs::path(opts_.base_path).filename().string();
+    std::multimap<uint64_t, Digest128> by_size;
+    for (const auto& s : (*base)->sections()) {
+      if (s.raw_size > 0) by_size.emplace(s.raw_size, s.content_hash);
+    }
+    for (size_t i = 0; i < sections.size(); ++i) {
+      auto [lo, hi] = by_size.equal_range(infos_[i].raw_size);
+      if (lo == hi) continue;
+      HB_ASSIGN_OR_RETURN(Digest128 h, HashSource(sections[i], fds_[i]->fd, infos_[i].raw_size));
+      for (auto it = lo; it != hi; ++it) {
+        if (it->second == h) {
+          infos_[i].is_ref = true;
+          infos_[i].content_hash = h;
+          total_ -= infos_[i].raw_size;
+          break;
+        }
+      }
+    }
+    return MakeTasks();
+  }
+
+  Status MakeTasks() {
+    for (size_t i = 0; i < infos_.size(); ++i) {
+      if (infos_[i].is_ref) continue;
+      for (uint64_t off = 0; off < infos_[i].raw_size; off += opts_.chunk_size) {
+        tasks_.push_back({i, off, std::min<uint64_t>(opts_.chunk_size, infos_[i].raw_size - off)});
+      }
+    }
+    return Status::Ok();
+  }
+
+  // Writes the records up to and including the start of section `target`:
+  // the end of the open section, then the records of every section before
+  // `target` (refs and empty ones have no chunks). target == size: all.
+  Status AdvanceTo(size_t target) {
+    for (;;) {
+      if (open_ && next_ - 1 == target) return Status::Ok();
+      if (open_) {
+        SectionInfo& s = infos_[next_ - 1];
+        if (!s.is_ref) {
+          XXH128_hash_t d = XXH3_128bits_digest(&content_);
+          s.content_hash = {d.high64, d.low64};
+        }
+        HB_RETURN_IF_ERROR(out_.Write(EncodeSectionEnd(s.content_hash)));
+        open_ = false;
+      }
+      if (next_ > target || next_ >= infos_.size()) return Status::Ok();
+      SectionInfo& s = infos_[next_];
+      s.offset = out_.pos();
+      const uint64_t chunks = s.is_ref ? 0 : (s.raw_size + opts_.chunk_size - 1) / opts_.chunk_size;
+      HB_RETURN_IF_ERROR(out_.Write(EncodeSectionRecord(s, static_cast<uint32_t>(chunks))));
+      XXH3_128bits_reset(&content_);
+      ++next_;
+      open_ = true;
+    }
+  }
+
+  Status WriteChunk(const Task& t, Encoded& e) {
+    HB_RETURN_IF_ERROR(AdvanceTo(t.section));
+    ChunkInfo c;
+    c.offset = out_.pos();
+    c.stored_size = e.chunk.stored.size();
+    c.raw_size = t.raw_size;
+    c.method = e.chunk.method;
+    c.transform = e.chunk.transform;
+    c.stored_hash = e.chunk.stored_hash;
+    c.raw_hash = e.chunk.raw_hash;
+    HB_RETURN_IF_ERROR(out_.Write(EncodeChunkHeader(c)));
+    HB_RETURN_IF_ERROR(out_.Write(e.chunk.stored));
+    XXH3_128bits_update(&content_, e.raw.data(), e.raw.size());
+    SectionInfo& s = infos_[t.section];
+    s.chunks.push_back(c);
+    s.stored_size += kChunkHeaderSize + c.stored_size;
+    done_ += t.raw_size;
+    if (progress_) progress_(done_, total_);
+    return Status::Ok();
+  }
+
+  Output out_;
+  int fd_;
+  const WriteOptions& opts_;
+  ProgressFn progress_;
+  std::vector<std::unique_ptr<FdCloser>> fds_;
+  std::vector<SectionInfo> infos_;
+  std::vector<Task> tasks_;
+  BaseRef base_;
+  uint64_t total_ = 0, done_ = 0;
+  size_t next_ = 0;  // the first section whose record is not written yet
+  bool open_ = false;  // section next_ - 1 awaits its end record
+  XXH3_state_t content_;
+};
 
 }  // namespace
 
@@ -308,10 +288,11 @@ Result<std::vector<SectionSource>> SectionsFromDirectory(const std::string& dir,
 
 Status WriteSnapshot(const std::string& out_path, const std::string& manifest_json,
                      const std::vector<SectionSource>& sections, const WriteOptions& opts, ProgressFn progress) {
+  if (manifest_json.size() > kMaxManifestSize) return InvalidArgument("the manifest is larger than 16 MiB");
   const std::string tmp = out_path + ".tmp." + std::to_string(::getpid());
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return ErrnoError("create " + tmp, errno);
-  Status s = WriteBody(fd, manifest_json, sections, opts, progress);
+  Status s = Writer(fd, opts, progress).Run(manifest_json, sections);
   if (::close(fd) != 0 && s.ok()) s = ErrnoError("close " + tmp, errno);
   if (s.ok() && ::rename(tmp.c_str(), out_path.c_str()) != 0) s = ErrnoError("rename " + tmp + " to " + out_path, errno);
   if (!s.ok()) {

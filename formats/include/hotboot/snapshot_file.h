@@ -1,7 +1,13 @@
-// The snapshot container, v0 (formats/SPEC.md): a header, independently
-// compressed and checksummed chunks of named sections, an index with the
-// manifest, and a trailer with the whole-file digest. Seekable: Open reads
-// only the header, trailer and index.
+// The snapshot container, version 1.0 (formats/SPEC.md): a header; a
+// manifest record; named sections, each a run of independently compressed,
+// checksummed chunk records closed by a content hash; an index for random
+// access; a trailer with the whole-file digest.
+//
+// Seekable: SnapshotReader::Open reads only the header, the manifest, the
+// index and the trailer; one chunk can be read without the rest.
+// Streamable: StreamDecoder decodes the same bytes front to back from a pipe.
+// Sections are addressed by content (XXH3-128 of their bytes), so a snapshot
+// may refer to sections of a base snapshot instead of storing them again.
 #pragma once
 
 #include <cstdint>
@@ -15,10 +21,26 @@
 
 namespace hotboot::snapfile {
 
+// What a section's bytes are made of; a hint that selects the byte-plane
+// transform the writer tries (SPEC.md "Sections").
+enum class ElemType : uint8_t { kBytes = 0, kBf16 = 1, kFp16 = 2, kFp32 = 3 };
+// Per chunk (SPEC.md "Chunk record").
+enum class Method : uint8_t { kRaw = 0, kZstd = 1, kZero = 2 };
+enum class Transform : uint8_t { kNone = 0, kBytePlanes2 = 1, kBytePlanes4 = 2 };
+
+const char* ElemTypeName(ElemType e);
+const char* MethodName(Method m);
+const char* TransformName(Transform t);
+
 struct WriteOptions {
   int zstd_level = 3;
   size_t chunk_size = 4u << 20;
   int threads = 0;  // 0: all cores
+  // Try the byte-plane transform on chunks (per chunk, kept only when it wins).
+  bool transforms = true;
+  // A base snapshot: sections whose content (size and XXH3-128) the base
+  // already holds are written as references to it, not stored again.
+  std::string base_path;
 };
 
 using ProgressFn = std::function<void(uint64_t done_raw_bytes, uint64_t total_raw_bytes)>;
@@ -28,23 +50,42 @@ struct SectionSource {
   std::string file_path;  // read from this file, or when empty ...
   std::string bytes;      // ... these bytes
   uint32_t mode = 0644;
+  ElemType elem = ElemType::kBytes;
 };
 
 struct ChunkInfo {
-  uint64_t offset = 0;  // absolute file offset of the stored bytes
+  uint64_t offset = 0;  // absolute file offset of the chunk record
   uint64_t stored_size = 0;
   uint64_t raw_size = 0;
-  uint8_t method = 0;  // kMethod* in snapshot_layout.h
+  Method method = Method::kRaw;
+  Transform transform = Transform::kNone;
   uint64_t stored_hash = 0;
   uint64_t raw_hash = 0;
+};
+
+struct Digest128 {
+  uint64_t hi = 0, lo = 0;
+  bool operator==(const Digest128&) const = default;
+  bool zero() const { return hi == 0 && lo == 0; }
+  std::string Hex() const;
 };
 
 struct SectionInfo {
   std::string name;
   uint32_t mode = 0644;
+  ElemType elem = ElemType::kBytes;
+  bool is_ref = false;  // content lives in the base snapshot
   uint64_t raw_size = 0;
-  uint64_t stored_size = 0;
+  uint64_t stored_size = 0;  // bytes of chunk records in this file
+  Digest128 content_hash;    // XXH3-128 of the section's bytes
+  uint64_t offset = 0;       // absolute file offset of the section record
   std::vector<ChunkInfo> chunks;
+};
+
+// The base snapshot a snapshot refers to (SPEC.md "Manifest record").
+struct BaseRef {
+  Digest128 digest;  // the base's whole-file digest; zero: no base
+  std::string name;  // its file name when written, a hint for finding it
 };
 
 // One section per regular file under dir (recursive), named "<prefix>/<path>".
@@ -57,41 +98,116 @@ Status WriteSnapshot(const std::string& out_path, const std::string& manifest_js
                      const std::vector<SectionSource>& sections, const WriteOptions& opts = {},
                      ProgressFn progress = nullptr);
 
+class ChunkDecoder;
+
+struct OpenOptions {
+  // Where the base snapshot is, for snapshots with ref sections; empty: the
+  // base's recorded file name, next to the snapshot.
+  std::string base_path;
+};
+
 class SnapshotReader {
  public:
   ~SnapshotReader();
-  static Result<std::unique_ptr<SnapshotReader>> Open(const std::string& path);
+  static Result<std::unique_ptr<SnapshotReader>> Open(const std::string& path, const OpenOptions& opts = {});
 
+  const std::string& path() const { return path_; }
   const std::string& manifest_json() const { return manifest_; }
   const std::vector<SectionInfo>& sections() const { return sections_; }
   const SectionInfo* FindSection(std::string_view name) const;
   uint64_t file_size() const { return file_size_; }
-  std::string file_digest_hex() const;
+  Digest128 file_digest() const { return digest_; }
+  std::string file_digest_hex() const { return digest_.Hex(); }
   uint16_t version_major() const { return major_; }
   uint16_t version_minor() const { return minor_; }
+  const BaseRef& base() const { return base_; }
+  // The opened base snapshot, when this one has ref sections.
+  const SnapshotReader* base_reader() const { return base_reader_.get(); }
 
-  // Every chunk (stored hash, decompression, raw hash) and the whole-file
-  // digest; the first problem names section, chunk and file offset.
+  // Every chunk (stored hash, decoding, raw hash), every section's content
+  // hash and the whole-file digest; the first problem names section, chunk
+  // and file offset. Ref sections are checked in the base.
   Status Verify(int threads = 0, ProgressFn progress = nullptr) const;
   // Sections whose name starts with prefix, into dir (prefix stripped); each
-  // chunk is verified before its bytes are written.
+  // chunk is verified before its bytes are written, each file's content hash
+  // once it is complete.
   Status ExtractTo(const std::string& dir, const std::string& prefix, int threads = 0,
                    ProgressFn progress = nullptr) const;
-  Result<std::string> ReadSection(std::string_view name) const;
+  // One section's bytes into a file (created or truncated).
+  Status ExtractSection(std::string_view name, const std::string& out_path, int threads = 0,
+                        ProgressFn progress = nullptr) const;
+  // A whole section in memory; refuses sections larger than max_bytes.
+  Result<std::string> ReadSection(std::string_view name, uint64_t max_bytes = 1ull << 30) const;
+  // One chunk's decoded bytes, checked (random access).
+  Result<std::string> ReadChunk(std::string_view section, size_t chunk) const;
 
  private:
+  using Sink = std::function<Status(const SectionInfo&, const ChunkInfo&, uint64_t raw_offset, const std::string&)>;
   SnapshotReader() = default;
-  // Reads, checks and decodes one chunk into out (raw_size bytes).
-  Status ReadChunk(const SectionInfo& s, size_t index, std::string* scratch, char* out) const;
+  static Result<std::unique_ptr<SnapshotReader>> OpenAt(const std::string& path, const OpenOptions& opts, int depth);
+  void OpenBase(const OpenOptions& opts);
+  Status ReadChunkInto(const SectionInfo& s, size_t index, std::string* scratch, ChunkDecoder* dec, char* out) const;
+  // Decodes the sections in `which` in order over `threads` workers; `sink`
+  // gets each chunk's checked bytes in file order on the calling thread;
+  // content hashes are checked as each section completes.
+  Status DecodeSections(const std::vector<const SectionInfo*>& which, int threads, const ProgressFn& progress,
+                        const Sink& sink) const;
+  const SectionInfo* ResolveRef(const SectionInfo& s) const;
 
   std::string path_;
   int fd_ = -1;
   uint64_t file_size_ = 0;
   uint16_t major_ = 0, minor_ = 0;
-  uint64_t digest_hi_ = 0, digest_lo_ = 0;
-  uint64_t body_end_ = 0;  // where the trailer starts
+  Digest128 digest_;
+  uint64_t digest_begin_ = 0, digest_end_ = 0;  // the digested byte range
   std::string manifest_;
+  BaseRef base_;
+  std::unique_ptr<SnapshotReader> base_reader_;
+  Status base_error_;  // why the base could not be used, when it could not
   std::vector<SectionInfo> sections_;
+  int depth_ = 0;
 };
+
+// What a StreamDecoder reports, in file order. Any callback may return an
+// error to stop decoding. on_data gets each chunk's bytes once checked.
+struct StreamEvents {
+  std::function<Status(const std::string& manifest_json, const BaseRef& base)> on_manifest;
+  std::function<Status(const SectionInfo& section)> on_section;  // chunks not filled in yet
+  std::function<Status(const SectionInfo& section, uint64_t raw_offset, const std::string& bytes)> on_data;
+  // After the content hash matched (for a ref section: the recorded hash).
+  std::function<Status(const SectionInfo& section)> on_section_end;
+};
+
+// Decodes a snapshot front to back from bytes fed in any pieces; chunks are
+// decoded on `threads` workers (bounded: a few chunks in flight), events are
+// delivered in order on the caller's thread. Memory stays bounded by the
+// format's caps whatever the input claims: buffers grow only with bytes fed.
+class StreamDecoder {
+ public:
+  explicit StreamDecoder(StreamEvents events, int threads = 0, std::string name = "<stream>");
+  ~StreamDecoder();
+  StreamDecoder(const StreamDecoder&) = delete;
+  StreamDecoder& operator=(const StreamDecoder&) = delete;
+
+  // kNeedMore: everything fed was taken, more is needed. OK: the snapshot is
+  // complete and checked (feeding more is then an error). Anything else: the
+  // input is bad, and stays so.
+  Status Feed(const char* data, size_t n);
+  // The input ended: OK when complete, Truncated (saying where) otherwise.
+  Status Finish();
+  uint64_t consumed() const;
+  bool done() const;
+  // Refuse input that decodes to more than n bytes (a guard for untrusted
+  // input; 0: no limit).
+  void set_max_raw_bytes(uint64_t n);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Reads fd to its end through a StreamDecoder.
+Status DecodeStream(int fd, const StreamEvents& events, int threads = 0, const std::string& name = "<stream>",
+                    ProgressFn progress = nullptr);
 
 }  // namespace hotboot::snapfile
