@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cinttypes>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <unordered_set>
@@ -497,39 +498,69 @@ void JoinPlanes(const char* in, size_t n, int w, char* out) {
 ChunkEncoder::ChunkEncoder() : cctx_(ZSTD_createCCtx()) {}
 ChunkEncoder::~ChunkEncoder() { ZSTD_freeCCtx(cctx_); }
 
-// Compresses two small samples each way at a fast level and keeps the
-// transform that wins; the full chunk is then compressed once.
+namespace {
+// Order-0 entropy, in bits, of the bytes counted in `h`.
+double EntropyBits(const uint32_t* h) {
+  double total = 0, bits = 0;
+  for (int i = 0; i < 256; ++i) total += h[i];
+  for (int i = 0; i < 256; ++i) {
+    if (h[i]) bits -= h[i] * std::log2(h[i] / total);
+  }
+  return bits;
+}
+}  // namespace
+
+// Estimates what each transform leaves for zstd's entropy stage from byte
+// histograms of a sample (by position in a 4-byte word), and keeps the
+// transform that wins clearly. Float data has no long matches, so its size
+// after zstd follows the order-0 entropy of what zstd sees in each block, and
+// byte planes put bytes of like distribution into the same blocks.
 Transform ChunkEncoder::Choose(const char* raw, size_t n, ElemType elem) {
-  std::vector<Transform> candidates{Transform::kNone};
-  switch (elem) {
-    case ElemType::kBf16:
-    case ElemType::kFp16: candidates.push_back(Transform::kBytePlanes2); break;
-    case ElemType::kFp32: candidates.push_back(Transform::kBytePlanes4); break;
-    case ElemType::kBytes:
-      candidates.push_back(Transform::kBytePlanes2);
-      candidates.push_back(Transform::kBytePlanes4);
-      break;
+  constexpr size_t kPiece = 16u << 10, kPieces = 4;
+  if (n < (128u << 10)) return Transform::kNone;  // planes smaller than a zstd block gain nothing
+  uint32_t h[4][256] = {};
+  for (size_t k = 0; k < kPieces; ++k) {
+    const auto* p = reinterpret_cast<const unsigned char*>(raw) + ((n / kPieces) * k & ~size_t{15});
+    for (size_t i = 0; i < kPiece; i += 4) {
+      ++h[0][p[i]];
+      ++h[1][p[i + 1]];
+      ++h[2][p[i + 2]];
+      ++h[3][p[i + 3]];
+    }
   }
-  constexpr size_t kSample = 32u << 10;
-  if (n < 4 * kSample) return elem == ElemType::kBytes ? Transform::kNone : candidates.back();
+  uint32_t all[256], even[256], odd[256];
+  for (int i = 0; i < 256; ++i) {
+    even[i] = h[0][i] + h[2][i];
+    odd[i] = h[1][i] + h[3][i];
+    all[i] = even[i] + odd[i];
+  }
+  const double none = EntropyBits(all), planes2 = EntropyBits(even) + EntropyBits(odd),
+               planes4 = EntropyBits(h[0]) + EntropyBits(h[1]) + EntropyBits(h[2]) + EntropyBits(h[3]);
+  // A hinted element type needs a 1% win; a guess on untyped bytes 5%.
+  const double keep = elem == ElemType::kBytes ? 0.95 : 0.99;
+  const bool try2 = elem != ElemType::kFp32, try4 = elem == ElemType::kFp32 || elem == ElemType::kBytes;
   Transform best = Transform::kNone;
-  size_t best_size = SIZE_MAX;
-  sample_.resize(kSample);
-  sample_out_.resize(ZSTD_compressBound(kSample));
-  for (Transform t : candidates) {
-    size_t total = 0;
-    for (size_t at : {size_t{0}, (n / 2) & ~size_t{15}}) {
-      SplitPlanes(raw + at, kSample, PlaneWidth(t), sample_.data());
-      size_t z = ZSTD_compressCCtx(cctx_, sample_out_.data(), sample_out_.size(), sample_.data(), kSample, 1);
-      total += ZSTD_isError(z) ? kSample : z;
-    }
-    // A transform must win by 1% to be worth its passes.
-    if (best_size == SIZE_MAX || total + total / 100 < best_size) {
-      best = t;
-      best_size = total;
-    }
+  double best_bits = none * keep;
+  if (try2 && planes2 < best_bits) {
+    best = Transform::kBytePlanes2;
+    best_bits = planes2;
   }
+  if (try4 && planes4 < best_bits * (best == Transform::kNone ? 1.0 : keep)) best = Transform::kBytePlanes4;
   return best;
+}
+
+Status ChunkEncoder::Compress(const char* raw, size_t n, Transform t, int level, std::string* out) {
+  const char* src = raw;
+  if (t != Transform::kNone) {
+    planes_.resize(n);
+    SplitPlanes(raw, n, PlaneWidth(t), planes_.data());
+    src = planes_.data();
+  }
+  out->resize(ZSTD_compressBound(n));
+  size_t z = ZSTD_compressCCtx(cctx_, out->data(), out->size(), src, n, level);
+  if (ZSTD_isError(z)) return Internal(std::string("zstd compression failed: ") + ZSTD_getErrorName(z));
+  out->resize(z);
+  return Status::Ok();
 }
 
 Status ChunkEncoder::Encode(const char* raw, size_t n, ElemType elem, int level, bool transforms,
@@ -542,18 +573,18 @@ Status ChunkEncoder::Encode(const char* raw, size_t n, ElemType elem, int level,
     out->stored_hash = XXH3_64bits(nullptr, 0);
     return Status::Ok();
   }
-  const Transform t = transforms ? Choose(raw, n, elem) : Transform::kNone;
-  const char* src = raw;
-  if (t != Transform::kNone) {
-    planes_.resize(n);
-    SplitPlanes(raw, n, PlaneWidth(t), planes_.data());
-    src = planes_.data();
+  Transform t = transforms ? Choose(raw, n, elem) : Transform::kNone;
+  HB_RETURN_IF_ERROR(Compress(raw, n, t, level, &out->stored));
+  // On untyped bytes the estimate is a guess (text and code keep long
+  // matches that planes would break): the plain encoding is tried as well.
+  if (t != Transform::kNone && elem == ElemType::kBytes) {
+    HB_RETURN_IF_ERROR(Compress(raw, n, Transform::kNone, level, &alt_));
+    if (alt_.size() <= out->stored.size()) {
+      out->stored.swap(alt_);
+      t = Transform::kNone;
+    }
   }
-  out->stored.resize(ZSTD_compressBound(n));
-  size_t z = ZSTD_compressCCtx(cctx_, out->stored.data(), out->stored.size(), src, n, level);
-  if (ZSTD_isError(z)) return Internal(std::string("zstd compression failed: ") + ZSTD_getErrorName(z));
-  if (z < n) {
-    out->stored.resize(z);
+  if (out->stored.size() < n) {
     out->method = Method::kZstd;
     out->transform = t;
   } else {

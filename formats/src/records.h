@@ -79,8 +79,9 @@ class ChunkEncoder {
 
  private:
   Transform Choose(const char* raw, size_t n, ElemType elem);
+  Status Compress(const char* raw, size_t n, Transform t, int level, std::string* out);
   ZSTD_CCtx* cctx_;
-  std::string planes_, sample_, sample_out_;
+  std::string planes_, alt_;
 };
 
 class ChunkDecoder {

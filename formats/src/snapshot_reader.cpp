@@ -301,10 +301,40 @@ Status SnapshotReader::DecodeSections(const std::vector<const SectionInfo*>& whi
   return Status::Ok();
 }
 
+// The section and section end records (read by stream decoders) must say
+// what the index says.
+Status SnapshotReader::CheckSectionRecords(const SectionInfo& s) const {
+  const std::string what = path_ + ": section record at byte " + std::to_string(s.offset);
+  std::string rec(kSectionFixed + s.name.size() + 8, '\0');
+  HB_RETURN_IF_ERROR(PreadAll(fd_, rec.data(), rec.size(), s.offset, path_));
+  SectionInfo got;
+  uint16_t name_len = 0;
+  uint32_t chunks = 0;
+  Status st = DecodeSectionFixed(rec.data(), &got, &name_len, &chunks);
+  if (st.ok() && XXH3_64bits(rec.data(), rec.size() - 8) != GetLE(reinterpret_cast<const unsigned char*>(rec.data()) + rec.size() - 8, 8)) {
+    st = Corrupt("checksum mismatch");
+  }
+  if (!st.ok()) return Status(st.code(), what + ": " + st.message());
+  if (name_len != s.name.size() || rec.compare(kSectionFixed, name_len, s.name) != 0 || got.elem != s.elem ||
+      got.is_ref != s.is_ref || got.mode != s.mode || got.raw_size != s.raw_size || chunks != s.chunks.size()) {
+    return Corrupt(what + " disagrees with the index (section '" + s.name + "')");
+  }
+  const uint64_t end_at =
+      s.chunks.empty() ? s.offset + rec.size() : s.chunks.back().offset + kChunkHeaderSize + s.chunks.back().stored_size;
+  char end[kSectionEndSize];
+  HB_RETURN_IF_ERROR(PreadAll(fd_, end, kSectionEndSize, end_at, path_));
+  Digest128 content;
+  st = DecodeSectionEnd(end, &content);
+  if (st.ok() && !(content == s.content_hash)) st = Corrupt("content hash disagrees with the index");
+  if (!st.ok()) return Status(st.code(), path_ + ": section '" + s.name + "' end record at byte " + std::to_string(end_at) + ": " + st.message());
+  return Status::Ok();
+}
+
 Status SnapshotReader::Verify(int threads, ProgressFn progress) const {
   std::vector<const SectionInfo*> all;
   for (const auto& s : sections_) all.push_back(&s);
   HB_RETURN_IF_ERROR(DecodeSections(all, threads, progress, [](auto&&...) { return Status::Ok(); }));
+  for (const auto& s : sections_) HB_RETURN_IF_ERROR(CheckSectionRecords(s));
   // The whole-file digest covers every byte from the header's end to the trailer.
   Hasher128 h;
   std::string buf(8u << 20, '\0');

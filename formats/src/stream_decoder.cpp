@@ -353,9 +353,9 @@ struct StreamDecoder::Impl {
           return Bad(Code::kCorrupt, "the trailer does not describe the index");
         }
         if (!(t.digest == Digest128{d.high64, d.low64})) return Bad(Code::kCorrupt, "whole-file digest mismatch");
-        if (header.file_size != 0 && header.file_size != pos + kTrailerSize) {
+        if (header.file_size != 0 && header.file_size != pos) {
           return Bad(Code::kCorrupt, "the header says the file has " + std::to_string(header.file_size) + " bytes, it has " +
-                                         std::to_string(pos + kTrailerSize));
+                                         std::to_string(pos));
         }
         Expect(State::kDone, 0);
         return Status::Ok();

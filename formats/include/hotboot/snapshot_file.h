@@ -153,6 +153,7 @@ class SnapshotReader {
   Status DecodeSections(const std::vector<const SectionInfo*>& which, int threads, const ProgressFn& progress,
                         const Sink& sink) const;
   const SectionInfo* ResolveRef(const SectionInfo& s) const;
+  Status CheckSectionRecords(const SectionInfo& s) const;
 
   std::string path_;
   int fd_ = -1;
