@@ -19,6 +19,7 @@ struct BuildArgs {
   std::string spec_path;
   std::string server_log;
   int zstd_level = 3;
+  std::string base;
   int ready_timeout_s = 0;
   bool json_out = false;
   std::vector<std::string> command;
@@ -46,6 +47,7 @@ int RunBuild(const BuildArgs& a) {
     spec.labels["model"] = *model;
   }
   spec.zstd_level = a.zstd_level;
+  if (!a.base.empty()) spec.base_snapshot = a.base;
   if (a.ready_timeout_s > 0) spec.ready_timeout = std::chrono::seconds(a.ready_timeout_s);
 
   std::unique_ptr<std::ofstream> log_file;
@@ -124,6 +126,9 @@ Runner AddBuild(CLI::App& app) {
   app.add_option("--preset", a->preset, "Default model preset when --model is not given")
       ->check(CLI::IsMember({"tiny", "small", "1b"}));
   app.add_option("--spec", a->spec_path, "Build spec (JSON: command, warmup, canary, timeouts)");
+  app.add_option("--base", a->base,
+                 "Base snapshot: sections it already holds (same content) are referenced, not stored; "
+                 "restore then needs the base next to the snapshot or --base");
   app.add_option("--zstd-level", a->zstd_level, "zstd level for the snapshot chunks")->check(CLI::Range(1, 19));
   app.add_option("--ready-timeout", a->ready_timeout_s, "Seconds to wait for the server to become warm");
   app.add_option("--server-log", a->server_log, "Append the server's log here instead of stderr");

@@ -14,9 +14,80 @@ namespace {
 
 struct InspectArgs {
   std::string snapshot;
+  std::string base;
+  std::string section;  // --section: one section's chunks
+  std::string extract;  // --extract FILE: that section's bytes
   bool json_out = false;
   bool all_sections = false;
 };
+
+std::string Ratio(uint64_t stored, uint64_t raw);
+
+// "zstd/planes2 x3, zero x1": how a section's chunks are stored.
+std::string Encodings(const snapfile::SectionInfo& s) {
+  if (s.is_ref) return "ref (base)";
+  std::map<std::string, int> n;
+  for (const auto& c : s.chunks) {
+    std::string k = snapfile::MethodName(c.method);
+    if (c.transform != snapfile::Transform::kNone) k += std::string("/") + snapfile::TransformName(c.transform);
+    ++n[k];
+  }
+  std::string out;
+  for (const auto& [k, v] : n) out += (out.empty() ? "" : ", ") + k + " x" + std::to_string(v);
+  return out.empty() ? "-" : out;
+}
+
+json SectionJson(const snapfile::SectionInfo& s, bool chunks) {
+  json j = {{"name", s.name},           {"raw_bytes", s.raw_size},     {"stored_bytes", s.stored_size},
+            {"chunks", s.chunks.size()}, {"mode", s.mode},              {"elem", snapfile::ElemTypeName(s.elem)},
+            {"ref", s.is_ref},           {"content_hash", s.content_hash.Hex()}, {"encodings", Encodings(s)}};
+  if (chunks) {
+    json cs = json::array();
+    for (const auto& c : s.chunks) {
+      cs.push_back({{"offset", c.offset}, {"raw_bytes", c.raw_size}, {"stored_bytes", c.stored_size},
+                    {"method", snapfile::MethodName(c.method)}, {"transform", snapfile::TransformName(c.transform)},
+                    {"stored_hash", c.stored_hash}, {"raw_hash", c.raw_hash}});
+    }
+    j["chunk_list"] = cs;
+  }
+  return j;
+}
+
+int InspectSection(const InspectArgs& a, const snapfile::SnapshotReader& rd) {
+  const snapfile::SectionInfo* s = rd.FindSection(a.section);
+  if (!s) return Fail(NotFound(a.snapshot + ": no section '" + a.section + "' (hotboot inspect --all lists them)"));
+  if (!a.extract.empty()) {
+    Progress p("extracting");
+    Status st = rd.ExtractSection(a.section, a.extract, 0, [&](uint64_t d, uint64_t t) { p.Update(d, t); });
+    p.Finish();
+    if (!st.ok()) return Fail(st);
+    if (!a.json_out) std::printf("wrote %s (%s) to %s\n", s->name.c_str(), HumanBytes(s->raw_size).c_str(), a.extract.c_str());
+  }
+  if (a.json_out) {
+    std::printf("%s\n", SectionJson(*s, true).dump(2).c_str());
+    return kExitOk;
+  }
+  if (!a.extract.empty()) return kExitOk;
+  std::printf("section       %s\n", s->name.c_str());
+  std::printf("content       %s, %s, mode %04o, XXH3-128 %s\n", HumanBytes(s->raw_size).c_str(),
+              snapfile::ElemTypeName(s->elem), s->mode, s->content_hash.Hex().c_str());
+  if (s->is_ref) {
+    std::printf("stored        in the base snapshot %s (digest %s)\n", rd.base().name.c_str(), rd.base().digest.Hex().c_str());
+    return kExitOk;
+  }
+  std::printf("stored        %s in %zu chunks (%s), record at byte %llu\n\n", HumanBytes(s->stored_size).c_str(),
+              s->chunks.size(), Ratio(s->stored_size, s->raw_size).c_str(), static_cast<unsigned long long>(s->offset));
+  std::printf("%6s %14s %12s %12s %7s %-6s %-8s %s\n", "chunk", "file offset", "raw", "stored", "ratio", "method",
+              "transform", "raw XXH3-64");
+  for (size_t i = 0; i < s->chunks.size(); ++i) {
+    const auto& c = s->chunks[i];
+    std::printf("%6zu %14llu %12s %12s %7s %-6s %-8s %016llx\n", i, static_cast<unsigned long long>(c.offset),
+                HumanBytes(c.raw_size).c_str(), HumanBytes(c.stored_size).c_str(),
+                Ratio(c.stored_size, c.raw_size).c_str(), snapfile::MethodName(c.method),
+                snapfile::TransformName(c.transform), static_cast<unsigned long long>(c.raw_hash));
+  }
+  return kExitOk;
+}
 
 std::string Ratio(uint64_t stored, uint64_t raw) {
   char buf[16];
@@ -31,9 +102,10 @@ std::string Str(const json& j, const char* key) {
 }
 
 int RunInspect(const InspectArgs& a) {
-  auto r = snapfile::SnapshotReader::Open(a.snapshot);
+  auto r = snapfile::SnapshotReader::Open(a.snapshot, {a.base});
   if (!r.ok()) return Fail(r.status());
   const auto& rd = **r;
+  if (!a.section.empty()) return InspectSection(a, rd);
   json m = json::parse(rd.manifest_json(), nullptr, false);
   if (!m.is_object()) return Fail(Corrupt(a.snapshot + ": the manifest is not a JSON object"));
   uint64_t raw = 0, stored = 0, chunks = 0;
@@ -44,16 +116,16 @@ int RunInspect(const InspectArgs& a) {
   }
   if (a.json_out) {
     json secs = json::array();
-    for (const auto& s : rd.sections()) {
-      secs.push_back({{"name", s.name}, {"raw_bytes", s.raw_size}, {"stored_bytes", s.stored_size},
-                      {"chunks", s.chunks.size()}, {"mode", s.mode}});
-    }
+    for (const auto& s : rd.sections()) secs.push_back(SectionJson(s, false));
     json out = {{"path", a.snapshot},
                 {"format_version", std::to_string(rd.version_major()) + "." + std::to_string(rd.version_minor())},
                 {"file_bytes", rd.file_size()},
                 {"raw_bytes", raw},
                 {"stored_bytes", stored},
                 {"file_digest", rd.file_digest_hex()},
+                {"base", rd.base().digest.zero() ? json(nullptr)
+                                                  : json{{"name", rd.base().name}, {"digest", rd.base().digest.Hex()},
+                                                         {"found", rd.base_reader() != nullptr}}},
                 {"sections", secs},
                 {"manifest", m}};
     std::printf("%s\n", out.dump(2).c_str());
@@ -65,6 +137,10 @@ int RunInspect(const InspectArgs& a) {
   std::printf("snapshot      %s\n", a.snapshot.c_str());
   std::printf("format        v%u.%u, %s, digest %s\n", rd.version_major(), rd.version_minor(),
               HumanBytes(rd.file_size()).c_str(), rd.file_digest_hex().c_str());
+  if (!rd.base().digest.zero()) {
+    std::printf("base          %s (digest %s)%s\n", rd.base().name.c_str(), rd.base().digest.Hex().c_str(),
+                rd.base_reader() ? "" : " NOT FOUND: pass --base");
+  }
   std::printf("created       %s by hotboot %s (%s mode)\n", Str(m, "created_at").c_str(),
               Str(m, "tool_version").c_str(), Str(m, "mode").c_str());
   std::printf("build host    %s, %s, kernel %s, %s CPUs: %s\n", Str(host, "hostname").c_str(),
@@ -90,7 +166,7 @@ int RunInspect(const InspectArgs& a) {
   for (const auto& [k, v] : timings.items()) {
     if (v.is_number()) std::printf(" %s %s;", k.c_str(), Ms(v.get<double>()).c_str());
   }
-  std::printf("\n\n%-40s %12s %12s %7s %7s\n", "section", "raw", "stored", "ratio", "chunks");
+  std::printf("\n\n%-40s %12s %12s %7s %7s  %s\n", "section", "raw", "stored", "ratio", "chunks", "stored as");
   // Small CRIU images are many; group them unless asked for all.
   uint64_t small_raw = 0, small_stored = 0, small_n = 0, small_chunks = 0;
   for (const auto& s : rd.sections()) {
@@ -101,8 +177,9 @@ int RunInspect(const InspectArgs& a) {
       ++small_n;
       continue;
     }
-    std::printf("%-40s %12s %12s %7s %7zu\n", s.name.c_str(), HumanBytes(s.raw_size).c_str(),
-                HumanBytes(s.stored_size).c_str(), Ratio(s.stored_size, s.raw_size).c_str(), s.chunks.size());
+    std::printf("%-40s %12s %12s %7s %7zu  %s\n", s.name.c_str(), HumanBytes(s.raw_size).c_str(),
+                HumanBytes(s.stored_size).c_str(), Ratio(s.stored_size, s.raw_size).c_str(), s.chunks.size(),
+                Encodings(s).c_str());
   }
   if (small_n) {
     std::string label = std::to_string(small_n) + " smaller sections (--all to list)";
@@ -115,27 +192,74 @@ int RunInspect(const InspectArgs& a) {
   return kExitOk;
 }
 
-int RunVerify(const std::string& path, bool json_out) {
-  auto r = snapfile::SnapshotReader::Open(path);
-  if (!r.ok()) return Fail(r.status());
+struct VerifyArgs {
+  std::string path;
+  std::string base;
+  bool json_out = false;
+};
+
+struct Checked {
+  Status status;
+  size_t sections = 0, chunks = 0;
+  uint64_t bytes = 0;
+  std::string digest;
+};
+
+// "-": front to back from stdin, as it arrives (a pipe, a download).
+Checked VerifyStream(const VerifyArgs& a, Progress& p) {
+  Checked c;
+  snapfile::StreamEvents ev;
+  ev.on_section = [&](const snapfile::SectionInfo&) {
+    ++c.sections;
+    return Status::Ok();
+  };
+  ev.on_data = [&](const snapfile::SectionInfo&, uint64_t, const std::string&) {
+    ++c.chunks;
+    return Status::Ok();
+  };
+  c.status = snapfile::DecodeStream(0, ev, 0, "<stdin>", [&](uint64_t d, uint64_t) {
+    c.bytes = d;
+    p.Update(d, 0);
+  });
+  return c;
+}
+
+Checked VerifyFile(const VerifyArgs& a, Progress& p) {
+  Checked c;
+  auto r = snapfile::SnapshotReader::Open(a.path, {a.base});
+  if (!r.ok()) {
+    c.status = r.status();
+    return c;
+  }
+  c.status = (*r)->Verify(0, [&](uint64_t d, uint64_t t) { p.Update(d, t); });
+  c.sections = (*r)->sections().size();
+  for (const auto& sec : (*r)->sections()) c.chunks += sec.chunks.size();
+  c.bytes = (*r)->file_size();
+  c.digest = (*r)->file_digest_hex();
+  return c;
+}
+
+int RunVerify(const VerifyArgs& a) {
   Progress p("verifying");
   const auto t0 = std::chrono::steady_clock::now();
-  Status s = (*r)->Verify(0, [&](uint64_t d, uint64_t t) { p.Update(d, t); });
+  Checked c = a.path == "-" ? VerifyStream(a, p) : VerifyFile(a, p);
   p.Finish();
-  double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-  size_t chunks = 0;
-  for (const auto& sec : (*r)->sections()) chunks += sec.chunks.size();
-  if (json_out) {
-    json out = {{"path", path}, {"ok", s.ok()}, {"sections", (*r)->sections().size()}, {"chunks", chunks},
-                {"elapsed_ms", ms}};
-    if (!s.ok()) out["error"] = s.message();
+  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  const Status& s = c.status;
+  if (a.json_out) {
+    json out = {{"path", a.path}, {"ok", s.ok()}, {"sections", c.sections}, {"chunks", c.chunks},
+                {"bytes", c.bytes}, {"elapsed_ms", ms}};
+    if (!c.digest.empty()) out["file_digest"] = c.digest;
+    if (!s.ok()) {
+      out["error"] = s.message();
+      out["outcome"] = CodeName(s.code());
+    }
     std::printf("%s\n", out.dump().c_str());
     return s.ok() ? kExitOk : ExitCodeFor(s);
   }
   if (!s.ok()) return Fail(s);
-  std::printf("%s: OK (%zu sections, %zu chunks, %s, digest %s, checked in %s)\n", path.c_str(),
-              (*r)->sections().size(), chunks, HumanBytes((*r)->file_size()).c_str(),
-              (*r)->file_digest_hex().c_str(), Ms(ms).c_str());
+  std::printf("%s: OK (%zu sections, %zu chunks, %s%s%s, checked in %s)\n", a.path.c_str(), c.sections, c.chunks,
+              HumanBytes(c.bytes).c_str(), c.digest.empty() ? "" : ", digest ", c.digest.c_str(), Ms(ms).c_str());
   return kExitOk;
 }
 
@@ -146,17 +270,22 @@ Runner AddInspect(CLI::App& app) {
   app.add_option("snapshot", a->snapshot, "Snapshot file")->required();
   app.add_flag("--json", a->json_out, "Print everything as JSON (manifest included)");
   app.add_flag("--all", a->all_sections, "List every section, small ones included");
+  app.add_option("--section", a->section, "Show one section: its content hash and every chunk (offset, method, transform)");
+  app.add_option("--extract", a->extract, "With --section: write that section's bytes to this file (checked as read)");
+  app.add_option("--base", a->base, "The base snapshot, for snapshots built with --base (default: next to it)");
   return [a] { return RunInspect(*a); };
 }
 
 Runner AddVerify(CLI::App& app) {
-  auto path = std::make_shared<std::string>();
-  auto json_out = std::make_shared<bool>(false);
-  app.footer("Check every chunk checksum and the whole-file digest; report the first bad\n"
-                  "section, chunk and byte offset. Exit 0 when intact, 4 when not.");
-  app.add_option("snapshot", *path, "Snapshot file")->required();
-  app.add_flag("--json", *json_out, "Print the result as JSON");
-  return [path, json_out] { return RunVerify(*path, *json_out); };
+  auto a = std::make_shared<VerifyArgs>();
+  app.footer("Check every record, chunk checksum, section content hash and the whole-file digest;\n"
+             "report the first bad section, chunk and byte offset. SNAP '-' reads the snapshot\n"
+             "front to back from stdin (e.g. curl ... | hotboot verify -).\n"
+             "Exit 0 when intact, 4 when corrupt or truncated, 1 on other errors.");
+  app.add_option("snapshot", a->path, "Snapshot file, or - for stdin")->required();
+  app.add_option("--base", a->base, "The base snapshot, for snapshots built with --base (default: next to it)");
+  app.add_flag("--json", a->json_out, "Print the result as JSON (ok, outcome, error, counts)");
+  return [a] { return RunVerify(*a); };
 }
 
 }  // namespace hotboot::cli

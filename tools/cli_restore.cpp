@@ -20,6 +20,7 @@ namespace {
 
 struct RestoreArgs {
   std::string snapshot;
+  std::string base;
   int port = 0;
   std::string host = "127.0.0.1";
   bool detach = false;
@@ -93,6 +94,7 @@ int Supervise(Replica& replica) {
 int RunRestore(const RestoreArgs& a) {
   RestoreOptions o;
   o.snapshot_path = a.snapshot;
+  o.base_path = a.base;
   o.port = a.port;
   o.host = a.host;
   o.work_root = a.work_dir;
@@ -187,6 +189,7 @@ Runner AddRestore(CLI::App& app) {
   app.add_option("-p,--port", a->port, "Port the replica serves on")->required()->check(CLI::Range(1, 65535));
   app.add_option("--host", a->host, "Address the replica listens on");
   app.add_flag("-d,--detach", a->detach, "Exit once ready and leave the replica running");
+  app.add_option("--base", a->base, "The base snapshot the snapshot was built against (default: its recorded name, next to it)");
   app.add_flag("--fallback-cold", a->fallback_cold,
                "Boot the server cold when the snapshot cannot be used here");
   app.add_option("--log", a->log_file, "Replica log file (default with --detach: $TMPDIR/hotboot-replica-PORT.log)");

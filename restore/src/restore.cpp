@@ -122,7 +122,7 @@ Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, con
   RestoreResult res;
 
   phase("open");
-  HB_ASSIGN_OR_RETURN(auto reader, snapfile::SnapshotReader::Open(opts.snapshot_path));
+  HB_ASSIGN_OR_RETURN(auto reader, snapfile::SnapshotReader::Open(opts.snapshot_path, {opts.base_path}));
   json manifest = json::parse(reader->manifest_json(), nullptr, false);
   if (!manifest.is_object() || manifest.value("format", "") != "hotboot-snapshot-manifest") {
     return Corrupt(opts.snapshot_path + ": manifest is not a hotboot snapshot manifest");

@@ -120,6 +120,7 @@ Result<BuildSpec> BuildSpec::FromJson(const json& j) {
     }
     if (j.contains("canary")) s.canary = prompt(j.at("canary"));
     s.zstd_level = j.value("zstd_level", s.zstd_level);
+    s.base_snapshot = j.value("base_snapshot", s.base_snapshot);
     if (j.contains("labels")) s.labels = j.at("labels");
   } catch (const json::exception& e) {
     return InvalidArgument(std::string("build spec: ") + e.what());
@@ -258,6 +259,7 @@ Result<BuildResult> BuildSnapshot(const BuildSpec& spec, const std::string& out_
       snapfile::SectionSource src;
       src.name = section;
       src.file_path = f.path;
+      src.elem = snapfile::ElemType::kBf16;  // packed bf16 panels (kernels/ arena)
       extra_sections.push_back(std::move(src));
     } else {
       jfiles.push_back({{"path", f.path}, {"size", f.size}});
@@ -310,6 +312,7 @@ Result<BuildResult> BuildSnapshot(const BuildSpec& spec, const std::string& out_
   // the pack time is known after writing and is reported in BuildResult.
   snapfile::WriteOptions wo;
   wo.zstd_level = spec.zstd_level;
+  wo.base_path = spec.base_snapshot;
   manifest["timings_ms"]["total_before_pack"] = MsSince(t0);
   HB_RETURN_IF_ERROR(snapfile::WriteSnapshot(out_path, manifest.dump(), sections, wo, ev.on_pack_progress));
   manifest["timings_ms"]["pack"] = MsSince(tp);

@@ -38,6 +38,7 @@ bool PortAvailable(const std::string& host, int port);
 
 struct RestoreOptions {
   std::string snapshot_path;
+  std::string base_path;  // the base snapshot, for snapshots built with --base; empty: next to it
   std::string host = "127.0.0.1";
   int port = 0;
   // Where the replica's log (fd 2) goes. Empty: a pipe to us (the caller

@@ -33,6 +33,9 @@ struct BuildSpec {
   std::vector<PromptSpec> warmup;
   PromptSpec canary{"The quick brown fox", 8, 3};
   int zstd_level = 3;
+  // A snapshot whose sections (e.g. the same model's weights) the new one
+  // refers to instead of storing them again (formats/SPEC.md "Base snapshots").
+  std::string base_snapshot;
   std::string criu_binary;
   // Free-form provenance copied into the manifest (model path, preset...).
   nlohmann::json labels = nlohmann::json::object();
