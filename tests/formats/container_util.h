@@ -16,6 +16,8 @@
 
 #include "hotboot/snapshot_file.h"
 #include "hotboot/snapshot_format.h"
+#include "records.h"
+#include <xxhash.h>
 
 namespace hotboot::snapfile::testutil {
 
@@ -153,6 +155,71 @@ inline Decoded StreamDecode(const std::string& bytes, uint32_t seed, int threads
   d.status = s.code() == Code::kNeedMore ? dec.Finish() : s;
   if (d.status.ok() && at < bytes.size()) d.status = dec.Feed(bytes.data() + at, bytes.size() - at);
   return d;
+}
+
+inline void PutAt(std::string& f, size_t at, uint64_t v, int n) {
+  for (int i = 0; i < n; ++i) f[at + i] = static_cast<char>(v >> (8 * i));
+}
+inline uint64_t GetAt(const std::string& f, size_t at, int n) {
+  return GetLE(reinterpret_cast<const unsigned char*>(f.data()) + at, n);
+}
+
+// Re-derives every checksum that covers structure from the records as they
+// now are: chunk record hashes, section record hashes, the index, the trailer.
+// What a damaged payload then fails on is what the reader checks last.
+inline void FixChecksums(std::string& f) {
+  Header h;
+  if (!DecodeHeader(f.data(), f.size(), &h).ok()) {
+      ADD_FAILURE() << "FixChecksums: cannot parse";
+      return;
+    }
+  ManifestFixed m;
+  if (!DecodeManifestFixed(f.data() + 64, &m).ok()) {
+      ADD_FAILURE() << "FixChecksums: cannot parse";
+      return;
+    }
+  size_t at = 64 + kManifestFixed + m.base_name_len + 8 + m.manifest_len;
+  std::vector<SectionInfo> secs;
+  while (std::memcmp(f.data() + at, kTagIndex, 4) != 0) {
+    SectionInfo s;
+    s.offset = at;
+    uint16_t name_len;
+    uint32_t chunks;
+    if (!DecodeSectionFixed(f.data() + at, &s, &name_len, &chunks).ok()) {
+      ADD_FAILURE() << "FixChecksums: cannot parse";
+      return;
+    }
+    s.name = f.substr(at + kSectionFixed, name_len);
+    PutAt(f, at + kSectionFixed + name_len, XXH3_64bits(f.data() + at, kSectionFixed + name_len), 8);
+    at += kSectionFixed + name_len + 8;
+    for (uint32_t k = 0; k < chunks; ++k) {
+      PutAt(f, at + 32, XXH3_64bits(f.data() + at, 32), 8);
+      ChunkInfo c;
+      if (!DecodeChunkHeader(f.data() + at, h.max_chunk_raw, &c).ok()) {
+      ADD_FAILURE() << "FixChecksums: cannot parse";
+      return;
+    }
+      c.offset = at;
+      s.chunks.push_back(c);
+      at += kChunkHeaderSize + c.stored_size;
+    }
+    PutAt(f, at + 24, XXH3_64bits(f.data() + at, 24), 8);
+    if (!DecodeSectionEnd(f.data() + at, &s.content_hash).ok()) {
+      ADD_FAILURE() << "FixChecksums: cannot parse";
+      return;
+    }
+    at += kSectionEndSize;
+    secs.push_back(s);
+  }
+  const std::string index = EncodeIndex(secs);
+  if (at + index.size() + kTrailerSize != f.size()) {
+    ADD_FAILURE() << "FixChecksums: the index changed size";
+    return;
+  }
+  f.replace(at, index.size(), index);
+  XXH128_hash_t d = XXH3_128bits(f.data() + 64, at + index.size() - 64);
+  Trailer t{at, index.size(), XXH3_64bits(index.data(), index.size()), {d.high64, d.low64}};
+  f.replace(at + index.size(), kTrailerSize, EncodeTrailer(t));
 }
 
 }  // namespace hotboot::snapfile::testutil
