@@ -26,6 +26,14 @@ template <typename T>
 Status RunOrdered(size_t n, int threads, const std::function<Status(size_t, int, T*)>& produce,
                   const std::function<Status(size_t, T&)>& consume) {
   threads = ResolveThreads(threads);
+  if (threads == 1 || n <= 1) {  // no pool for one worker or one item
+    for (size_t i = 0; i < n; ++i) {
+      T item{};
+      HB_RETURN_IF_ERROR(produce(i, 0, &item));
+      HB_RETURN_IF_ERROR(consume(i, item));
+    }
+    return Status::Ok();
+  }
   const size_t window = static_cast<size_t>(threads) * 2;
   struct Slot {
     Status status;

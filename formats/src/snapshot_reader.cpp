@@ -337,7 +337,7 @@ Status SnapshotReader::Verify(int threads, ProgressFn progress) const {
   for (const auto& s : sections_) HB_RETURN_IF_ERROR(CheckSectionRecords(s));
   // The whole-file digest covers every byte from the header's end to the trailer.
   Hasher128 h;
-  std::string buf(8u << 20, '\0');
+  std::string buf(std::min<uint64_t>(8u << 20, digest_end_ - digest_begin_), '\0');
   for (uint64_t off = digest_begin_; off < digest_end_;) {
     const uint64_t n = std::min<uint64_t>(buf.size(), digest_end_ - off);
     HB_RETURN_IF_ERROR(PreadAll(fd_, buf.data(), n, off, path_));

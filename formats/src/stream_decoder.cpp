@@ -100,7 +100,10 @@ struct StreamDecoder::Impl {
 
   Impl(StreamEvents e, int t, std::string n) : ev(std::move(e)), name(std::move(n)), threads(ResolveThreads(t)) {
     XXH3_128bits_reset(&digest);
-    for (int i = 0; i < threads; ++i) pool.emplace_back([this] { Work(); });
+    // One thread: chunks are decoded inline, as they complete.
+    if (threads > 1) {
+      for (int i = 0; i < threads; ++i) pool.emplace_back([this] { Work(); });
+    }
   }
   ~Impl() {
     {
@@ -301,11 +304,20 @@ struct StreamDecoder::Impl {
         s.stored_size += kChunkHeaderSize + pending->chunk.stored_size;
         Item it{Item::kChunk, sections.size() - 1, raw_seen, pending};
         raw_seen += pending->chunk.raw_size;
-        {
+        if (pool.empty()) {
+          if (!inline_dec) inline_dec = std::make_unique<ChunkDecoder>();
+          pending->raw.resize(pending->chunk.raw_size);
+          pending->status = inline_dec->Decode(pending->chunk, pending->stored.data(), pending->raw.data());
+          std::string().swap(pending->stored);
+          pending->done = true;
+        } else {
           std::lock_guard lock(mu);
           todo.push_back(pending);
-          ++in_flight;
           cv.notify_all();
+        }
+        {
+          std::lock_guard lock(mu);
+          ++in_flight;
         }
         pending.reset();
         Push(std::move(it));
@@ -371,6 +383,7 @@ struct StreamDecoder::Impl {
   }
 
   std::shared_ptr<Job> pending;
+  std::unique_ptr<ChunkDecoder> inline_dec;  // when there is no pool
 
   Status Feed(const char* data, size_t n) {
     if (state == State::kFailed) return failed;
