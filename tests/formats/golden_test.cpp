@@ -167,6 +167,18 @@ TEST(Golden, GoodFilesDecodeToTheirBytesSeekableAndStreamed) {
   }
 }
 
+TEST(Golden, StreamsFedOneByteAtATime) {
+  for (const char* name : {"ok-small", "ok-delta"}) {
+    const std::string b = Slurp((kDir / (std::string(name) + ".hbsnap")).string());
+    StreamDecoder dec(StreamEvents{}, 1);
+    for (size_t i = 0; i + 1 < b.size(); ++i) ASSERT_EQ(dec.Feed(&b[i], 1).code(), Code::kNeedMore) << name << " byte " << i;
+    EXPECT_TRUE(dec.Feed(&b.back(), 1).ok()) << name;
+    EXPECT_TRUE(dec.done());
+    EXPECT_EQ(dec.consumed(), b.size());
+    EXPECT_EQ(dec.Feed("x", 1).code(), Code::kCorrupt);
+  }
+}
+
 TEST(Golden, BadFilesFailWithTheirMessage) {
   auto bads = Load("bad-");
   ASSERT_GE(bads.size(), 10u);
