@@ -15,5 +15,6 @@ Runner AddRestore(CLI::App& app);
 Runner AddInspect(CLI::App& app);
 Runner AddVerify(CLI::App& app);
 Runner AddDemo(CLI::App& app);
+Runner AddBench(CLI::App& app);
 
 }  // namespace hotboot::cli
