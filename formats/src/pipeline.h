@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cstdint>
 #include <condition_variable>
 #include <functional>
 #include <map>
@@ -17,6 +18,39 @@ namespace hotboot::snapfile {
 
 inline int ResolveThreads(int threads) {
   return std::max(1, threads > 0 ? threads : static_cast<int>(std::thread::hardware_concurrency()));
+}
+
+// Runs fn(i, worker) for i in [0, n) on `threads` workers, in any order;
+// returns the error of the lowest failing index, so that the report does not
+// depend on scheduling, and starts no index above a failed one.
+inline Status ParallelFor(size_t n, int threads, const std::function<Status(size_t, int)>& fn) {
+  threads = std::min<int>(ResolveThreads(threads), static_cast<int>(std::max<size_t>(n, 1)));
+  std::mutex mu;
+  size_t next = 0, first_bad = SIZE_MAX;
+  Status first_status;
+  auto work = [&](int w) {
+    for (;;) {
+      size_t i;
+      {
+        std::lock_guard lock(mu);
+        if (next >= n || next > first_bad) return;
+        i = next++;
+      }
+      Status s = fn(i, w);
+      if (!s.ok()) {
+        std::lock_guard lock(mu);
+        if (i < first_bad) {
+          first_bad = i;
+          first_status = s;
+        }
+      }
+    }
+  };
+  std::vector<std::thread> pool;
+  for (int t = 1; t < threads; ++t) pool.emplace_back(work, t);
+  work(0);
+  for (auto& t : pool) t.join();
+  return first_status;
 }
 
 // produce(i, worker, &item) runs on worker `worker` (0..threads-1);

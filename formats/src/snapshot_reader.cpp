@@ -4,6 +4,7 @@
 // chunk's bytes are used only after its record, its stored bytes and its
 // decoded bytes were checked.
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #define XXH_STATIC_LINKING_ONLY
@@ -54,6 +55,7 @@ class Hasher128 {
 }  // namespace
 
 SnapshotReader::~SnapshotReader() {
+  if (map_) ::munmap(const_cast<char*>(map_), file_size_);
   if (fd_ >= 0) ::close(fd_);
 }
 
@@ -159,6 +161,10 @@ Result<std::unique_ptr<SnapshotReader>> SnapshotReader::OpenAt(const std::string
   for (const auto& s : r->sections_) has_refs |= s.is_ref;
   if (has_refs && r->base_.digest.zero()) return Corrupt(path + ": ref sections but no base snapshot recorded");
   if (has_refs) r->OpenBase(opts);
+  // Chunks are read through a read-only mapping (snapshots are immutable
+  // once published); pread is the fallback where mapping fails.
+  void* mapped = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, r->fd_, 0);
+  if (mapped != MAP_FAILED) r->map_ = static_cast<const char*>(mapped);
   return r;
 }
 
@@ -197,13 +203,20 @@ const SectionInfo* SnapshotReader::ResolveRef(const SectionInfo& s) const {
 Status SnapshotReader::ReadChunkInto(const SectionInfo& s, size_t i, std::string* scratch, ChunkDecoder* dec,
                                      char* out) const {
   const ChunkInfo& c = s.chunks[i];
-  scratch->resize(kChunkHeaderSize + c.stored_size);
-  Status st = PreadAll(fd_, scratch->data(), scratch->size(), c.offset, path_);
-  if (!st.ok()) return st.Prefixed(Where(s, i, c.offset));
+  // The index bounds every chunk inside the file; the mapped file is read in
+  // place, without a copy.
+  const char* rec_bytes = map_ ? map_ + c.offset : nullptr;
+  Status st;
+  if (!rec_bytes) {
+    scratch->resize(kChunkHeaderSize + c.stored_size);
+    st = PreadAll(fd_, scratch->data(), scratch->size(), c.offset, path_);
+    if (!st.ok()) return st.Prefixed(Where(s, i, c.offset));
+    rec_bytes = scratch->data();
+  }
   ChunkInfo rec;
-  st = DecodeChunkHeader(scratch->data(), static_cast<uint32_t>(kMaxChunkRaw), &rec);
+  st = DecodeChunkHeader(rec_bytes, static_cast<uint32_t>(kMaxChunkRaw), &rec);
   if (st.ok() && !SameChunk(rec, c)) st = Corrupt("chunk record disagrees with the index");
-  if (st.ok()) st = dec->Decode(c, scratch->data() + kChunkHeaderSize, out);
+  if (st.ok()) st = dec->Decode(c, rec_bytes + kChunkHeaderSize, out);
   if (!st.ok()) return Status(st.code(), path_ + ": " + Where(s, i, c.offset) + ": " + st.message());
   return Status::Ok();
 }
@@ -224,19 +237,25 @@ Result<std::string> SnapshotReader::ReadChunk(std::string_view section, size_t c
 }
 
 Status SnapshotReader::DecodeSections(const std::vector<const SectionInfo*>& which, int threads,
-                                      const ProgressFn& progress, const Sink& sink) const {
-  uint64_t total = 0, done = 0;
+                                      const ProgressFn& progress, Order order, const Sink& sink) const {
+  uint64_t total = 0;
   for (const SectionInfo* s : which) total += s->raw_size;
+  std::atomic<uint64_t> done{0};
+  std::mutex progress_mu;
   auto report = [&](uint64_t n) {
-    done += n;
-    if (progress) progress(done, total);
+    const uint64_t d = done += n;
+    if (!progress) return;
+    std::lock_guard lock(progress_mu);
+    progress(d, total);
   };
   struct Task {
     const SectionInfo* s;
     size_t chunk;
     uint64_t raw_offset;
   };
-  std::vector<ChunkDecoder> decoders(ResolveThreads(threads));
+  threads = ResolveThreads(threads);
+  std::vector<ChunkDecoder> decoders(threads);
+  std::vector<std::string> scratch(threads);
   size_t i = 0;
   while (i < which.size()) {
     const SectionInfo& s = *which[i];
@@ -247,16 +266,21 @@ Status SnapshotReader::DecodeSections(const std::vector<const SectionInfo*>& whi
         return NotFound(path_ + ": section '" + s.name + "' refers to content " + s.content_hash.Hex() +
                         " that the base snapshot " + base_reader_->path() + " does not hold");
       }
+      const uint64_t before = done;
       HB_RETURN_IF_ERROR(base_reader_->DecodeSections(
-          {b}, threads, [&](uint64_t d, uint64_t) { if (progress) progress(done + d, total); },
-          [&](const SectionInfo&, const ChunkInfo& c, uint64_t off, const std::string& bytes) {
+          {b}, threads,
+          [&](uint64_t d, uint64_t) {
+            if (progress) progress(before + d, total);
+          },
+          order,
+          [&](const SectionInfo&, const ChunkInfo& c, uint64_t off, std::string_view bytes) {
             return sink(s, c, off, bytes);
           }));
-      report(s.raw_size);
+      done = before + s.raw_size;
       ++i;
       continue;
     }
-    // A run of sections stored here, decoded in one ordered pipeline.
+    // A run of sections stored here, decoded together.
     std::vector<Task> tasks;
     std::vector<const SectionInfo*> run;
     for (; i < which.size() && !which[i]->is_ref; ++i) {
@@ -267,13 +291,31 @@ Status SnapshotReader::DecodeSections(const std::vector<const SectionInfo*>& whi
         off += which[i]->chunks[k].raw_size;
       }
     }
+    if (order == Order::kParallel) {
+      std::vector<std::string> out(threads);
+      HB_RETURN_IF_ERROR(ParallelFor(tasks.size(), threads, [&](size_t k, int w) {
+        const Task& t = tasks[k];
+        const ChunkInfo& c = t.s->chunks[t.chunk];
+        std::string_view bytes;
+        if (c.method != Method::kZero) {
+          if (out[w].size() < c.raw_size) out[w].resize(c.raw_size);
+          HB_RETURN_IF_ERROR(ReadChunkInto(*t.s, t.chunk, &scratch[w], &decoders[w], out[w].data()));
+          bytes = std::string_view(out[w].data(), c.raw_size);
+        }
+        HB_RETURN_IF_ERROR(sink(*t.s, c, t.raw_offset, bytes));
+        report(c.raw_size);
+        return Status::Ok();
+      }));
+      continue;
+    }
     size_t run_at = 0;
     Hasher128 content;
-    // Closes every section of the run up to the one task t belongs to.
+    // Closes every section of the run before `upto`, checking its content hash.
     auto close_until = [&](const SectionInfo* upto) -> Status {
       while (run_at < run.size() && run[run_at] != upto) {
         if (!(content.Get() == run[run_at]->content_hash)) {
-          return Corrupt(path_ + ": section '" + run[run_at]->name + "': content hash mismatch (its chunks are intact; the section record at byte " +
+          return Corrupt(path_ + ": section '" + run[run_at]->name +
+                         "': content hash mismatch (its chunks are intact; the section record at byte " +
                          std::to_string(run[run_at]->offset) + " or its end record is wrong)");
         }
         content = Hasher128();
@@ -281,12 +323,22 @@ Status SnapshotReader::DecodeSections(const std::vector<const SectionInfo*>& whi
       }
       return Status::Ok();
     };
+    // Output buffers go back to a pool once consumed: no fresh pages per chunk.
+    std::mutex pool_mu;
+    std::vector<std::string> pool;
     HB_RETURN_IF_ERROR(RunOrdered<std::string>(
         tasks.size(), threads,
         [&](size_t k, int worker, std::string* out) {
-          std::string scratch;
-          out->resize(tasks[k].s->chunks[tasks[k].chunk].raw_size);
-          return ReadChunkInto(*tasks[k].s, tasks[k].chunk, &scratch, &decoders[worker], out->data());
+          {
+            std::lock_guard lock(pool_mu);
+            if (!pool.empty()) {
+              out->swap(pool.back());
+              pool.pop_back();
+            }
+          }
+          const ChunkInfo& c = tasks[k].s->chunks[tasks[k].chunk];
+          out->resize(c.raw_size);
+          return ReadChunkInto(*tasks[k].s, tasks[k].chunk, &scratch[worker], &decoders[worker], out->data());
         },
         [&](size_t k, std::string& bytes) {
           const Task& t = tasks[k];
@@ -294,6 +346,8 @@ Status SnapshotReader::DecodeSections(const std::vector<const SectionInfo*>& whi
           content.Update(bytes.data(), bytes.size());
           HB_RETURN_IF_ERROR(sink(*t.s, t.s->chunks[t.chunk], t.raw_offset, bytes));
           report(bytes.size());
+          std::lock_guard lock(pool_mu);
+          pool.push_back(std::move(bytes));
           return Status::Ok();
         }));
     HB_RETURN_IF_ERROR(close_until(nullptr));
@@ -333,7 +387,7 @@ Status SnapshotReader::CheckSectionRecords(const SectionInfo& s) const {
 Status SnapshotReader::Verify(int threads, ProgressFn progress) const {
   std::vector<const SectionInfo*> all;
   for (const auto& s : sections_) all.push_back(&s);
-  HB_RETURN_IF_ERROR(DecodeSections(all, threads, progress, [](auto&&...) { return Status::Ok(); }));
+  HB_RETURN_IF_ERROR(DecodeSections(all, threads, progress, Order::kOrdered, [](auto&&...) { return Status::Ok(); }));
   for (const auto& s : sections_) HB_RETURN_IF_ERROR(CheckSectionRecords(s));
   // The whole-file digest covers every byte from the header's end to the trailer.
   Hasher128 h;
@@ -353,7 +407,7 @@ Status SnapshotReader::Verify(int threads, ProgressFn progress) const {
 
 namespace {
 // pwrite of a whole buffer.
-Status PwriteAll(int fd, const std::string& b, uint64_t off, const std::string& what) {
+Status PwriteAll(int fd, std::string_view b, uint64_t off, const std::string& what) {
   uint64_t w = 0;
   while (w < b.size()) {
     ssize_t n = ::pwrite(fd, b.data() + w, b.size() - w, static_cast<off_t>(off + w));
@@ -366,7 +420,7 @@ Status PwriteAll(int fd, const std::string& b, uint64_t off, const std::string& 
 
 // Creates (or truncates) a file of `size` bytes; zero chunks stay holes.
 Result<int> CreateSized(const std::string& path, uint32_t mode, uint64_t size) {
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode & 0777);
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, mode & 0777);
   if (fd < 0) return ErrnoError("create " + path, errno);
   if (::ftruncate(fd, static_cast<off_t>(size)) != 0) {
     Status e = ErrnoError("size " + path, errno);
@@ -377,10 +431,23 @@ Result<int> CreateSized(const std::string& path, uint32_t mode, uint64_t size) {
 }
 }  // namespace
 
+Status SnapshotReader::DecodeIntoFiles(const std::vector<const SectionInfo*>& which, const std::vector<int>& fds,
+                                       int threads, const ProgressFn& progress) const {
+  std::map<const SectionInfo*, int> fd_of;
+  for (size_t i = 0; i < which.size(); ++i) fd_of[which[i]] = fds[i];
+  // Workers write their chunks themselves; zero chunks stay holes. On an
+  // error the files may hold part of the sections: the caller discards them.
+  return DecodeSections(which, threads, progress, Order::kParallel,
+                        [&](const SectionInfo& s, const ChunkInfo& c, uint64_t off, std::string_view bytes) {
+                          if (c.method == Method::kZero) return Status::Ok();
+                          return PwriteAll(fd_of.at(&s), bytes, off, s.name);
+                        });
+}
+
 Status SnapshotReader::ExtractTo(const std::string& dir, const std::string& prefix, int threads,
                                  ProgressFn progress) const {
   std::vector<const SectionInfo*> which;
-  std::map<const SectionInfo*, int> fds;
+  std::vector<int> fds;
   Status st;
   for (const auto& s : sections_) {
     if (s.name.rfind(prefix, 0) != 0) continue;
@@ -392,17 +459,11 @@ Status SnapshotReader::ExtractTo(const std::string& dir, const std::string& pref
       st = fd.status();
       break;
     }
-    fds[&s] = *fd;
+    fds.push_back(*fd);
     which.push_back(&s);
   }
-  if (st.ok()) {
-    st = DecodeSections(which, threads, progress,
-                        [&](const SectionInfo& s, const ChunkInfo& c, uint64_t off, const std::string& bytes) {
-                          if (c.method == Method::kZero) return Status::Ok();
-                          return PwriteAll(fds.at(&s), bytes, off, s.name + " into " + dir);
-                        });
-  }
-  for (auto& [s, fd] : fds) ::close(fd);
+  if (st.ok()) st = DecodeIntoFiles(which, fds, threads, progress);
+  for (int fd : fds) ::close(fd);
   return st;
 }
 
@@ -412,11 +473,7 @@ Status SnapshotReader::ExtractSection(std::string_view name, const std::string& 
   if (!s) return NotFound(path_ + ": no section '" + std::string(name) + "'");
   const std::string tmp = out_path + ".tmp." + std::to_string(::getpid());
   HB_ASSIGN_OR_RETURN(int fd, CreateSized(tmp, 0644, s->raw_size));
-  Status st = DecodeSections({s}, threads, progress,
-                             [&](const SectionInfo&, const ChunkInfo& c, uint64_t off, const std::string& bytes) {
-                               if (c.method == Method::kZero) return Status::Ok();
-                               return PwriteAll(fd, bytes, off, tmp);
-                             });
+  Status st = DecodeIntoFiles({s}, {fd}, threads, progress);
   if (::close(fd) != 0 && st.ok()) st = ErrnoError("close " + tmp, errno);
   if (st.ok() && ::rename(tmp.c_str(), out_path.c_str()) != 0) st = ErrnoError("rename to " + out_path, errno);
   if (!st.ok()) ::unlink(tmp.c_str());
@@ -431,8 +488,8 @@ Result<std::string> SnapshotReader::ReadSection(std::string_view name, uint64_t 
                               " bytes, more than the " + std::to_string(max_bytes) + " asked to read into memory");
   }
   std::string out(s->raw_size, '\0');
-  HB_RETURN_IF_ERROR(DecodeSections({s}, 1, nullptr,
-                                    [&](const SectionInfo&, const ChunkInfo&, uint64_t off, const std::string& bytes) {
+  HB_RETURN_IF_ERROR(DecodeSections({s}, 1, nullptr, Order::kOrdered,
+                                    [&](const SectionInfo&, const ChunkInfo&, uint64_t off, std::string_view bytes) {
                                       std::memcpy(out.data() + off, bytes.data(), bytes.size());
                                       return Status::Ok();
                                     }));

@@ -205,7 +205,8 @@ TEST_F(Dedup, SharedSectionsAreReferencesNotCopies) {
   ASSERT_NE((*r)->base_reader(), nullptr);
   EXPECT_TRUE(*(*r)->ReadSection("weights/renamed") == weights_);
   EXPECT_TRUE((*r)->Verify().ok());
-  ASSERT_TRUE((*r)->ExtractTo(P("x"), "").ok());
+  Status x = (*r)->ExtractTo(P("x"), "");
+  ASSERT_TRUE(x.ok()) << x.ToString();
   EXPECT_TRUE(Slurp(P("x/weights/renamed")) == weights_);
   Decoded d = StreamDecode(Slurp(P("next.hbsnap")), 5);
   ASSERT_TRUE(d.status.ok()) << d.status.ToString();

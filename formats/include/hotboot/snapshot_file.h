@@ -142,21 +142,30 @@ class SnapshotReader {
   Result<std::string> ReadChunk(std::string_view section, size_t chunk) const;
 
  private:
-  using Sink = std::function<Status(const SectionInfo&, const ChunkInfo&, uint64_t raw_offset, const std::string&)>;
+  using Sink = std::function<Status(const SectionInfo&, const ChunkInfo&, uint64_t raw_offset, std::string_view)>;
+  // kOrdered: the sink runs on the calling thread in file order and content
+  // hashes are checked. kParallel: the sink runs on the workers in any order
+  // (it must be thread-safe), zero chunks reach it undecoded (empty bytes),
+  // and only the chunk checks apply (for extraction at full speed).
+  enum class Order { kOrdered, kParallel };
   SnapshotReader() = default;
   static Result<std::unique_ptr<SnapshotReader>> OpenAt(const std::string& path, const OpenOptions& opts, int depth);
   void OpenBase(const OpenOptions& opts);
   Status ReadChunkInto(const SectionInfo& s, size_t index, std::string* scratch, ChunkDecoder* dec, char* out) const;
-  // Decodes the sections in `which` in order over `threads` workers; `sink`
-  // gets each chunk's checked bytes in file order on the calling thread;
-  // content hashes are checked as each section completes.
+  // Decodes the sections in `which` over `threads` workers and hands each
+  // chunk's checked bytes to `sink` (see Order).
   Status DecodeSections(const std::vector<const SectionInfo*>& which, int threads, const ProgressFn& progress,
-                        const Sink& sink) const;
+                        Order order, const Sink& sink) const;
+  // Decodes sections into files that exist and have their sizes already,
+  // each worker writing its own chunks.
+  Status DecodeIntoFiles(const std::vector<const SectionInfo*>& which, const std::vector<int>& fds, int threads,
+                         const ProgressFn& progress) const;
   const SectionInfo* ResolveRef(const SectionInfo& s) const;
   Status CheckSectionRecords(const SectionInfo& s) const;
 
   std::string path_;
   int fd_ = -1;
+  const char* map_ = nullptr;  // the whole file, read-only
   uint64_t file_size_ = 0;
   uint16_t major_ = 0, minor_ = 0;
   Digest128 digest_;
