@@ -109,10 +109,21 @@ Result<std::string> EnsureModel(const std::string& path_or_empty, const std::str
 }
 
 void Progress::Update(uint64_t done, uint64_t total) {
-  if (g_quiet || total == 0) return;
+  if (g_quiet) return;
   if (!started_) {
     started_ = true;
     start_ = std::chrono::steady_clock::now();
+  }
+  if (total == 0) {  // a stream of unknown length: a line per 64 MiB
+    const int step = static_cast<int>(done >> 26);
+    if (step == last_pct_ || step == 0) return;
+    last_pct_ = step;
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    const bool tty = ::isatty(STDERR_FILENO);
+    std::fprintf(stderr, "%shotboot: %s %s so far (%.0f MiB/s)%s", tty ? "\r" : "", label_.c_str(),
+                 HumanBytes(done).c_str(), s > 0 ? static_cast<double>(done) / (1 << 20) / s : 0.0, tty ? "" : "\n");
+    drawn_ = tty;
+    return;
   }
   int pct = static_cast<int>(done * 100 / total);
   bool tty = ::isatty(STDERR_FILENO);
