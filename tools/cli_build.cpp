@@ -20,6 +20,7 @@ struct BuildArgs {
   std::string server_log;
   int zstd_level = 3;
   std::string base;
+  std::string cuda_lib;
   int ready_timeout_s = 0;
   bool json_out = false;
   std::vector<std::string> command;
@@ -63,6 +64,7 @@ int RunBuild(const BuildArgs& a) {
         {"warmup", "running the build spec's warmup"},
         {"canary", "recording the canary"},
         {"quiesce", "quiescing (before_capture)"},
+        {"gpu-checkpoint", "moving the GPU state to host memory (CUDA checkpoint API)"},
         {"dump", "dumping the process with CRIU"},
         {"pack", "packing the snapshot"},
         {"done", "done"}};
@@ -81,8 +83,11 @@ int RunBuild(const BuildArgs& a) {
   };
   ev.on_pack_progress = [&](uint64_t d, uint64_t t) { pack.Update(d, t); };
 
+  Status cuda_failed;
+  auto cuda = CudaDriverIfPresent(a.cuda_lib, &cuda_failed);
+  if (!cuda_failed.ok()) return Fail(cuda_failed);
   auto criu = MakeLibCriu();
-  auto r = BuildSnapshot(spec, a.out, *criu, ev);
+  auto r = BuildSnapshot(spec, a.out, *criu, ev, cuda.get());
   if (!r.ok()) {
     pack.Finish();
     int rc = Fail(r.status());
@@ -120,12 +125,16 @@ Runner AddBuild(CLI::App& app) {
       "pack everything into one snapshot file (written atomically: a failed or killed build\n"
       "leaves no file at --out). With no COMMAND, builds the reference server (hotboot-server)\n"
       "on --model, or on the default model of --preset, generated when missing. A COMMAND must\n"
-      "speak hotboot's control protocol on stdio (server/CONTROL.md).");
+      "speak hotboot's control protocol on stdio (server/CONTROL.md). When the host has an\n"
+      "NVIDIA driver, the GPU state of every CUDA process in the server's tree is moved to host\n"
+      "memory with the driver's checkpoint API before the dump (and given back if the build fails).");
   app.add_option("-o,--out", a->out, "Snapshot file to write")->required();
   app.add_option("-m,--model", a->model, "Model file (safetensors) for the reference server");
   app.add_option("--preset", a->preset, "Default model preset when --model is not given")
       ->check(CLI::IsMember({"tiny", "small", "1b"}));
   app.add_option("--spec", a->spec_path, "Build spec (JSON: command, warmup, canary, timeouts)");
+  app.add_option("--cuda-lib", a->cuda_lib,
+                 "CUDA driver library for GPU capture (default: libcuda.so.1 when the host has one)");
   app.add_option("--base", a->base,
                  "Base snapshot: sections it already holds (same content) are referenced, not stored; "
                  "restore then needs the base next to the snapshot or --base");

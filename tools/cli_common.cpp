@@ -87,6 +87,17 @@ Result<std::string> FindSibling(const std::string& name) {
   return NotFound("cannot find " + name + " beside hotboot or on PATH; build it (cmake --build build)");
 }
 
+std::unique_ptr<CudaDriver> CudaDriverIfPresent(const std::string& library, Status* failed) {
+  auto d = LoadCudaDriver(library);
+  if (d.ok()) return std::move(d).value();
+  if (!library.empty()) {
+    *failed = d.status().Prefixed("--cuda-lib");
+  } else if (std::getenv("HOTBOOT_DEBUG")) {
+    Note("no GPU capture/restore: " + d.status().message());
+  }
+  return nullptr;
+}
+
 Result<std::string> EnsureModel(const std::string& path_or_empty, const std::string& preset) {
   std::string path = path_or_empty;
   if (path.empty()) {

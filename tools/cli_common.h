@@ -3,10 +3,12 @@
 
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include <nlohmann/json.hpp>
 
+#include "hotboot/gpu.h"
 #include "hotboot/status.h"
 
 namespace hotboot::cli {
@@ -31,6 +33,11 @@ bool Quiet();
 
 std::string HumanBytes(uint64_t n);
 std::string Ms(double ms);  // "1.23 s" / "45.6 ms"
+
+// This host's CUDA driver (library: --cuda-lib, empty for libcuda.so.1).
+// Null with a note when there is none, unless `library` was named: then
+// *failed is set to the reason and the caller stops.
+std::unique_ptr<CudaDriver> CudaDriverIfPresent(const std::string& library, Status* failed);
 
 // hotboot-server beside this executable, or on PATH.
 Result<std::string> FindSibling(const std::string& name);

@@ -148,6 +148,21 @@ int RunInspect(const InspectArgs& a) {
               Str(host, "cpu_model").c_str());
   std::printf("CRIU          %s, images %s\n", Str(m.value("criu", json::object()), "version").c_str(),
               HumanBytes(m.value("criu", json::object()).value("images_bytes", uint64_t{0})).c_str());
+  if (const json gpu = m.value("gpu", json::object()); gpu.is_object() && !gpu.empty()) {
+    auto num = [](const json& j, const char* k) -> uint64_t {
+      return j.is_object() && j.contains(k) && j[k].is_number_unsigned() ? j[k].get<uint64_t>() : 0;
+    };
+    const uint64_t cv = num(gpu, "cuda_version");
+    std::printf("GPU state     %s CUDA process(es), NVIDIA driver %s, CUDA %llu.%llu\n", Str(gpu, "processes").c_str(),
+                Str(gpu, "driver_version").c_str(), static_cast<unsigned long long>(cv / 1000),
+                static_cast<unsigned long long>(cv % 1000 / 10));
+    const json devices = gpu.value("devices", json::array());
+    for (const auto& d : devices.is_array() ? devices : json::array()) {
+      std::printf("              GPU %s %s, sm %s, %s, %s used by the captured processes\n", Str(d, "ordinal").c_str(),
+                  Str(d, "name").c_str(), Str(d, "compute_capability").c_str(), Str(d, "uuid").c_str(),
+                  HumanBytes(num(d, "used_bytes")).c_str());
+    }
+  }
   std::string cmd;
   const json command = m.value("process", json::object()).value("command", json::array());
   for (const auto& c : command) {

@@ -29,6 +29,7 @@ struct RestoreArgs {
   bool no_latency_check = false;
   std::string log_file;
   std::string work_dir;
+  std::string cuda_lib;
   int verify_timeout_s = 120;
 };
 
@@ -115,8 +116,11 @@ int RunRestore(const RestoreArgs& a) {
   };
   ev.on_server_log = [](const std::string& line) { std::fprintf(stderr, "  replica | %s\n", line.c_str()); };
 
+  Status cuda_failed;
+  auto cuda = CudaDriverIfPresent(a.cuda_lib, &cuda_failed);
+  if (!cuda_failed.ok()) return Fail(cuda_failed);
   auto criu = MakeLibCriu();
-  auto r = RestoreReplica(o, *criu, ev);
+  auto r = RestoreReplica(o, *criu, ev, cuda.get());
   if (!r.ok()) {
     Status s = r.status();
     bool port_problem = s.message().find("already in use") != std::string::npos ||
@@ -193,6 +197,8 @@ Runner AddRestore(CLI::App& app) {
   app.add_flag("--fallback-cold", a->fallback_cold,
                "Boot the server cold when the snapshot cannot be used here");
   app.add_option("--log", a->log_file, "Replica log file (default with --detach: $TMPDIR/hotboot-replica-PORT.log)");
+  app.add_option("--cuda-lib", a->cuda_lib,
+                 "CUDA driver library for GPU snapshots (default: libcuda.so.1 when the host has one)");
   app.add_option("--work-dir", a->work_dir, "Where to unpack CRIU images (default /dev/shm when they fit, else $TMPDIR or /tmp)");
   app.add_option("--verify-timeout", a->verify_timeout_s, "Seconds allowed for each verification step");
   app.add_flag("--no-latency-check", a->no_latency_check,

@@ -114,7 +114,28 @@ Status VerifyReplica(const json& manifest, const RestoreOptions& opts, const std
 
 }  // namespace
 
-Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, const RestoreEvents& ev) {
+Result<std::vector<GpuPair>> CheckGpuCompatibility(const json& manifest, CudaDriver* cuda) {
+  if (!manifest.contains("gpu")) return std::vector<GpuPair>{};
+  HB_ASSIGN_OR_RETURN(GpuCaptureInfo captured, GpuCaptureInfoFromJson(manifest["gpu"]));
+  if (captured.processes == 0) return std::vector<GpuPair>{};
+  const auto want = captured.Captured();
+  std::string what = std::to_string(captured.processes) + " CUDA process(es) on " + std::to_string(want.size()) +
+                     " GPU(s) (" + want.front().name + ")";
+  if (!cuda) return Incompatible("the snapshot holds the GPU state of " + what + "; this host has no usable NVIDIA driver");
+  // The driver's checkpoint format is its own: a different driver branch may
+  // not read it. Refuse rather than find out half-way through a restore.
+  const std::string here = cuda->DriverVersion(), there = captured.driver_version;
+  auto branch = [](const std::string& v) { return v.substr(0, v.find('.')); };
+  if (!here.empty() && !there.empty() && branch(here) != branch(there)) {
+    return Incompatible("the snapshot's GPU state was captured with NVIDIA driver " + there + "; this host runs " +
+                        here + " (restore on the same driver branch)");
+  }
+  HB_ASSIGN_OR_RETURN(auto devices, cuda->Devices());
+  return PlanGpuPairs(captured, devices);
+}
+
+Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, const RestoreEvents& ev,
+                                     CudaDriver* cuda) {
   auto phase = [&](const std::string& p) {
     if (ev.on_phase) ev.on_phase(p);
   };
@@ -135,6 +156,11 @@ Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, con
     return Incompatible("snapshot " + opts.snapshot_path + " cannot be restored on this host:" +
                         DescribeProblems(problems));
   }
+  auto gpu_pairs = CheckGpuCompatibility(manifest, cuda);
+  if (!gpu_pairs.ok()) {
+    return gpu_pairs.status().Prefixed("snapshot " + opts.snapshot_path + " cannot be restored on this host");
+  }
+  const int gpu_processes = manifest.contains("gpu") ? manifest["gpu"].value("processes", 0) : 0;
   if (opts.port <= 0 || opts.port > 65535) return InvalidArgument("--port must be 1..65535");
   if (!PortAvailable(opts.host, opts.port)) {
     return FailedPrecondition("port " + std::to_string(opts.port) + " on " + opts.host +
@@ -200,6 +226,16 @@ Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, con
   auto replica = std::make_unique<Replica>(*pid, pipes.control_write, pipes.control_read,
                                            pipes.log_read, ev.on_server_log);
   res.timings_ms["criu_restore"] = MsSince(tr);
+
+  if (gpu_processes > 0) {
+    // Nothing runs CUDA until this is done: the restored processes are
+    // checkpointed on the GPU side, their CUDA calls blocked by the driver.
+    phase("gpu-restore");
+    auto g = RestoreGpuProcesses(*cuda, ProcessTree(*pid), *gpu_pairs, gpu_processes);
+    if (!g.ok()) return g.status().Prefixed("the replica's GPU state was not restored; it is not ready");
+    res.timings_ms["gpu_restore"] = g->restore_ms;
+    res.timings_ms["gpu_unlock"] = g->unlock_ms;
+  }
 
   phase("after-restore");
   const auto ta = Clock::now();

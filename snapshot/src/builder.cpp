@@ -67,6 +67,20 @@ uint64_t ResidentBytes(pid_t pid) {
   return 0;
 }
 
+// "pid N maps /dev/nvidia0" when a process of the tree holds an NVIDIA
+// device; "" when none does.
+std::string NvidiaDeviceUser(const std::vector<pid_t>& tree) {
+  for (pid_t p : tree) {
+    std::ifstream maps("/proc/" + std::to_string(p) + "/maps");
+    std::string line;
+    while (std::getline(maps, line)) {
+      const size_t at = line.find("/dev/nvidia");
+      if (at != std::string::npos) return "pid " + std::to_string(p) + " maps " + line.substr(at);
+    }
+  }
+  return "";
+}
+
 bool PidAlive(pid_t pid) { return pid > 0 && (::kill(pid, 0) == 0 || errno == EPERM); }
 
 // Generates once, checks the answer, and returns the parsed reply.
@@ -121,6 +135,9 @@ Result<BuildSpec> BuildSpec::FromJson(const json& j) {
     if (j.contains("canary")) s.canary = prompt(j.at("canary"));
     s.zstd_level = j.value("zstd_level", s.zstd_level);
     s.base_snapshot = j.value("base_snapshot", s.base_snapshot);
+    if (j.contains("gpu_lock_timeout_s")) {
+      s.gpu_lock_timeout = std::chrono::seconds(j.at("gpu_lock_timeout_s").get<int>());
+    }
     if (j.contains("labels")) s.labels = j.at("labels");
   } catch (const json::exception& e) {
     return InvalidArgument(std::string("build spec: ") + e.what());
@@ -159,7 +176,7 @@ void RemoveStaleBuildFiles(const std::string& out_path) {
 }
 
 Result<BuildResult> BuildSnapshot(const BuildSpec& spec, const std::string& out_path, Criu& criu,
-                                  const BuildEvents& ev) {
+                                  const BuildEvents& ev, CudaDriver* cuda) {
   auto phase = [&](const std::string& p) {
     if (ev.on_phase) ev.on_phase(p);
   };
@@ -219,6 +236,27 @@ Result<BuildResult> BuildSnapshot(const BuildSpec& spec, const std::string& out_
   const auto tq = Clock::now();
   HB_ASSIGN_OR_RETURN(json frozen, replica->Call({{"cmd", "before_capture"}}, spec.request_timeout));
   const double quiesce_ms = MsSince(tq);
+
+  // GPU state goes to host memory before anything about the process is
+  // recorded: the checkpoint closes its device files and mappings.
+  const std::vector<pid_t> tree = ProcessTree(replica->pid());
+  GpuCheckpoint gpu;
+  if (cuda) {
+    phase("gpu-checkpoint");
+    HB_ASSIGN_OR_RETURN(gpu, GpuCheckpoint::Take(*cuda, tree, spec.gpu_lock_timeout));
+  } else if (std::string dev = NvidiaDeviceUser(tree); !dev.empty()) {
+    return FailedPrecondition(dev + ", but no NVIDIA driver is usable by hotboot here, so its GPU state "
+                              "cannot be captured");
+  }
+  // Until CRIU has the tree, a failure gives the processes their GPUs back.
+  struct GpuGuard {
+    GpuCheckpoint* g;
+    bool armed = true;
+    ~GpuGuard() {
+      if (armed) g->Rollback();
+    }
+  } gpu_guard{&gpu};
+
   HB_ASSIGN_OR_RETURN(std::vector<std::string> keys, replica->FdKeys());
   HB_ASSIGN_OR_RETURN(std::vector<MappedFile> files, MappedFiles(replica->pid()));
   WorkDir work(WorkDirFor(out_path, ResidentBytes(replica->pid())));
@@ -237,6 +275,7 @@ Result<BuildResult> BuildSnapshot(const BuildSpec& spec, const std::string& out_
   }
   Status dumped = criu.Dump(dopt);
   if (!dumped.ok()) return dumped.Prefixed("CRIU dump");
+  gpu_guard.armed = false;  // the dumped tree is gone; its GPU state is in the images
   replica->Wait();  // CRIU ends the dumped tree
   const double dump_ms = MsSince(td);
 
@@ -303,6 +342,11 @@ Result<BuildResult> BuildSnapshot(const BuildSpec& spec, const std::string& out_
         {"criu_dump", dump_ms}}},
       {"labels", spec.labels},
   };
+  if (!gpu.empty()) {
+    manifest["gpu"] = ToJson(gpu.info());
+    manifest["timings_ms"]["gpu_lock"] = gpu.info().lock_ms;
+    manifest["timings_ms"]["gpu_checkpoint"] = gpu.info().checkpoint_ms;
+  }
 
   phase("pack");
   const auto tp = Clock::now();

@@ -8,6 +8,7 @@
 #include "hotboot/builder.h"
 #include "hotboot/restore.h"
 #include "hotboot/snapshot_file.h"
+#include "../snapshot/fake_cuda.h"
 
 namespace hotboot {
 namespace {
@@ -120,6 +121,61 @@ TEST_F(RestoreFake, NotAManifestIsCorrupt) {
   auto r = RestoreReplica(Opts(WriteSnap({{"format", "something-else"}})), criu, {});
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), Code::kCorrupt);
+}
+
+json GpuManifest(json m, const std::string& name) {
+  GpuCaptureInfo g;
+  g.driver_version = "580.65.06";
+  g.processes = 1;
+  g.devices = {test::FakeCudaDriver::Device(0, "GPU-11111111-2222-3333-4444-555555555555", name)};
+  g.used_bytes = {8ull << 30};
+  m["gpu"] = ToJson(g);
+  return m;
+}
+
+TEST_F(RestoreFake, GpuSnapshotOnAHostWithoutADriverTouchesNothing) {
+  FakeCriu criu;
+  auto r = RestoreReplica(Opts(WriteSnap(GpuManifest(Fitting(), "NVIDIA H100 80GB HBM3"))), criu, {}, nullptr);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Code::kIncompatible);
+  EXPECT_NE(r.status().message().find("GPU state of 1 CUDA process(es) on 1 GPU(s) (NVIDIA H100 80GB HBM3); this "
+                                      "host has no usable NVIDIA driver"),
+            std::string::npos)
+      << r.status().message();
+  EXPECT_EQ(criu.restores, 0);
+  EXPECT_TRUE(WorkIsEmpty());
+}
+
+TEST_F(RestoreFake, GpuOfAnotherModelOrDriverBranchIsRefusedBeforeTouchingAnything) {
+  FakeCriu criu;
+  test::FakeCudaDriver cuda;
+  cuda.devices = {test::FakeCudaDriver::Device(0, "GPU-aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee", "NVIDIA L4")};
+  auto r = RestoreReplica(Opts(WriteSnap(GpuManifest(Fitting(), "NVIDIA H100 80GB HBM3"))), criu, {}, &cuda);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Code::kIncompatible);
+  EXPECT_NE(r.status().message().find("GPU 0 is NVIDIA L4"), std::string::npos) << r.status().message();
+
+  cuda.driver_version = "570.133.20";
+  auto branch = RestoreReplica(Opts(WriteSnap(GpuManifest(Fitting(), "NVIDIA L4"))), criu, {}, &cuda);
+  ASSERT_FALSE(branch.ok());
+  EXPECT_NE(branch.status().message().find("captured with NVIDIA driver 580.65.06; this host runs 570.133.20"),
+            std::string::npos)
+      << branch.status().message();
+  EXPECT_EQ(criu.restores, 0);
+  EXPECT_EQ(std::count(cuda.calls.begin(), cuda.calls.end(), "restore"), 0);
+  EXPECT_TRUE(WorkIsEmpty());
+}
+
+TEST_F(RestoreFake, GpuOfTheSameModelElsewhereGetsPairedAndReachesCriu) {
+  FakeCriu criu;
+  test::FakeCudaDriver cuda;
+  cuda.devices = {test::FakeCudaDriver::Device(0, "GPU-aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee")};
+  RestoreOptions o = Opts(WriteSnap(GpuManifest(Fitting(), "NVIDIA H100 80GB HBM3")));
+  o.port = 47312;
+  auto r = RestoreReplica(o, criu, {}, &cuda);
+  ASSERT_FALSE(r.ok());  // the fake CRIU fails after the check passed
+  EXPECT_NE(r.status().message().find("injected"), std::string::npos);
+  EXPECT_EQ(criu.restores, 1);
 }
 
 }  // namespace

@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "hotboot/criu.h"
+#include "hotboot/gpu.h"
 #include "hotboot/host_info.h"
 #include "hotboot/replica.h"
 #include "hotboot/status.h"
@@ -70,7 +71,16 @@ struct RestoreResult {
 
 // Fails with Code::kIncompatible (and touches nothing) when the snapshot
 // cannot run here; with kCorrupt/kTruncated when its bytes are bad.
-Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, const RestoreEvents& ev);
+// A snapshot with GPU state needs `cuda`, this host's driver (null: none):
+// its GPUs are checked before anything is touched, and the processes' GPU
+// state is restored (onto paired GPUs when the UUIDs differ) and unlocked
+// right after CRIU restored them.
+Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, const RestoreEvents& ev,
+                                     CudaDriver* cuda = nullptr);
+
+// The GPU part of the compatibility check: the pairs to restore with, or
+// kIncompatible saying why the snapshot's GPU state cannot go on this host.
+Result<std::vector<GpuPair>> CheckGpuCompatibility(const nlohmann::json& manifest, CudaDriver* cuda);
 
 // Boots the server recorded in the snapshot's manifest cold, on opts.port,
 // and waits until it is warm: the fallback when the snapshot cannot be used.

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "hotboot/criu.h"
+#include "hotboot/gpu.h"
 #include "hotboot/replica.h"
 #include "hotboot/status.h"
 
@@ -37,6 +38,9 @@ struct BuildSpec {
   // refers to instead of storing them again (formats/SPEC.md "Base snapshots").
   std::string base_snapshot;
   std::string criu_binary;
+  // How long the CUDA driver may wait for in-flight CUDA calls to finish
+  // before the processes' GPU state is locked for the checkpoint.
+  std::chrono::milliseconds gpu_lock_timeout{std::chrono::seconds(30)};
   // Free-form provenance copied into the manifest (model path, preset...).
   nlohmann::json labels = nlohmann::json::object();
 
@@ -58,8 +62,11 @@ struct BuildResult {
 };
 
 // Writes out_path atomically: a failed or killed build leaves no file there.
+// `cuda` is this host's driver (null: none); the GPU state of every CUDA
+// process in the server's tree is checkpointed through it before the CRIU
+// dump, and given back to the processes if any later step fails.
 Result<BuildResult> BuildSnapshot(const BuildSpec& spec, const std::string& out_path, Criu& criu,
-                                  const BuildEvents& events);
+                                  const BuildEvents& events, CudaDriver* cuda = nullptr);
 
 // Removes work directories and temporary snapshot files that builds killed
 // earlier left next to out_path (their owner PID no longer runs).
