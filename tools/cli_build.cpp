@@ -24,6 +24,10 @@ struct BuildArgs {
   int ready_timeout_s = 0;
   bool json_out = false;
   std::vector<std::string> command;
+  // Transparent mode from the command line (the spec's "http" object).
+  int port = 0;
+  std::string ready_path = "/health";
+  std::string canary_path, canary_body, canary_method, canary_compare;
 };
 
 int RunBuild(const BuildArgs& a) {
@@ -37,8 +41,23 @@ int RunBuild(const BuildArgs& a) {
     if (!s.ok()) return Fail(s.status());
     spec = std::move(s).value();
   }
+  if (a.port > 0) {
+    if (a.canary_path.empty()) {
+      return Fail(InvalidArgument("--port (a server that does not speak hotboot's control protocol) needs "
+                                  "--canary-path: a deterministic request whose answer restore can check"));
+    }
+    spec.mode = "transparent";
+    spec.http.port = a.port;
+    spec.http.ready_path = a.ready_path;
+    spec.http.canary.method = !a.canary_method.empty() ? a.canary_method : a.canary_body.empty() ? "GET" : "POST";
+    spec.http.canary.path = a.canary_path;
+    spec.http.canary.body = a.canary_body;
+    spec.http.canary_compare = a.canary_compare;
+  }
   if (!a.command.empty()) {
     spec.command = a.command;
+  } else if (spec.transparent() && spec.command.empty()) {
+    return Fail(InvalidArgument("a transparent build needs the server's COMMAND (after --)"));
   } else if (spec.command.empty()) {
     auto server = FindSibling("hotboot-server");
     if (!server.ok()) return Fail(server.status());
@@ -125,7 +144,10 @@ Runner AddBuild(CLI::App& app) {
       "pack everything into one snapshot file (written atomically: a failed or killed build\n"
       "leaves no file at --out). With no COMMAND, builds the reference server (hotboot-server)\n"
       "on --model, or on the default model of --preset, generated when missing. A COMMAND must\n"
-      "speak hotboot's control protocol on stdio (server/CONTROL.md). When the host has an\n"
+      "speak hotboot's control protocol on stdio (server/CONTROL.md), or be described with\n"
+      "--port/--canary-path (or the spec's \"http\" object) as a plain HTTP server: transparent\n"
+      "mode, e.g. hotboot build -o torch.hbsnap --port 8000 --canary-path /generate\n"
+      "--canary-body '{\"prompt\":\"hi\"}' --canary-compare /tokens -- python3 server.py. When the host has an\n"
       "NVIDIA driver, the GPU state of every CUDA process in the server's tree is moved to host\n"
       "memory with the driver's checkpoint API before the dump (and given back if the build fails).");
   app.add_option("-o,--out", a->out, "Snapshot file to write")->required();
@@ -142,6 +164,16 @@ Runner AddBuild(CLI::App& app) {
   app.add_option("--ready-timeout", a->ready_timeout_s, "Seconds to wait for the server to become warm");
   app.add_option("--server-log", a->server_log, "Append the server's log here instead of stderr");
   app.add_flag("--json", a->json_out, "Print the result as JSON");
+  auto* http = app.add_option_group("Any HTTP server (transparent mode)",
+                                    "For a COMMAND that does not speak the control protocol (e.g. a PyTorch server)");
+  http->add_option("--port", a->port, "Port the COMMAND listens on (restore keeps it)")->check(CLI::Range(1, 65535));
+  http->add_option("--ready-path", a->ready_path, "GET path that answers 200 once the server is warm")
+      ->capture_default_str();
+  http->add_option("--canary-path", a->canary_path, "Path of a deterministic request (the canary)");
+  http->add_option("--canary-body", a->canary_body, "Its body (JSON), sent with POST unless --canary-method");
+  http->add_option("--canary-method", a->canary_method, "Its method (default GET, or POST with a body)");
+  http->add_option("--canary-compare", a->canary_compare,
+                   "JSON pointer to the part of its answer that must repeat (e.g. /tokens; default: the whole body)");
   app.add_option("command", a->command, "Server command (after --)");
   return [a] { return RunBuild(*a); };
 }

@@ -169,10 +169,22 @@ int RunInspect(const InspectArgs& a) {
     cmd += (cmd.empty() ? "" : " ") + c.get<std::string>();
   }
   std::printf("command       %s\n", cmd.c_str());
-  std::printf("warm digest   %s\n", Str(warm, "digest").c_str());
-  std::printf("canary        %s -> %s\n", canary.value("prompt", json("")).dump().c_str(),
-              canary.value("text", json("")).dump().c_str());
-  std::printf("              tokens %s\n", Str(canary, "tokens").c_str());
+  if (canary.contains("request")) {  // transparent: a request from the spec
+    const json req = canary.value("request", json::object());
+    const json http = m.value("http", json::object());
+    std::printf("server        any HTTP server on port %s, ready when GET %s answers 200\n", Str(http, "port").c_str(),
+                Str(http, "ready_path").c_str());
+    std::printf("canary        %s %s %s\n", Str(req, "method").c_str(), Str(req, "path").c_str(),
+                Str(req, "body").c_str());
+    const std::string compare = Str(canary, "compare");
+    std::printf("              %s must be %s\n", compare.empty() ? "the whole answer" : compare.c_str(),
+                Str(canary, "expected").substr(0, 200).c_str());
+  } else {
+    std::printf("warm digest   %s\n", Str(warm, "digest").c_str());
+    std::printf("canary        %s -> %s\n", canary.value("prompt", json("")).dump().c_str(),
+                canary.value("text", json("")).dump().c_str());
+    std::printf("              tokens %s\n", Str(canary, "tokens").c_str());
+  }
   std::printf("              warm latency %s, bound %s (first request at build %s)\n",
               Ms(canary.value("warm_latency_ms", 0.0)).c_str(), Ms(canary.value("latency_bound_ms", 0.0)).c_str(),
               Ms(canary.value("first_latency_ms", 0.0)).c_str());

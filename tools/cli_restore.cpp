@@ -104,7 +104,7 @@ int RunRestore(const RestoreArgs& a) {
   o.log_file = a.log_file;
   if (a.detach && o.log_file.empty()) {
     const char* t = std::getenv("TMPDIR");
-    o.log_file = std::string(t && *t ? t : "/tmp") + "/hotboot-replica-" + std::to_string(a.port) + ".log";
+    o.log_file = std::string(t && *t ? t : "/tmp") + "/hotboot-replica-" + std::to_string(a.port ? a.port : ::getpid()) + ".log";
   }
   RestoreEvents ev;
   const auto t0 = std::chrono::steady_clock::now();
@@ -146,9 +146,11 @@ int RunRestore(const RestoreArgs& a) {
   }
   RestoreResult& res = *r;
   if (a.detach) {
-    auto d = res.replica->Call({{"cmd", "detach"}}, std::chrono::seconds(10));
-    if (!d.ok()) {
-      return Fail(d.status().Prefixed("detach"));  // the replica dies with us: never half-detached
+    if (res.control_channel) {
+      auto d = res.replica->Call({{"cmd", "detach"}}, std::chrono::seconds(10));
+      if (!d.ok()) {
+        return Fail(d.status().Prefixed("detach"));  // the replica dies with us: never half-detached
+      }
     }
     res.replica->Release();
     res.replica->CloseChannel();
@@ -190,7 +192,9 @@ Runner AddRestore(CLI::App& app) {
       "Without --detach it then supervises the replica (forwards its log and SIGTERM/SIGINT) and\n"
       "exits when it does; with --detach it exits 0 and leaves the replica running.");
   app.add_option("snapshot", a->snapshot, "Snapshot file")->required();
-  app.add_option("-p,--port", a->port, "Port the replica serves on")->required()->check(CLI::Range(1, 65535));
+  app.add_option("-p,--port", a->port,
+                 "Port the replica serves on (required, except for transparent snapshots: their build port)")
+      ->check(CLI::Range(1, 65535));
   app.add_option("--host", a->host, "Address the replica listens on");
   app.add_flag("-d,--detach", a->detach, "Exit once ready and leave the replica running");
   app.add_option("--base", a->base, "The base snapshot the snapshot was built against (default: its recorded name, next to it)");

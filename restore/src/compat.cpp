@@ -83,6 +83,13 @@ std::vector<CompatProblem> CheckCompatibility(const json& m, const HostInfo& hos
       }
     }
   }
+  if (proc.contains("cwd") && proc["cwd"].is_string()) {
+    const std::string cwd = proc["cwd"].get<std::string>();
+    struct stat st{};
+    if (::stat(cwd.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+      p.push_back({"file", "the replica's working directory " + cwd + " does not exist here"});
+    }
+  }
   return p;
 }
 

@@ -6,7 +6,9 @@
 
 #include <chrono>
 #include <filesystem>
+#include <functional>
 #include <random>
+#include <set>
 
 #include "hotboot/http_client.h"
 #include "hotboot/restore.h"
@@ -112,6 +114,107 @@ Status VerifyReplica(const json& manifest, const RestoreOptions& opts, const std
   return Status::Ok();
 }
 
+bool IsTransparent(const json& manifest) { return manifest.value("mode", "") == "transparent"; }
+
+// The port the replica will serve on: any for a cooperative server (it
+// re-listens in after_restore), the build's for a transparent one (CRIU
+// restores its listening socket as it was).
+Result<int> ReplicaPort(const json& manifest, int asked) {
+  if (!IsTransparent(manifest)) {
+    if (asked == 0) return InvalidArgument("--port is required: the restored server listens where you say");
+    if (asked < 0 || asked > 65535) return InvalidArgument("--port must be 1..65535");
+    return asked;
+  }
+  const json http = manifest.value("http", json::object());
+  const int built = http.is_object() && http.contains("port") && http["port"].is_number_integer()
+                        ? http["port"].get<int>() : 0;
+  if (built <= 0 || built > 65535) return Corrupt("manifest: a transparent snapshot without http.port");
+  if (asked != 0 && asked != built) {
+    return InvalidArgument("this snapshot's server was built listening on port " + std::to_string(built) +
+                           " and is restored with that socket; use --port " + std::to_string(built) +
+                           " or leave --port out");
+  }
+  return built;
+}
+
+// Cooperative: after_restore over the control channel (new port, identity,
+// seed), then the digest and the canary, then mark_ready.
+Status VerifyCooperative(const json& manifest, const RestoreOptions& opts, Replica& replica,
+                         const std::function<void(const std::string&)>& phase, RestoreResult* res) {
+  phase("after-restore");
+  const auto ta = Clock::now();
+  std::mt19937_64 rng(opts.seed ? opts.seed : std::random_device{}());
+  const uint64_t seed = rng();
+  res->instance = opts.instance.empty() ? NewInstanceId(rng) : opts.instance;
+  json cmd = {{"cmd", "after_restore"}, {"port", opts.port}, {"host", opts.host},
+              {"instance", res->instance}, {"seed", seed}};
+  auto reply = replica.Call(cmd, opts.verify_timeout);
+  if (!reply.ok()) return reply.status().Prefixed("after_restore hook");
+  res->digest = reply->value("digest", "");
+  res->timings_ms["after_restore"] = MsSince(ta);
+
+  phase("verify");
+  const auto tv = Clock::now();
+  HB_RETURN_IF_ERROR(VerifyReplica(manifest, opts, res->digest, &res->canary_latency_ms)
+                         .Prefixed("readiness verification failed"));
+  auto ready = replica.Call({{"cmd", "mark_ready"}}, opts.verify_timeout);
+  if (!ready.ok()) return ready.status().Prefixed("mark_ready");
+  HB_ASSIGN_OR_RETURN(HttpResponse rz, HttpRequest(opts.host, opts.port, "GET", "/readyz", "", opts.verify_timeout));
+  if (rz.status != 200) {
+    return FailedPrecondition("replica passed verification but /readyz answers " + std::to_string(rz.status));
+  }
+  res->timings_ms["verify"] = MsSince(tv);
+  return Status();
+}
+
+// Transparent: the optional after_restore hook, the server's own readiness
+// probe, then the canary answer and latency against the build's.
+Status VerifyTransparent(const json& manifest, const RestoreOptions& opts, int port, Replica& replica,
+                         const std::function<void(const std::string&)>& phase, RestoreResult* res) {
+  const json http = manifest.value("http", json::object());
+  phase("after-restore");
+  const auto ta = Clock::now();
+  if (http.contains("after_restore")) {
+    HB_ASSIGN_OR_RETURN(HttpCall hook, HttpCall::FromJson(http["after_restore"]));
+    HB_ASSIGN_OR_RETURN(HttpResponse r, Send(opts.host, port, hook, opts.verify_timeout));
+    if (r.status / 100 != 2) {
+      return FailedPrecondition("after_restore hook " + hook.path + " answered " + std::to_string(r.status) + ": " +
+                                r.body.substr(0, 200));
+    }
+  }
+  res->timings_ms["after_restore"] = MsSince(ta);
+
+  phase("verify");
+  const auto tv = Clock::now();
+  auto gone = [&]() -> std::string { return replica.Exited() ? "it exited: " + replica.FinalLogTail() : ""; };
+  HB_RETURN_IF_ERROR(WaitHttpReady(opts.host, port, http.value("ready_path", "/health"), opts.verify_timeout, gone)
+                         .Prefixed("readiness verification failed"));
+  const json canary = manifest.value("warm", json::object()).value("canary", json::object());
+  HB_ASSIGN_OR_RETURN(HttpCall call, HttpCall::FromJson(canary.value("request", json())));
+  HB_ASSIGN_OR_RETURN(HttpResponse r, Send(opts.host, port, call, opts.verify_timeout));
+  if (r.status / 100 != 2) {
+    return FailedPrecondition("readiness verification failed: canary answered HTTP " + std::to_string(r.status));
+  }
+  auto got = CanaryValue(r.body, canary.value("compare", ""));
+  if (!got.ok()) return got.status().Prefixed("readiness verification failed");
+  if (*got != canary.value("expected", json())) {
+    return FailedPrecondition("readiness verification failed: canary answer differs from the build's: expected " +
+                              canary.value("expected", json()).dump().substr(0, 200) + ", got " +
+                              got->dump().substr(0, 200));
+  }
+  res->canary_latency_ms = r.elapsed_ms;
+  const double bound = canary.value("latency_bound_ms", 0.0);
+  if (!opts.skip_latency_check && bound > 0 && r.elapsed_ms > bound) {
+    return FailedPrecondition("readiness verification failed: canary answered correctly but in " +
+                              std::to_string(r.elapsed_ms) + " ms, over the warm bound of " + std::to_string(bound) +
+                              " ms recorded at build: this replica is not warm");
+  }
+  res->instance = opts.instance;
+  res->control_channel = false;
+  res->timings_ms["verify"] = MsSince(tv);
+  return Status();
+}
+
 }  // namespace
 
 Result<std::vector<GpuPair>> CheckGpuCompatibility(const json& manifest, CudaDriver* cuda) {
@@ -161,10 +264,11 @@ Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, con
     return gpu_pairs.status().Prefixed("snapshot " + opts.snapshot_path + " cannot be restored on this host");
   }
   const int gpu_processes = manifest.contains("gpu") ? manifest["gpu"].value("processes", 0) : 0;
-  if (opts.port <= 0 || opts.port > 65535) return InvalidArgument("--port must be 1..65535");
-  if (!PortAvailable(opts.host, opts.port)) {
-    return FailedPrecondition("port " + std::to_string(opts.port) + " on " + opts.host +
-                              " is already in use; pick a free --port");
+  HB_ASSIGN_OR_RETURN(const int port, ReplicaPort(manifest, opts.port));
+  if (!PortAvailable(opts.host, port)) {
+    return FailedPrecondition("port " + std::to_string(port) + " on " + opts.host + " is already in use; " +
+                              (IsTransparent(manifest) ? "this snapshot's server can only listen there; free it"
+                                                       : "pick a free --port"));
   }
   res.timings_ms["check"] = MsSince(t0);
 
@@ -214,8 +318,13 @@ Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, con
   CriuRestoreOptions ro;
   ro.images_dir = images;
   ro.work_dir = work.path();
-  for (size_t fd = 0; fd < keys.size() && fd < 3; ++fd) {
-    if (keys[fd].rfind("pipe:", 0) == 0) ro.inherit_fds.emplace_back(pipes.child_fds[fd], keys[fd]);
+  // One pipe behind two fds (a transparent server's stdout and stderr both
+  // go to the log) is inherited once, by the higher fd: the log.
+  std::set<std::string> inherited;
+  for (int fd = std::min<int>(3, static_cast<int>(keys.size())) - 1; fd >= 0; --fd) {
+    if (keys[fd].rfind("pipe:", 0) == 0 && inherited.insert(keys[fd]).second) {
+      ro.inherit_fds.emplace_back(pipes.child_fds[fd], keys[fd]);
+    }
   }
   auto pid = criu.Restore(ro);
   pipes.CloseChildEnds();
@@ -237,32 +346,16 @@ Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, con
     res.timings_ms["gpu_unlock"] = g->unlock_ms;
   }
 
-  phase("after-restore");
-  const auto ta = Clock::now();
-  std::mt19937_64 rng(opts.seed ? opts.seed : std::random_device{}());
-  const uint64_t seed = rng();
-  res.instance = opts.instance.empty() ? NewInstanceId(rng) : opts.instance;
-  json cmd = {{"cmd", "after_restore"}, {"port", opts.port}, {"host", opts.host},
-              {"instance", res.instance}, {"seed", seed}};
-  auto reply = replica->Call(cmd, opts.verify_timeout);
-  if (!reply.ok()) return reply.status().Prefixed("after_restore hook");
-  res.digest = reply->value("digest", "");
-  res.timings_ms["after_restore"] = MsSince(ta);
-
-  phase("verify");
-  const auto tv = Clock::now();
-  HB_RETURN_IF_ERROR(VerifyReplica(manifest, opts, res.digest, &res.canary_latency_ms)
-                         .Prefixed("readiness verification failed"));
-  auto ready = replica->Call({{"cmd", "mark_ready"}}, opts.verify_timeout);
-  if (!ready.ok()) return ready.status().Prefixed("mark_ready");
-  HB_ASSIGN_OR_RETURN(HttpResponse rz, HttpRequest(opts.host, opts.port, "GET", "/readyz", "", opts.verify_timeout));
-  if (rz.status != 200) {
-    return FailedPrecondition("replica passed verification but /readyz answers " + std::to_string(rz.status));
+  if (IsTransparent(manifest)) {
+    HB_RETURN_IF_ERROR(VerifyTransparent(manifest, opts, port, *replica, phase, &res));
+  } else {
+    RestoreOptions o = opts;
+    o.port = port;
+    HB_RETURN_IF_ERROR(VerifyCooperative(manifest, o, *replica, phase, &res));
   }
-  res.timings_ms["verify"] = MsSince(tv);
   res.time_to_ready_ms = MsSince(t0);
   res.timings_ms["total"] = res.time_to_ready_ms;
-  res.port = opts.port;
+  res.port = port;
   res.replica = std::move(replica);
   phase("ready");
   return res;
@@ -274,21 +367,33 @@ Result<RestoreResult> ColdBootFromManifest(const json& manifest, const RestoreOp
   std::vector<std::string> cmd =
       manifest.value("process", json::object()).value("command", std::vector<std::string>{});
   if (cmd.empty()) return FailedPrecondition("the manifest records no server command to boot cold");
-  if (!PortAvailable(opts.host, opts.port)) {
-    return FailedPrecondition("port " + std::to_string(opts.port) + " is already in use; pick a free --port");
+  HB_ASSIGN_OR_RETURN(const int port, ReplicaPort(manifest, opts.port));
+  if (!PortAvailable(opts.host, port)) {
+    return FailedPrecondition("port " + std::to_string(port) + " is already in use; pick a free --port");
   }
   if (ev.on_phase) ev.on_phase("cold-boot");
+  const bool transparent = IsTransparent(manifest);
   LaunchOptions lo;
-  lo.argv = WithPort(cmd, opts.port);
+  lo.argv = transparent ? cmd : WithPort(cmd, port);
   lo.log_file = opts.log_file;
   lo.new_pid_namespace = false;
+  lo.stdout_to_log = transparent;
   HB_ASSIGN_OR_RETURN(auto replica, LaunchReplica(lo, ev.on_server_log));
-  auto warm = replica->WaitForState("warm", std::chrono::minutes(10));
-  if (!warm.ok()) return warm.status().Prefixed("cold boot");
   RestoreResult res;
+  if (transparent) {
+    const json http = manifest.value("http", json::object());
+    auto gone = [&]() -> std::string { return replica->Exited() ? "it exited: " + replica->FinalLogTail() : ""; };
+    HB_RETURN_IF_ERROR(WaitHttpReady(opts.host, port, http.value("ready_path", "/health"), std::chrono::minutes(10),
+                                     gone)
+                           .Prefixed("cold boot"));
+  } else {
+    auto warm = replica->WaitForState("warm", std::chrono::minutes(10));
+    if (!warm.ok()) return warm.status().Prefixed("cold boot");
+    res.instance = warm->value("instance", "");
+  }
   res.cold = true;
-  res.port = opts.port;
-  res.instance = warm->value("instance", "");
+  res.control_channel = !transparent;
+  res.port = port;
   res.time_to_ready_ms = MsSince(t0);
   res.timings_ms["total"] = res.time_to_ready_ms;
   res.replica = std::move(replica);

@@ -5,8 +5,10 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <functional>
 #include <ctime>
 #include <filesystem>
 #include <set>
@@ -112,6 +114,142 @@ class WorkDir {
   std::string path_;
 };
 
+// What the warm phase of a build found, whichever way the server is driven.
+struct Warm {
+  int port = 0;
+  json canary;                 // the manifest's warm.canary
+  json frozen = json::object();  // before_capture's reply (cooperative)
+  double ready_ms = 0, warmup_ms = 0, quiesce_ms = 0;
+};
+
+using PhaseFn = std::function<void(const std::string&)>;
+
+// Runs the canary `iterations` times; every answer must repeat the first.
+// Fills first/warm latency and the bound a restored replica must meet.
+Status RecordCanary(int iterations, const std::function<Result<std::pair<json, double>>()>& once, json* canary) {
+  std::vector<double> latencies;
+  json first;
+  for (int i = 0; i < iterations; ++i) {
+    HB_ASSIGN_OR_RETURN(auto got, once());
+    latencies.push_back(got.second);
+    if (i == 0) {
+      first = got.first;
+    } else if (got.first != first) {
+      return FailedPrecondition("the server is not deterministic: the canary gave a different answer on repeat (" +
+                                first.dump().substr(0, 200) + " vs " + got.first.dump().substr(0, 200) + ")");
+    }
+  }
+  std::vector<double> steady(latencies.begin() + 1, latencies.end());
+  std::sort(steady.begin(), steady.end());
+  const double warm_latency = steady[steady.size() / 2];
+  (*canary)["first_latency_ms"] = latencies.front();
+  (*canary)["warm_latency_ms"] = warm_latency;
+  // The first request after a restore pays cold CPU caches and page-table
+  // warmup that a warm replica does not; allow a margin, not an order.
+  (*canary)["latency_bound_ms"] = std::max(3.0 * warm_latency, warm_latency + 200.0);
+  return Status();
+}
+
+// A server speaking the control protocol: it says when it is warm, and
+// before_capture quiesces it.
+Result<Warm> WarmCooperative(const BuildSpec& spec, Replica& replica, const PhaseFn& phase,
+                             Clock::time_point t0) {
+  Warm w;
+  phase("wait-ready");
+  auto warm = replica.WaitForState("warm", spec.ready_timeout);
+  if (!warm.ok()) return warm.status().Prefixed("server never became ready");
+  w.port = warm->value("port", 0);
+  w.ready_ms = MsSince(t0);
+  HB_ASSIGN_OR_RETURN(HttpResponse rz, HttpRequest(spec.host, w.port, "GET", "/readyz", "", spec.request_timeout));
+  if (rz.status != 200) {
+    return FailedPrecondition("server reported warm but GET /readyz answered " + std::to_string(rz.status));
+  }
+
+  phase("warmup");
+  const auto tw = Clock::now();
+  for (const auto& p : spec.warmup) {
+    for (int i = 0; i < p.iterations; ++i) {
+      auto r = Generate(spec, w.port, p);
+      if (!r.ok()) return r.status().Prefixed("warmup request");
+    }
+  }
+  w.warmup_ms = MsSince(tw);
+
+  phase("canary");
+  json answer;
+  HB_RETURN_IF_ERROR(RecordCanary(spec.canary.iterations, [&]() -> Result<std::pair<json, double>> {
+    auto r = Generate(spec, w.port, spec.canary);
+    if (!r.ok()) return r.status().Prefixed("canary request");
+    answer = *r;
+    return std::make_pair((*r)["tokens"], (*r)["client_latency_ms"].get<double>());
+  }, &w.canary));
+  w.canary["prompt"] = spec.canary.prompt;
+  w.canary["max_tokens"] = spec.canary.max_tokens;
+  w.canary["tokens"] = answer["tokens"];
+  w.canary["text"] = answer["text"];
+
+  phase("quiesce");
+  const auto tq = Clock::now();
+  HB_ASSIGN_OR_RETURN(w.frozen, replica.Call({{"cmd", "before_capture"}}, spec.request_timeout));
+  w.quiesce_ms = MsSince(tq);
+  return w;
+}
+
+// Any HTTP server: ready when its probe answers 200; warmup, canary and the
+// optional before_capture hook are plain requests from the spec.
+Result<Warm> WarmTransparent(const BuildSpec& spec, Replica& replica, const PhaseFn& phase,
+                             Clock::time_point t0) {
+  const TransparentSpec& t = spec.http;
+  Warm w;
+  w.port = t.port;
+  phase("wait-ready");
+  auto gone = [&]() -> std::string {
+    if (!replica.Exited()) return "";
+    return "it exited; its last words:\n" + replica.FinalLogTail();
+  };
+  HB_RETURN_IF_ERROR(WaitHttpReady(spec.host, t.port, t.ready_path, spec.ready_timeout, gone)
+                         .Prefixed("server never became ready"));
+  w.ready_ms = MsSince(t0);
+
+  phase("warmup");
+  const auto tw = Clock::now();
+  for (const auto& call : t.warmup) {
+    HB_ASSIGN_OR_RETURN(HttpResponse r, Send(spec.host, t.port, call, spec.request_timeout));
+    if (r.status / 100 != 2) {
+      return FailedPrecondition("warmup " + call.method + " " + call.path + " answered " + std::to_string(r.status));
+    }
+  }
+  w.warmup_ms = MsSince(tw);
+
+  phase("canary");
+  json expected;
+  HB_RETURN_IF_ERROR(RecordCanary(spec.canary.iterations, [&]() -> Result<std::pair<json, double>> {
+    HB_ASSIGN_OR_RETURN(HttpResponse r, Send(spec.host, t.port, t.canary, spec.request_timeout));
+    if (r.status / 100 != 2) {
+      return FailedPrecondition("canary " + t.canary.path + " answered " + std::to_string(r.status) + ": " +
+                                r.body.substr(0, 200));
+    }
+    HB_ASSIGN_OR_RETURN(json v, CanaryValue(r.body, t.canary_compare));
+    expected = v;
+    return std::make_pair(v, r.elapsed_ms);
+  }, &w.canary));
+  w.canary["request"] = t.canary.ToJson();
+  w.canary["compare"] = t.canary_compare;
+  w.canary["expected"] = expected;
+
+  phase("quiesce");
+  const auto tq = Clock::now();
+  if (t.before_capture) {
+    HB_ASSIGN_OR_RETURN(HttpResponse r, Send(spec.host, t.port, *t.before_capture, spec.request_timeout));
+    if (r.status / 100 != 2) {
+      return FailedPrecondition("before_capture hook " + t.before_capture->path + " answered " +
+                                std::to_string(r.status) + ": " + r.body.substr(0, 200));
+    }
+  }
+  w.quiesce_ms = MsSince(tq);
+  return w;
+}
+
 }  // namespace
 
 Result<BuildSpec> BuildSpec::FromJson(const json& j) {
@@ -135,12 +273,45 @@ Result<BuildSpec> BuildSpec::FromJson(const json& j) {
     if (j.contains("canary")) s.canary = prompt(j.at("canary"));
     s.zstd_level = j.value("zstd_level", s.zstd_level);
     s.base_snapshot = j.value("base_snapshot", s.base_snapshot);
+    s.mode = j.value("mode", s.mode);
+    s.cwd = j.value("cwd", s.cwd);
+    if (j.contains("http")) {
+      const json& h = j.at("http");
+      s.http.port = h.at("port").get<int>();
+      s.http.ready_path = h.value("ready_path", s.http.ready_path);
+      s.http.canary_compare = h.value("canary_compare", "");
+      auto call = [](const json& c, const std::string& what) -> HttpCall {
+        auto r = HttpCall::FromJson(c);
+        if (!r.ok()) throw std::invalid_argument(what + ": " + r.status().message());
+        return *r;
+      };
+      s.http.canary = call(h.at("canary"), "http.canary");
+      if (h.contains("warmup")) {
+        for (const auto& c : h.at("warmup")) s.http.warmup.push_back(call(c, "http.warmup"));
+      }
+      if (h.contains("before_capture")) s.http.before_capture = call(h["before_capture"], "http.before_capture");
+      if (h.contains("after_restore")) s.http.after_restore = call(h["after_restore"], "http.after_restore");
+      if (!j.contains("mode")) s.mode = "transparent";
+    }
     if (j.contains("gpu_lock_timeout_s")) {
       s.gpu_lock_timeout = std::chrono::seconds(j.at("gpu_lock_timeout_s").get<int>());
     }
     if (j.contains("labels")) s.labels = j.at("labels");
   } catch (const json::exception& e) {
     return InvalidArgument(std::string("build spec: ") + e.what());
+  } catch (const std::invalid_argument& e) {
+    return InvalidArgument(std::string("build spec: ") + e.what());
+  }
+  if (s.mode != "cooperative" && s.mode != "transparent") {
+    return InvalidArgument("build spec: mode must be \"cooperative\" or \"transparent\", not \"" + s.mode + "\"");
+  }
+  if (s.transparent()) {
+    if (s.http.port < 1 || s.http.port > 65535) {
+      return InvalidArgument("build spec: a transparent server needs http.port, the port it listens on");
+    }
+    if (s.http.canary.path.empty() || s.http.canary.path == "/") {
+      return InvalidArgument("build spec: a transparent server needs http.canary, a deterministic request");
+    }
   }
   if (s.canary.max_tokens < 1 || s.canary.iterations < 2) {
     return InvalidArgument("build spec: canary needs max_tokens >= 1 and iterations >= 2");
@@ -189,53 +360,13 @@ Result<BuildResult> BuildSnapshot(const BuildSpec& spec, const std::string& out_
   phase("launch");
   LaunchOptions lo;
   lo.argv = spec.command;
+  lo.stdout_to_log = spec.transparent();
+  lo.cwd = !spec.cwd.empty() ? spec.cwd : spec.transparent() ? fs::current_path().string() : "/";
   HB_ASSIGN_OR_RETURN(auto replica, LaunchReplica(lo, ev.on_server_log));
-
-  phase("wait-ready");
-  auto warm = replica->WaitForState("warm", spec.ready_timeout);
-  if (!warm.ok()) return warm.status().Prefixed("server never became ready");
-  const int port = warm->value("port", 0);
-  const double ready_ms = MsSince(t0);
-  HB_ASSIGN_OR_RETURN(HttpResponse rz, HttpRequest(spec.host, port, "GET", "/readyz", "", spec.request_timeout));
-  if (rz.status != 200) {
-    return FailedPrecondition("server reported warm but GET /readyz answered " + std::to_string(rz.status));
-  }
-
-  phase("warmup");
-  const auto tw = Clock::now();
-  for (const auto& p : spec.warmup) {
-    for (int i = 0; i < p.iterations; ++i) {
-      auto r = Generate(spec, port, p);
-      if (!r.ok()) return r.status().Prefixed("warmup request");
-    }
-  }
-  const double warmup_ms = MsSince(tw);
-
-  phase("canary");
-  json canary;
-  std::vector<double> latencies;
-  for (int i = 0; i < spec.canary.iterations; ++i) {
-    auto r = Generate(spec, port, spec.canary);
-    if (!r.ok()) return r.status().Prefixed("canary request");
-    latencies.push_back((*r)["client_latency_ms"].get<double>());
-    if (i == 0) {
-      canary = *r;
-    } else if ((*r)["tokens"] != canary["tokens"]) {
-      return FailedPrecondition("the server is not deterministic: the canary prompt gave different tokens on repeat (" +
-                                canary["tokens"].dump() + " vs " + (*r)["tokens"].dump() + ")");
-    }
-  }
-  std::vector<double> steady(latencies.begin() + 1, latencies.end());
-  std::sort(steady.begin(), steady.end());
-  const double warm_latency = steady[steady.size() / 2];
-  // The first request after a restore pays cold CPU caches and page-table
-  // warmup that a warm replica does not; allow a margin, not an order.
-  const double bound = std::max(3.0 * warm_latency, warm_latency + 200.0);
-
-  phase("quiesce");
-  const auto tq = Clock::now();
-  HB_ASSIGN_OR_RETURN(json frozen, replica->Call({{"cmd", "before_capture"}}, spec.request_timeout));
-  const double quiesce_ms = MsSince(tq);
+  HB_ASSIGN_OR_RETURN(Warm w, spec.transparent() ? WarmTransparent(spec, *replica, phase, t0)
+                                                 : WarmCooperative(spec, *replica, phase, t0));
+  const int port = w.port;
+  const json& frozen = w.frozen;
 
   // GPU state goes to host memory before anything about the process is
   // recorded: the checkpoint closes its device files and mappings.
@@ -314,7 +445,7 @@ Result<BuildResult> BuildSnapshot(const BuildSpec& spec, const std::string& out_
       {"manifest_version", kManifestVersion},
       {"tool_version", HOTBOOT_VERSION},
       {"created_at", NowUtc()},
-      {"mode", "cooperative"},
+      {"mode", spec.mode},
       {"host", ToJson(host)},
       {"criu", {{"version", criu_version}, {"images_bytes", images_bytes}, {"log_level", dopt.log_level}}},
       {"process",
@@ -325,23 +456,18 @@ Result<BuildResult> BuildSnapshot(const BuildSpec& spec, const std::string& out_
         {"mapped_files", jfiles},
         {"provided_files", jprovided}}},
       {"server", {{"host", spec.host}, {"build_port", port}, {"instance", frozen.value("instance", "")}}},
-      {"warm",
-       {{"digest", frozen.value("digest", "")},
-        {"canary",
-         {{"prompt", spec.canary.prompt},
-          {"max_tokens", spec.canary.max_tokens},
-          {"tokens", canary["tokens"]},
-          {"text", canary["text"]},
-          {"first_latency_ms", latencies.front()},
-          {"warm_latency_ms", warm_latency},
-          {"latency_bound_ms", bound}}}}},
+      {"warm", {{"digest", frozen.value("digest", "")}, {"canary", w.canary}}},
       {"timings_ms",
-       {{"launch_to_warm", ready_ms},
-        {"builder_warmup", warmup_ms},
-        {"quiesce", quiesce_ms},
+       {{"launch_to_warm", w.ready_ms},
+        {"builder_warmup", w.warmup_ms},
+        {"quiesce", w.quiesce_ms},
         {"criu_dump", dump_ms}}},
       {"labels", spec.labels},
   };
+  if (spec.transparent()) {
+    manifest["http"] = {{"port", spec.http.port}, {"ready_path", spec.http.ready_path}};
+    if (spec.http.after_restore) manifest["http"]["after_restore"] = spec.http.after_restore->ToJson();
+  }
   if (!gpu.empty()) {
     manifest["gpu"] = ToJson(gpu.info());
     manifest["timings_ms"]["gpu_lock"] = gpu.info().lock_ms;

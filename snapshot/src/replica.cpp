@@ -11,6 +11,7 @@
 
 #include <cerrno>
 #include <climits>
+#include <cstdlib>
 #include <cstring>
 
 namespace hotboot {
@@ -271,14 +272,33 @@ Result<ReplicaPipes> MakeReplicaPipes(const std::string& log_file) {
   return p;
 }
 
+Result<std::string> ResolveExecutable(const std::string& argv0) {
+  if (argv0.empty()) return InvalidArgument("empty command");
+  if (argv0.find('/') != std::string::npos) {
+    if (::access(argv0.c_str(), X_OK) != 0) return ErrnoError("cannot execute " + argv0, errno);
+    return argv0;
+  }
+  const char* path = std::getenv("PATH");
+  std::string dirs = path && *path ? path : "/usr/local/bin:/usr/bin:/bin";
+  size_t start = 0;
+  while (start <= dirs.size()) {
+    size_t end = dirs.find(':', start);
+    if (end == std::string::npos) end = dirs.size();
+    std::string dir = dirs.substr(start, end - start);
+    std::string cand = (dir.empty() ? "." : dir) + "/" + argv0;
+    if (::access(cand.c_str(), X_OK) == 0) return cand;
+    start = end + 1;
+  }
+  return NotFound("cannot execute " + argv0 + ": not found on PATH");
+}
+
 Result<std::unique_ptr<Replica>> LaunchReplica(const LaunchOptions& opts, LogSink sink) {
   if (opts.argv.empty()) return InvalidArgument("no command to launch");
-  if (::access(opts.argv[0].c_str(), X_OK) != 0) {
-    return ErrnoError("cannot execute " + opts.argv[0], errno);
-  }
+  HB_ASSIGN_OR_RETURN(const std::string exe, ResolveExecutable(opts.argv[0]));
   HB_ASSIGN_OR_RETURN(ReplicaPipes pipes, MakeReplicaPipes(opts.log_file));
   std::vector<char*> argv;
-  for (const auto& a : opts.argv) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(const_cast<char*>(exe.c_str()));
+  for (size_t i = 1; i < opts.argv.size(); ++i) argv.push_back(const_cast<char*>(opts.argv[i].c_str()));
   argv.push_back(nullptr);
   // An exec failure is reported through this pipe (closed on a successful exec).
   int errp[2];
@@ -297,7 +317,7 @@ Result<std::unique_ptr<Replica>> LaunchReplica(const LaunchOptions& opts, LogSin
   if (pid == 0) {
     // Child: only async-signal-safe calls from here to exec.
     ::setsid();
-    for (int fd = 0; fd < 3; ++fd) ::dup2(pipes.child_fds[fd], fd);
+    for (int fd = 0; fd < 3; ++fd) ::dup2(pipes.child_fds[fd == 1 && opts.stdout_to_log ? 2 : fd], fd);
     int keep = errp[1];
     for (int fd = 3; fd < 1024; ++fd) {
       if (fd != keep) ::close(fd);

@@ -67,6 +67,9 @@ struct RestoreResult {
   double canary_latency_ms = 0;
   nlohmann::json timings_ms = nlohmann::json::object();
   bool cold = false;  // true when this is a cold boot fallback
+  // False for a transparent server: no control channel, so detaching is
+  // just letting go of it.
+  bool control_channel = true;
 };
 
 // Fails with Code::kIncompatible (and touches nothing) when the snapshot

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -11,6 +12,7 @@
 
 #include "hotboot/criu.h"
 #include "hotboot/gpu.h"
+#include "hotboot/http_client.h"
 #include "hotboot/replica.h"
 #include "hotboot/status.h"
 
@@ -22,10 +24,29 @@ struct PromptSpec {
   int iterations = 1;
 };
 
+// A server hotboot knows only by its HTTP API (transparent mode).
+struct TransparentSpec {
+  int port = 0;  // where it listens; a restored replica listens there again
+  std::string ready_path = "/health";  // GET answers 200 once it is warm
+  HttpCall canary;                     // a deterministic request
+  // JSON pointer to the part of the canary's answer that must repeat
+  // ("/tokens"); empty: the whole body.
+  std::string canary_compare;
+  std::vector<HttpCall> warmup;  // sent once each after it is ready
+  std::optional<HttpCall> before_capture, after_restore;  // optional hooks
+};
+
 struct BuildSpec {
-  // The server command; it must speak the control protocol on stdio
-  // (server/CONTROL.md), e.g. hotboot-server ... --control-stdio.
+  // The server command. In "cooperative" mode it speaks the control protocol
+  // on stdio (server/CONTROL.md), e.g. hotboot-server ... --control-stdio;
+  // in "transparent" mode it is any HTTP server, described by `http`.
   std::vector<std::string> command;
+  std::string mode = "cooperative";
+  TransparentSpec http;
+  // Working directory of the server (restore needs it to exist). Empty: "/"
+  // for a cooperative server, the caller's for a transparent one.
+  std::string cwd;
+  bool transparent() const { return mode == "transparent"; }
   std::string host = "127.0.0.1";
   std::chrono::milliseconds ready_timeout{std::chrono::minutes(10)};
   std::chrono::milliseconds request_timeout{std::chrono::minutes(2)};

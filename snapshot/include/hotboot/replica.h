@@ -30,7 +30,13 @@ struct LaunchOptions {
   std::string cwd = "/";
   // When set, fd 2 goes to this file instead of a pipe to us.
   std::string log_file;
+  // fd 1 goes where fd 2 goes: for servers that do not speak the control
+  // protocol (transparent mode) and print to stdout.
+  bool stdout_to_log = false;
 };
+
+// argv0 itself when it names a path, else its first executable match on PATH.
+Result<std::string> ResolveExecutable(const std::string& argv0);
 
 class Replica {
  public:
