@@ -1,0 +1,275 @@
+// The weight upload pipeline and the release/restore life of device weights
+// (gpu_memory.h); device-independent, so the fake device tests all of it.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
+
+#include "hotboot/gpu_memory.h"
+
+namespace hotboot::gpu {
+namespace {
+
+struct Chunk {
+  uint64_t file_offset;
+  size_t size;
+  DevicePtr dst;
+};
+
+struct Staged {
+  int buffer;
+  size_t chunk;
+};
+
+// A queue that the readers and the copier hand buffers through.
+template <typename T>
+class Channel {
+ public:
+  void Push(T v) {
+    {
+      std::lock_guard l(mu_);
+      q_.push_back(v);
+    }
+    cv_.notify_one();
+  }
+  // False once closed and drained.
+  bool Pop(T* v) {
+    std::unique_lock l(mu_);
+    cv_.wait(l, [&] { return !q_.empty() || closed_; });
+    if (q_.empty()) return false;
+    *v = q_.front();
+    q_.pop_front();
+    return true;
+  }
+  void Close() {
+    {
+      std::lock_guard l(mu_);
+      closed_ = true;
+    }
+    cv_.notify_all();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<T> q_;
+  bool closed_ = false;
+};
+
+Status ReadFully(int fd, void* dst, size_t n, uint64_t off) {
+  auto* p = static_cast<char*>(dst);
+  while (n > 0) {
+    ssize_t r = ::pread(fd, p, n, static_cast<off_t>(off));
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return ErrnoError("read weights at byte " + std::to_string(off), errno);
+    if (r == 0) return Truncated("weights file ends at byte " + std::to_string(off) + ", before the tensors do");
+    p += r, n -= static_cast<size_t>(r), off += static_cast<uint64_t>(r);
+  }
+  return Status();
+}
+
+size_t AlignUp(size_t v, size_t a) { return (v + a - 1) / a * a; }
+
+}  // namespace
+
+Result<UploadStats> UploadFromFile(Device& dev, int fd, const std::vector<Region>& regions,
+                                   const UploadOptions& opts) {
+  if (opts.chunk_bytes == 0 || opts.buffers < 1 || opts.readers < 1) {
+    return InvalidArgument("upload options: chunk_bytes, buffers and readers must be positive");
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<Chunk> chunks;
+  UploadStats st;
+  for (const auto& r : regions) {
+    for (uint64_t done = 0; done < r.size; done += opts.chunk_bytes) {
+      const size_t n = static_cast<size_t>(std::min<uint64_t>(opts.chunk_bytes, r.size - done));
+      chunks.push_back({r.file_offset + done, n, r.dst + done});
+    }
+    st.bytes += r.size;
+  }
+  if (chunks.empty()) return st;
+
+  const int nbuf = static_cast<int>(std::min<size_t>(static_cast<size_t>(opts.buffers), chunks.size()));
+  std::vector<void*> buffers;
+  Status failed;
+  for (int i = 0; i < nbuf; ++i) {
+    auto b = dev.AllocPinned(opts.chunk_bytes);
+    if (!b.ok()) {
+      failed = b.status().Prefixed("pinned staging buffer");
+      break;
+    }
+    buffers.push_back(*b);
+  }
+  if (!failed.ok()) {
+    for (void* b : buffers) dev.FreePinned(b, opts.chunk_bytes);
+    return failed;
+  }
+
+  Channel<int> free_buffers;
+  Channel<Staged> staged;
+  for (int i = 0; i < nbuf; ++i) free_buffers.Push(i);
+  std::atomic<size_t> next{0};
+  std::atomic<bool> stop{false};
+  std::mutex err_mu;
+  auto fail = [&](Status s) {
+    std::lock_guard l(err_mu);
+    if (failed.ok()) failed = std::move(s);
+    stop = true;
+  };
+
+  // Readers: a free buffer, the next chunk, a read, hand it on.
+  std::atomic<int> readers_left{opts.readers};
+  std::vector<std::thread> readers;
+  for (int t = 0; t < opts.readers; ++t) {
+    readers.emplace_back([&] {
+      for (;;) {
+        int b;
+        if (stop || !free_buffers.Pop(&b)) break;
+        const size_t c = next.fetch_add(1);
+        if (c >= chunks.size() || stop) {
+          free_buffers.Push(b);
+          break;
+        }
+        Status s = ReadFully(fd, buffers[b], chunks[c].size, chunks[c].file_offset);
+        if (!s.ok()) {
+          fail(s);
+          free_buffers.Push(b);
+          break;
+        }
+        staged.Push({b, c});
+      }
+      if (--readers_left == 0) staged.Close();
+    });
+  }
+
+  // The copier (this thread): copies round-robin over the streams; a buffer
+  // goes back to the readers once the event after its copy has passed.
+  struct InFlight {
+    int buffer;
+    int event;
+  };
+  std::deque<InFlight> in_flight;
+  const int streams = std::max(1, dev.Streams());
+  size_t issued = 0;
+  auto retire_oldest = [&]() {
+    InFlight f = in_flight.front();
+    in_flight.pop_front();
+    Status s = dev.Wait(f.event);
+    if (!s.ok()) fail(s.Prefixed("waiting for a weight copy"));
+    free_buffers.Push(f.buffer);
+  };
+  Staged s;
+  while (staged.Pop(&s)) {
+    if (stop) {
+      free_buffers.Push(s.buffer);
+      continue;
+    }
+    const Chunk& c = chunks[s.chunk];
+    const int stream = static_cast<int>(issued++ % static_cast<size_t>(streams));
+    Status cs = dev.CopyToDeviceAsync(c.dst, buffers[s.buffer], c.size, stream);
+    auto ev = cs.ok() ? dev.Record(stream) : Result<int>(cs);
+    if (!ev.ok()) {
+      fail(ev.status().Prefixed("copying weights to the device at byte " + std::to_string(c.file_offset)));
+      free_buffers.Push(s.buffer);
+      continue;
+    }
+    in_flight.push_back({s.buffer, *ev});
+    // Keep readers fed: retire as soon as no free buffer is left for them.
+    if (static_cast<int>(in_flight.size()) >= nbuf - opts.readers / 2 || static_cast<int>(in_flight.size()) >= nbuf) {
+      retire_oldest();
+    }
+  }
+  while (!in_flight.empty()) retire_oldest();
+  free_buffers.Close();
+  for (auto& t : readers) t.join();
+  for (void* b : buffers) dev.FreePinned(b, opts.chunk_bytes);
+  if (!failed.ok()) return failed;
+  st.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return st;
+}
+
+DeviceWeights::~DeviceWeights() { Reset(); }
+
+DeviceWeights::DeviceWeights(DeviceWeights&& o) noexcept { *this = std::move(o); }
+
+DeviceWeights& DeviceWeights::operator=(DeviceWeights&& o) noexcept {
+  if (this != &o) {
+    Reset();
+    dev_ = o.dev_, base_ = o.base_, reserved_ = o.reserved_, bytes_ = o.bytes_, resident_ = o.resident_;
+    offsets_ = std::move(o.offsets_), sizes_ = std::move(o.sizes_), file_offsets_ = std::move(o.file_offsets_);
+    last_ = o.last_;
+    o.dev_ = nullptr, o.base_ = 0, o.reserved_ = 0, o.resident_ = false;
+  }
+  return *this;
+}
+
+void DeviceWeights::Reset() {
+  if (!dev_ || !base_) return;
+  if (resident_) dev_->Unmap(base_, reserved_);
+  dev_->FreeReservation(base_, reserved_);
+  dev_ = nullptr, base_ = 0, reserved_ = 0, resident_ = false;
+}
+
+Result<DeviceWeights> DeviceWeights::Load(Device& dev, const std::string& path,
+                                          const std::vector<uint64_t>& file_offsets,
+                                          const std::vector<uint64_t>& sizes, const UploadOptions& opts) {
+  if (file_offsets.size() != sizes.size()) return InvalidArgument("DeviceWeights: offsets and sizes differ in count");
+  DeviceWeights w;
+  const size_t g = dev.Granularity();
+  if (g == 0) return Internal("device reports a zero allocation granularity");
+  size_t total = 0;
+  for (uint64_t s : sizes) {
+    w.offsets_.push_back(total);
+    total += AlignUp(static_cast<size_t>(s), g);
+    w.bytes_ += s;
+  }
+  w.sizes_ = sizes;
+  w.file_offsets_ = file_offsets;
+  w.reserved_ = std::max(total, g);
+  HB_ASSIGN_OR_RETURN(w.base_, dev.Reserve(w.reserved_));
+  w.dev_ = &dev;
+  HB_ASSIGN_OR_RETURN(w.last_, w.MapAndUpload(path, opts));
+  return w;
+}
+
+Result<UploadStats> DeviceWeights::MapAndUpload(const std::string& path, const UploadOptions& opts) {
+  HB_RETURN_IF_ERROR(dev_->Map(base_, reserved_).Prefixed("mapping device memory for the weights"));
+  resident_ = true;
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    Status s = ErrnoError("open weights " + path, errno);
+    Release();
+    return s;
+  }
+  std::vector<Region> regions;
+  for (size_t i = 0; i < sizes_.size(); ++i) regions.push_back({file_offsets_[i], sizes_[i], base_ + offsets_[i]});
+  auto st = UploadFromFile(*dev_, fd, regions, opts);
+  ::close(fd);
+  if (!st.ok()) {
+    Release();  // never leave half-uploaded weights looking resident
+    return st.status().Prefixed("uploading weights from " + path);
+  }
+  return st;
+}
+
+Status DeviceWeights::Release() {
+  if (!dev_ || !resident_) return Status();
+  HB_RETURN_IF_ERROR(dev_->Unmap(base_, reserved_).Prefixed("releasing the weights' device memory"));
+  resident_ = false;
+  return Status();
+}
+
+Result<UploadStats> DeviceWeights::Restore(const std::string& path, const UploadOptions& opts) {
+  if (!dev_) return FailedPrecondition("no device weights to restore");
+  if (resident_) return FailedPrecondition("device weights are still resident; Release them first");
+  HB_ASSIGN_OR_RETURN(last_, MapAndUpload(path, opts));
+  return last_;
+}
+
+}  // namespace hotboot::gpu
