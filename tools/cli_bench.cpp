@@ -677,7 +677,12 @@ Runner AddBench(CLI::App& app) {
   fmt->add_option("--case", a->cases, case_help)->check(CLI::IsMember(names))->delimiter(',');
   fmt->add_option("--threads", a->threads, "Threads for ours, for zstd -T and for the floor (default: all cores)")
       ->check(CLI::NonNegativeNumber);
-  return [a] { return RunBenchFormat(*a); };
+  Runner gpu;
+  AddBenchGpu(app, &gpu);
+  return [a, gpu] {
+    const int rc = gpu();
+    return rc >= 0 ? rc : RunBenchFormat(*a);
+  };
 }
 
 }  // namespace hotboot::cli

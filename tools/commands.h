@@ -16,5 +16,7 @@ Runner AddInspect(CLI::App& app);
 Runner AddVerify(CLI::App& app);
 Runner AddDemo(CLI::App& app);
 Runner AddBench(CLI::App& app);
+// `bench gpu`, registered by AddBench; *run answers -1 when not chosen.
+void AddBenchGpu(CLI::App& bench, Runner* run);
 
 }  // namespace hotboot::cli

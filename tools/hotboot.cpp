@@ -18,7 +18,8 @@ int main(int argc, char** argv) {
       "  hotboot inspect SNAP [--json]                                  what a snapshot holds\n"
       "  hotboot verify SNAP                                            check every checksum\n"
       "  hotboot demo                                                   cold boot vs restore, side by side\n"
-      "  hotboot bench format [--json]                                  the container vs tar+zstd, MB/s\n\n"
+      "  hotboot bench format [--json]                                  the container vs tar+zstd, MB/s\n"
+      "  hotboot bench gpu [--json]                                     weight upload vs pinned H2D GB/s\n\n"
       "Exit codes: 0 ok, 1 failed, 2 usage, 3 snapshot incompatible with this host,\n"
       "4 snapshot corrupt/truncated/not a snapshot, 5 replica not ready, 6 timeout.",
       "hotboot"};
@@ -37,7 +38,7 @@ int main(int argc, char** argv) {
   add("inspect", "Show what a snapshot holds: sections, sizes, host, versions, timings, canary", AddInspect);
   add("verify", "Check every chunk checksum and the whole-file digest of a snapshot", AddVerify);
   add("demo", "Generate a model, cold-boot it, snapshot it, restore it, and compare", AddDemo);
-  add("bench", "Benchmarks; `bench format`: the snapshot container vs tar+zstd and the copy/decompress floor", AddBench);
+  add("bench", "Benchmarks; `bench format`: the snapshot container vs tar+zstd and the copy/decompress floor; `bench gpu`: weight upload vs pinned H2D", AddBench);
 
   try {
     app.parse(argc, argv);

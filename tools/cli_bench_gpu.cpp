@@ -1,0 +1,166 @@
+// `hotboot bench gpu`: how fast the cooperative restore streams weights to
+// the GPU (DeviceWeights: parallel reads, pinned staging, several streams)
+// against the pinned host-to-device bandwidth measured in the same run.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include "cli_common.h"
+#include "commands.h"
+#include "hotboot/gpu_memory.h"
+
+namespace hotboot::cli {
+
+using json = nlohmann::json;
+namespace fs = std::filesystem;
+
+namespace {
+
+double Seconds(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+// Pinned host memory to device memory, `bytes` in `chunk` pieces spread over
+// every stream: the ceiling an upload from host memory can reach.
+Result<double> PinnedH2D(gpu::Device& dev, size_t bytes, size_t chunk, int repeat) {
+  HB_ASSIGN_OR_RETURN(void* host, dev.AllocPinned(bytes));
+  std::memset(host, 1, bytes);
+  const size_t g = dev.Granularity();
+  const size_t mapped = (bytes + g - 1) / g * g;
+  auto va = dev.Reserve(mapped);
+  Status st = va.ok() ? dev.Map(*va, mapped) : va.status();
+  double best = 0;
+  for (int r = 0; st.ok() && r < repeat; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<int> events;
+    int i = 0;
+    for (size_t off = 0; st.ok() && off < bytes; off += chunk, ++i) {
+      const int s = i % dev.Streams();
+      st = dev.CopyToDeviceAsync(*va + off, static_cast<char*>(host) + off, std::min(chunk, bytes - off), s);
+    }
+    for (int s = 0; st.ok() && s < dev.Streams(); ++s) {
+      auto ev = dev.Record(s);
+      st = ev.ok() ? dev.Wait(*ev) : ev.status();
+    }
+    best = std::max(best, static_cast<double>(bytes) / Seconds(t0) / 1e9);
+  }
+  if (va.ok()) {
+    dev.Unmap(*va, mapped);
+    dev.FreeReservation(*va, mapped);
+  }
+  dev.FreePinned(host, bytes);
+  if (!st.ok()) return st;
+  return best;
+}
+
+struct GpuBenchArgs {
+  std::string weights;
+  int size_mib = 2048;
+  int device = 0;
+  int streams = 4;
+  int repeat = 3;
+  size_t chunk_mib = 16;
+  int buffers = 8;
+  int readers = 4;
+  std::string workdir = "/dev/shm";
+  bool json_out = false;
+};
+
+int RunBenchGpu(const GpuBenchArgs& a) {
+  auto dev = gpu::OpenCudaDevice(a.device, a.streams);
+  if (!dev.ok()) return Fail(dev.status().Prefixed("bench gpu needs a CUDA device"));
+  std::string path = a.weights;
+  bool generated = false;
+  if (path.empty()) {
+    // Random bf16-like bytes: upload speed does not depend on content.
+    path = a.workdir + "/hotboot-bench-gpu." + std::to_string(::getpid());
+    std::ofstream out(path, std::ios::binary);
+    std::mt19937_64 rng(42);
+    std::vector<uint64_t> block(1 << 17);
+    for (int mib = 0; mib < a.size_mib && out; ++mib) {
+      for (auto& w : block) w = rng();
+      out.write(reinterpret_cast<const char*>(block.data()), static_cast<std::streamsize>(block.size() * 8));
+    }
+    if (!out) return Fail(IoError("cannot write " + path));
+    generated = true;
+  }
+  struct Cleanup {
+    std::string p;
+    bool on;
+    ~Cleanup() {
+      if (on) fs::remove(p);
+    }
+  } cleanup{path, generated};
+  std::error_code ec;
+  const uint64_t size = fs::file_size(path, ec);
+  if (ec || size == 0) return Fail(NotFound("weights file " + path + " is missing or empty"));
+  {  // warm the page cache: the upload reads what a restore just extracted
+    std::ifstream in(path, std::ios::binary);
+    std::vector<char> buf(8 << 20);
+    while (in.read(buf.data(), static_cast<std::streamsize>(buf.size())) || in.gcount() > 0) {
+    }
+  }
+  gpu::UploadOptions o;
+  o.chunk_bytes = a.chunk_mib << 20;
+  o.buffers = a.buffers;
+  o.readers = a.readers;
+  Note("measuring pinned host-to-device bandwidth on " + (*dev)->Name());
+  auto floor = PinnedH2D(**dev, std::min<uint64_t>(size, 1ull << 30), o.chunk_bytes, a.repeat);
+  if (!floor.ok()) return Fail(floor.status());
+  Note("uploading " + HumanBytes(size) + " of weights " + std::to_string(a.repeat) + " times");
+  auto w = gpu::DeviceWeights::Load(**dev, path, {0}, {size}, o);
+  if (!w.ok()) return Fail(w.status());
+  double best = w->last_upload().GBps();
+  for (int r = 1; r < a.repeat; ++r) {
+    Status s = w->Release();
+    auto up = s.ok() ? w->Restore(path, o) : Result<gpu::UploadStats>(s);
+    if (!up.ok()) return Fail(up.status());
+    best = std::max(best, up->GBps());
+  }
+  const double ratio = *floor > 0 ? best / *floor : 0;
+  if (a.json_out) {
+    json j = {{"device", (*dev)->Name()},      {"weights_bytes", size},  {"pinned_h2d_GBps", *floor},
+              {"upload_GBps", best},           {"upload_vs_pinned", ratio}, {"streams", (*dev)->Streams()},
+              {"chunk_bytes", o.chunk_bytes}, {"buffers", o.buffers},    {"readers", o.readers}};
+    std::printf("%s\n", j.dump(2).c_str());
+  } else {
+    std::printf("%-34s %s\n", "device", (*dev)->Name().c_str());
+    std::printf("%-34s %s\n", "weights", HumanBytes(size).c_str());
+    std::printf("%-34s %.2f GB/s\n", "pinned host->device (floor)", *floor);
+    std::printf("%-34s %.2f GB/s (%.0f%% of the floor)\n", "weights upload (file->device)", best, 100 * ratio);
+  }
+  return kExitOk;
+}
+
+}  // namespace
+
+void AddBenchGpu(CLI::App& bench, std::function<int()>* run) {
+  auto a = std::make_shared<GpuBenchArgs>();
+  CLI::App* g = bench.add_subcommand(
+      "gpu", "Weight upload to the GPU (cooperative restore) vs the pinned host-to-device bandwidth");
+  g->footer(
+      "Measures the pinned host->device copy bandwidth (1 GiB or the file's size, in chunks over\n"
+      "every stream), then uploads a weights file (page cache warm, as right after a restore\n"
+      "extracted it) with DeviceWeights: parallel reads into pinned staging buffers, copies on\n"
+      "several streams, into one reserved device range; best of --repeat. Needs a CUDA GPU.");
+  g->add_option("--weights", a->weights, "Weights file to upload (default: --size-mib of random bytes in --workdir)");
+  g->add_option("--size-mib", a->size_mib, "Size of the generated file")->check(CLI::Range(1, 1 << 20));
+  g->add_option("--device", a->device, "CUDA device ordinal");
+  g->add_option("--streams", a->streams, "Copy streams")->check(CLI::Range(1, 64));
+  g->add_option("--chunk-mib", a->chunk_mib, "Bytes per read and copy, MiB")->check(CLI::Range(1, 1024));
+  g->add_option("--buffers", a->buffers, "Pinned staging buffers")->check(CLI::Range(1, 256));
+  g->add_option("--readers", a->readers, "Reader threads")->check(CLI::Range(1, 256));
+  g->add_option("--repeat", a->repeat, "Runs; the fastest counts")->check(CLI::Range(1, 100));
+  g->add_option("--workdir", a->workdir, "Where the generated file goes");
+  g->add_flag("--json", a->json_out, "Print the result as JSON");
+  *run = [a, g]() { return g->parsed() ? RunBenchGpu(*a) : -1; };
+}
+
+}  // namespace hotboot::cli
