@@ -25,6 +25,8 @@ int main(int argc, char** argv) {
   app.add_option("-p,--port", o.port, "Port to listen on (0: any free port)")->check(CLI::Range(0, 65535));
   app.add_option("--host", o.host, "Address to listen on");
   app.add_option("--threads", o.threads, "Compute threads (0: all cores)");
+  app.add_option("--device", o.device, "auto: a CUDA GPU when usable, else the CPU; cpu; cuda")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   app.add_option("--max-batch", o.max_batch, "Requests decoded together")->check(CLI::Range(1, 8));
   app.add_flag("--control-stdio", control,
                "Take hotboot's control commands as JSON lines on stdin, answer on stdout (server/CONTROL.md)");

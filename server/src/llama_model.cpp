@@ -19,6 +19,7 @@
 #include <map>
 
 #include "bpe_tokenizer.h"
+#include "gpu_model.h"
 #include "hotboot/kernels.h"
 #include "hotboot/model.h"
 #include "hotboot/presets.h"
@@ -539,6 +540,12 @@ Result<std::vector<GenerateResult>> LlamaModel::Generate(const std::vector<Gener
 }  // namespace
 
 Result<std::unique_ptr<Model>> Model::Load(const std::string& path, const LoadOptions& opts, LoadTimings* timings) {
+  if (opts.device != "cpu") {
+    // A GPU when there is one; "auto" falls back to the CPU only when there
+    // is none (kNotFound), never past a GPU that failed to load.
+    auto g = LoadGpuModel(path, opts, timings);
+    if (g.ok() || opts.device == "cuda" || g.status().code() != Code::kNotFound) return g;
+  }
   return LlamaModel::Load(path, opts, timings);
 }
 

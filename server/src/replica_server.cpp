@@ -261,7 +261,7 @@ bool ReplicaServer::Impl::BootSteps() {
   const auto t_boot = Clock::now();
   SetState(ReplicaState::kLoading);
   LoadTimings lt;
-  auto loaded = opts.loader ? opts.loader(opts.model_path, &lt) : Model::Load(opts.model_path, LoadOptions{opts.threads}, &lt);
+  auto loaded = opts.loader ? opts.loader(opts.model_path, &lt) : Model::Load(opts.model_path, LoadOptions{opts.threads, "", opts.device}, &lt);
   if (!loaded.ok()) {
     Log("error: " + loaded.status().message());
     SetState(ReplicaState::kFailed, loaded.status().message());
@@ -276,7 +276,9 @@ bool ReplicaServer::Impl::BootSteps() {
     std::lock_guard lock(metrics.mu);
     metrics.phase_ms["weight_read"] = lt.read_ms;
     metrics.phase_ms["weight_convert"] = lt.convert_ms;
+    for (const auto& [phase, ms] : model->device_phases_ms()) metrics.phase_ms[phase] = ms;
   }
+  Log("running on " + model->device());
   SetState(ReplicaState::kWarming);
   // Kernel plan autotuning for the batch sizes the server runs.
   const auto t_tune = Clock::now();
@@ -417,8 +419,19 @@ json ReplicaServer::Impl::HandleControl(const json& cmd) {
                   (s.ok() ? std::string() : " (but could not reopen the listener: " + s.message() + ")"));
     }
     OnIo([&] { CloseSessions(); });
-    // Drop what is cheap to re-create: KV caches and scratch buffers.
-    RunOnWorker([&] { model->ReleaseScratch(); });
+    // Drop what is cheap to re-create: KV caches and scratch buffers, and
+    // the weights' device memory (streamed back after a restore).
+    Status released;
+    RunOnWorker([&] {
+      model->ReleaseScratch();
+      released = model->ReleaseDevice();
+    });
+    if (!released.ok()) {
+      Status s = OnIo([&] { return Listen(opts.host, bound_port.load()); });
+      SetState(ReplicaState::kWarm);
+      return fail("releasing device memory: " + released.message() + "; resumed serving" +
+                  (s.ok() ? std::string() : " (but could not reopen the listener: " + s.message() + ")"));
+    }
     // The sessions' sockets close on the io thread; make sure none is left.
     std::vector<std::string> socks;
     for (int i = 0; i < 100; ++i) {
@@ -451,6 +464,10 @@ json ReplicaServer::Impl::HandleControl(const json& cmd) {
       rng.seed(cmd.value("seed", uint64_t{0}) ^ 0x9e3779b97f4a7c15ULL);
       detached = false;
     }
+    // Device memory first: nothing is served before the weights are back.
+    Result<double> uploaded = 0.0;
+    RunOnWorker([&] { uploaded = model->RestoreDevice(); });
+    if (!uploaded.ok()) return fail("restoring device memory: " + uploaded.status().message());
     const std::string host = cmd.value("host", opts.host);
     const int port = cmd["port"].get<int>();
     Status s = OnIo([&] { return Listen(host, port); });
@@ -461,6 +478,7 @@ json ReplicaServer::Impl::HandleControl(const json& cmd) {
     {
       std::lock_guard lock(metrics.mu);
       metrics.phase_ms["restore_rebind_and_digest"] = MsBetween(t_restore, Clock::now());
+      if (*uploaded > 0) metrics.phase_ms["restore_weight_upload"] = *uploaded;
       restore_started = t_restore;
     }
     SetState(ReplicaState::kVerifying);
@@ -477,6 +495,9 @@ json ReplicaServer::Impl::HandleControl(const json& cmd) {
   }
   if (name == "resume") {
     if (st != ReplicaState::kFrozen) return fail(std::string("resume needs state frozen, not ") + StateName(st));
+    Result<double> uploaded = 0.0;
+    RunOnWorker([&] { uploaded = model->RestoreDevice(); });
+    if (!uploaded.ok()) return fail("restoring device memory: " + uploaded.status().message());
     const int port = cmd.value("port", bound_port.load());
     Status s = OnIo([&] { return Listen(opts.host, port); });
     if (!s.ok()) return fail(s.message());

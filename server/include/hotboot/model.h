@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <span>
 #include <string>
@@ -59,6 +60,9 @@ struct LoadOptions {
   // Empty: $HOTBOOT_WEIGHTS_DIR or /dev/shm/hotboot-weights; "none":
   // anonymous memory.
   std::string weights_dir;
+  // "auto": a CUDA GPU when one is usable (and the build has the CUDA
+  // kernels), else the CPU; "cpu"; "cuda" (fails without a GPU).
+  std::string device = "auto";
 };
 
 struct GenerateRequest {
@@ -107,6 +111,18 @@ class Model {
   // Files holding large immutable regions (the packed weights) that the
   // process maps; a snapshot carries them as their own sections.
   virtual std::vector<std::string> weight_files() const { return {}; }
+
+  // Cooperative GPU capture (DESIGN.md): before a capture the weights'
+  // device memory goes (their addresses stay reserved), after a restore it
+  // is mapped again at the same addresses and streamed back from the
+  // weights file. The CPU model has nothing on a device: no-ops.
+  virtual Status ReleaseDevice() { return Status(); }
+  virtual Result<double> RestoreDevice() { return 0.0; }  // milliseconds spent
+  // "cpu" or the GPU's name.
+  virtual std::string device() const { return "cpu"; }
+  // Boot phases a device adds to LoadTimings (CUDA init, weight upload,
+  // kernel compilation, graph capture), in milliseconds, for /metrics.
+  virtual std::map<std::string, double> device_phases_ms() const { return {}; }
 
   virtual uint64_t parameter_count() const = 0;
   virtual uint64_t weight_bytes() const = 0;  // resident, in kernel layout

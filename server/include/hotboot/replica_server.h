@@ -23,6 +23,7 @@ struct ServerOptions {
   std::string host = "127.0.0.1";
   int port = 0;  // 0: an ephemeral port (reported in the log and state events)
   int threads = 0;
+  std::string device = "auto";  // LoadOptions::device
   int max_batch = 4;
   int max_tokens_limit = 256;
   size_t max_body_bytes = 1 << 20;

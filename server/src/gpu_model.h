@@ -1,0 +1,18 @@
+// The GPU twin of the reference model (server/src/cuda/), behind the same
+// Model interface: Model::Load picks it when LoadOptions::device allows and
+// a CUDA GPU is usable.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "hotboot/model.h"
+
+namespace hotboot {
+
+// kNotFound when this build has no CUDA kernels or the host no usable GPU
+// (Model::Load then uses the CPU under device "auto"); other codes when a
+// GPU is there but the model could not be put on it.
+Result<std::unique_ptr<Model>> LoadGpuModel(const std::string& path, const LoadOptions& opts, LoadTimings* timings);
+
+}  // namespace hotboot
