@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include <map>
+
 #include <utility>  // before Boost 1.74 asio: it uses std::exchange
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
@@ -71,9 +73,25 @@ class FakeModel : public Model {
   std::string PlanDescription() const override { return "fake"; }
   std::string Digest() const override { return "0123456789abcdef0123456789abcdef"; }
   void ReleaseScratch() override { released++; }
+  // A device whose weight memory goes before a capture and comes back after.
+  Status ReleaseDevice() override {
+    if (fail_device_release) return Internal("cuMemUnmap failed (injected)");
+    device_resident = false;
+    return Status();
+  }
+  Result<double> RestoreDevice() override {
+    if (fail_device_restore) return Internal("cuMemCreate failed: CUDA_ERROR_OUT_OF_MEMORY (injected)");
+    device_resident = true;
+    ++device_restores;
+    return 12.5;
+  }
+  std::string device() const override { return "Fake GPU"; }
+  std::map<std::string, double> device_phases_ms() const override { return {{"weight_upload", 3.0}}; }
   uint64_t parameter_count() const override { return 1; }
   uint64_t weight_bytes() const override { return 2; }
   int released = 0;
+  bool device_resident = true, fail_device_release = false, fail_device_restore = false;
+  int device_restores = 0;
 
  private:
   ModelConfig cfg_;
@@ -292,6 +310,48 @@ TEST_F(ServerFixture, ResumeAfterAFailedBuild) {
   json r = Call({{"cmd", "resume"}});
   ASSERT_TRUE(r["ok"].get<bool>()) << r.dump();
   EXPECT_EQ(Http(r["port"], http::verb::get, "/readyz").status, 200);
+}
+
+TEST_F(ServerFixture, DeviceMemoryFollowsTheCaptureCycle) {
+  Start();
+  WaitState("warm");
+  EXPECT_NE(Http(port(), http::verb::get, "/metrics").body.find("weight_upload"), std::string::npos);
+  ASSERT_TRUE(Call({{"cmd", "before_capture"}})["ok"].get<bool>());
+  EXPECT_FALSE(model_->device_resident);
+  asio::io_context ioc;
+  asio::ip::tcp::acceptor probe(ioc, asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
+  const int new_port = probe.local_endpoint().port();
+  probe.close();
+  json ok = Call({{"cmd", "after_restore"}, {"port", new_port}, {"instance", "r-gpu"}, {"seed", 1}});
+  ASSERT_TRUE(ok["ok"].get<bool>()) << ok.dump();
+  EXPECT_TRUE(model_->device_resident);
+  EXPECT_EQ(model_->device_restores, 1);
+  EXPECT_NE(Http(new_port, http::verb::get, "/metrics").body.find("restore_weight_upload"), std::string::npos);
+}
+
+TEST_F(ServerFixture, DeviceReleaseFailureKeepsServing) {
+  Start();
+  WaitState("warm");
+  model_->fail_device_release = true;
+  json r = Call({{"cmd", "before_capture"}});
+  EXPECT_FALSE(r["ok"].get<bool>());
+  EXPECT_NE(r["error"].get<std::string>().find("resumed serving"), std::string::npos) << r.dump();
+  EXPECT_EQ(Http(port(), http::verb::get, "/readyz").status, 200);
+}
+
+TEST_F(ServerFixture, DeviceRestoreFailureIsNotServed) {
+  Start();
+  WaitState("warm");
+  ASSERT_TRUE(Call({{"cmd", "before_capture"}})["ok"].get<bool>());
+  model_->fail_device_restore = true;
+  asio::io_context ioc;
+  asio::ip::tcp::acceptor probe(ioc, asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
+  const int new_port = probe.local_endpoint().port();
+  probe.close();
+  json bad = Call({{"cmd", "after_restore"}, {"port", new_port}, {"instance", "r-gpu"}, {"seed", 1}});
+  EXPECT_FALSE(bad["ok"].get<bool>());
+  EXPECT_NE(bad["error"].get<std::string>().find("restoring device memory"), std::string::npos) << bad.dump();
+  EXPECT_EQ(Http(new_port, http::verb::get, "/livez").status, -1);  // nothing listens
 }
 
 TEST_F(ServerFixture, GarbageCommandsAreAnsweredNotFatal) {
