@@ -31,6 +31,52 @@ TEST(BuildSpec, ParsesAndValidates) {
   EXPECT_FALSE(BuildSpec::FromJson({{"canary", {{"prompt", "c"}, {"iterations", 1}}}}).ok());
 }
 
+TEST(BuildSpec, TransparentServersAreDescribedByTheirHttpApi) {
+  auto s = BuildSpec::FromJson(
+      {{"command", {"python3", "server.py"}},
+       {"http",
+        {{"port", 8000},
+         {"ready_path", "/ready"},
+         {"canary", {{"method", "POST"}, {"path", "/generate"}, {"body", {{"prompt", "hi"}}}}},
+         {"canary_compare", "/tokens"},
+         {"warmup", {{{"path", "/warm"}}}},
+         {"before_capture", {{"method", "POST"}, {"path", "/hooks/freeze"}}},
+         {"after_restore", {{"method", "POST"}, {"path", "/hooks/thaw"}, {"body", "{}"}}}}}});
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  EXPECT_TRUE(s->transparent());
+  EXPECT_EQ(s->http.port, 8000);
+  EXPECT_EQ(s->http.canary.body, R"({"prompt":"hi"})");
+  EXPECT_EQ(s->http.warmup.at(0).method, "GET");
+  ASSERT_TRUE(s->http.after_restore.has_value());
+  EXPECT_EQ(s->http.after_restore->path, "/hooks/thaw");
+
+  auto no_port = BuildSpec::FromJson({{"mode", "transparent"}, {"command", {"x"}}});
+  ASSERT_FALSE(no_port.ok());
+  EXPECT_NE(no_port.status().message().find("http.port"), std::string::npos);
+  auto bad_path = BuildSpec::FromJson({{"http", {{"port", 1}, {"canary", {{"path", "generate"}}}}}});
+  ASSERT_FALSE(bad_path.ok());
+  EXPECT_NE(bad_path.status().message().find("must start with /"), std::string::npos) << bad_path.status().message();
+  auto bad_verb = BuildSpec::FromJson({{"http", {{"port", 1}, {"canary", {{"method", "FETCH"}, {"path", "/g"}}}}}});
+  EXPECT_FALSE(bad_verb.ok());
+  auto bad_mode = BuildSpec::FromJson({{"mode", "magic"}});
+  ASSERT_FALSE(bad_mode.ok());
+  EXPECT_NE(bad_mode.status().message().find("cooperative"), std::string::npos);
+}
+
+TEST(HttpCall, CanaryValueSelectsByPointerAndDistrustsTheBody) {
+  auto whole = CanaryValue("anything", "");
+  ASSERT_TRUE(whole.ok());
+  EXPECT_EQ(*whole, "anything");
+  auto tokens = CanaryValue(R"({"tokens":[1,2],"latency_ms":3.5})", "/tokens");
+  ASSERT_TRUE(tokens.ok());
+  EXPECT_EQ(*tokens, json({1, 2}));
+  EXPECT_FALSE(CanaryValue("not json", "/tokens").ok());
+  EXPECT_FALSE(CanaryValue(R"({"text":"x"})", "/tokens").ok());
+  auto bad_ptr = CanaryValue(R"({"a":1})", "no-slash");
+  ASSERT_FALSE(bad_ptr.ok());
+  EXPECT_EQ(bad_ptr.status().code(), Code::kInvalidArgument);
+}
+
 class FailingCriu : public Criu {
  public:
   Result<std::string> Version() override { return NotFound("cannot run CRIU (fake)"); }
