@@ -17,7 +17,7 @@ int main(int argc, char** argv) {
   hotboot::ServerOptions o;
   bool control = false;
   CLI::App app{"hotboot-server " HOTBOOT_VERSION
-               " - the reference inference server: a Llama-architecture transformer on the CPU\n"
+               " - the reference inference server: a Llama-architecture transformer on a CUDA GPU or the CPU\n"
                "behind HTTP. GET /livez (liveness), GET /readyz (200 only when warm), POST /v1/generate\n"
                "{\"prompt\": \"...\", \"max_tokens\": N}, GET /metrics (Prometheus text with boot phases).",
                "hotboot-server"};

@@ -71,4 +71,18 @@ std::string BpeTokenizer::Decode(std::span<const int32_t> ids) const {
   return s;
 }
 
+Result<std::unique_ptr<BpeTokenizer>> LoadTokenizer(const SafetensorsFile& f, int32_t vocab_size) {
+  const TensorInfo* mt = f.Find("tokenizer.merges");
+  if (!mt || mt->dtype != DType::kI32 || mt->shape.size() != 2 || mt->shape[1] != 2) {
+    return Corrupt(f.path() + ": tensor 'tokenizer.merges' (I32 [n, 2]) is missing or malformed");
+  }
+  std::vector<int32_t> raw(mt->numel());
+  HB_RETURN_IF_ERROR(f.Read(*mt, raw.data()));
+  std::vector<std::pair<int32_t, int32_t>> merges;
+  for (size_t i = 0; i + 1 < raw.size(); i += 2) merges.emplace_back(raw[i], raw[i + 1]);
+  auto tok = BpeTokenizer::Create(std::move(merges), vocab_size);
+  if (!tok.ok()) return tok.status().Prefixed(f.path());
+  return tok;
+}
+
 }  // namespace hotboot

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "hotboot/model.h"
+#include "hotboot/safetensors.h"
 
 namespace hotboot {
 
@@ -33,5 +34,8 @@ class BpeTokenizer final : public Tokenizer {
   std::unordered_map<uint64_t, int32_t> rank_;  // pair -> merge index
   std::vector<std::string> bytes_;               // id -> its bytes
 };
+
+// The tokenizer stored in a model file (tensor "tokenizer.merges", I32 [n, 2]).
+Result<std::unique_ptr<BpeTokenizer>> LoadTokenizer(const SafetensorsFile& f, int32_t vocab_size);
 
 }  // namespace hotboot

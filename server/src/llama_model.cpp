@@ -209,17 +209,7 @@ Result<std::unique_ptr<Model>> LlamaModel::Load(const std::string& path, const L
   lt.read_ms += MsSince(t_open);
 
   // Tokenizer.
-  const TensorInfo* mt = f.Find("tokenizer.merges");
-  if (!mt || mt->dtype != DType::kI32 || mt->shape.size() != 2 || mt->shape[1] != 2) {
-    return Corrupt(path + ": tensor 'tokenizer.merges' (I32 [n, 2]) is missing or malformed");
-  }
-  std::vector<int32_t> raw(mt->numel());
-  HB_RETURN_IF_ERROR(f.Read(*mt, raw.data()));
-  std::vector<std::pair<int32_t, int32_t>> merges;
-  for (size_t i = 0; i + 1 < raw.size(); i += 2) merges.emplace_back(raw[i], raw[i + 1]);
-  auto tok = BpeTokenizer::Create(std::move(merges), c.vocab_size);
-  if (!tok.ok()) return tok.status().Prefixed(path);
-  m->tok_ = std::move(tok).value();
+  HB_ASSIGN_OR_RETURN(m->tok_, LoadTokenizer(f, c.vocab_size));
 
   // Size the weight file: every matrix big enough to leave the heap.
   std::string wdir = opts.weights_dir;

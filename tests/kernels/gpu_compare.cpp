@@ -4,11 +4,21 @@
 //
 //   kernels_gpu_compare [--perf] [--op NAME]
 //
-// One line per (op, shape): max abs error, the bound atol + rtol * max|ref|,
-// PASS/FAIL. Exit 0 all pass, 1 a failure, 77 no CUDA device (CTest: skipped).
-// Tolerances: the GPU sums in another order (warp trees, tiles) and uses the
-// fast exp; fp32 rounding then differs by a few ulps per term, so matmul and
-// attention allow rtol 2e-4 of the largest output, the other ops 1e-5.
+// One line per (op, shape): max abs error, max rel error (relative to the
+// largest |ref|, the scale the tolerance is stated in: per-element relative
+// error means nothing for sums that cancel), the bound atol + rtol *
+// max|ref|, PASS/FAIL. Exit 0 all pass, 1 a failure, 77 no CUDA device
+// (CTest: skipped).
+// Tolerances: the GPU sums in another order (warp trees, tiles), contracts to
+// FMA and uses the fast exp/division (--use_fast_math); fp32 rounding then
+// differs by a few ulps per term. A k-term dot product drifts ~sqrt(k) ulps
+// of its magnitude (1b down: k = 5632, ~1e-5 relative), and the fast exp is
+// off by up to ~2 + 1.2|x| ulps, so matmul and attention allow rtol 2e-4 of
+// the largest output, rmsnorm/swiglu/rope 1e-5; copies (store_kv, add,
+// embedding, gather, argmax) must be exact.
+// --perf: GPU ms per call (cudaEvent, median of 20 after 3 warmups), CPU ms
+// (median of 5, on a pool of every online core), their ratio, and the GPU's
+// GB/s over the bytes the op must move at least (memory-bound ops).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -33,6 +43,7 @@ namespace {
 bool g_perf = false;
 std::string g_only;
 int g_failed = 0, g_passed = 0;
+k::ThreadPool* g_pool = nullptr;
 
 std::vector<float> Normal(size_t n, uint64_t seed, float scale = 1.f) {
   std::mt19937_64 rng(seed);
@@ -113,24 +124,36 @@ double CpuMs(const std::function<void()>& fn) {
 }
 
 // Reports one comparison; `bytes` (if any) gives GB/s in --perf mode.
-void Report(const std::string& op, const std::string& shape, const std::vector<float>& got,
-            const std::vector<float>& want, double atol, double rtol, const std::function<void()>& gpu = nullptr,
-            const std::function<void()>& cpu = nullptr, double bytes = 0) {
+// `launched` is the op's own Status (and the sync after it): a failed launch
+// is a FAIL with its message, not a mismatch to puzzle over.
+void Report(const std::string& op, const std::string& shape, const hotboot::Status& launched,
+            const std::vector<float>& got, const std::vector<float>& want, double atol, double rtol,
+            const std::function<void()>& gpu = nullptr, const std::function<void()>& cpu = nullptr,
+            double bytes = 0) {
   double max_ref = 0, max_err = 0;
-  bool finite = got.size() == want.size();
-  for (size_t i = 0; finite && i < got.size(); ++i) {
-    max_ref = std::max(max_ref, std::abs(static_cast<double>(want[i])));
-    if (!std::isfinite(got[i])) finite = false;
-    max_err = std::max(max_err, std::abs(static_cast<double>(got[i]) - want[i]));
+  bool specials_match = got.size() == want.size();
+  for (size_t i = 0; specials_match && i < got.size(); ++i) {
+    if (std::isfinite(want[i])) max_ref = std::max(max_ref, std::abs(static_cast<double>(want[i])));
+  }
+  for (size_t i = 0; specials_match && i < got.size(); ++i) {
+    // Inf/NaN must match exactly (std::max would quietly drop a NaN error).
+    if (!std::isfinite(want[i]) || !std::isfinite(got[i])) {
+      specials_match = std::isnan(want[i]) ? std::isnan(got[i]) : got[i] == want[i];
+      continue;
+    }
+    const double e = std::abs(static_cast<double>(got[i]) - want[i]);
+    max_err = std::max(max_err, e);
   }
   const double bound = atol + rtol * max_ref;
-  const bool ok = finite && max_err <= bound;
+  const double max_rel = max_ref > 0 ? max_err / max_ref : max_err;
+  const bool ok = launched.ok() && specials_match && max_err <= bound;
   (ok ? g_passed : g_failed)++;
-  std::printf("%-12s %-34s max err %.3e  bound %.3e  %s", op.c_str(), shape.c_str(), max_err, bound,
-              ok ? "PASS" : "FAIL");
+  std::printf("%-11s %-48s abs %.2e  rel %.2e  tol %.0e+%.0e*max|ref| = %.2e  %s", op.c_str(), shape.c_str(), max_err,
+              max_rel, atol, rtol, bound, ok ? "PASS" : "FAIL");
+  if (!launched.ok()) std::printf("  (%s)", launched.message().c_str());
   if (g_perf && gpu && cpu) {
     const double gms = GpuMs(gpu), cms = CpuMs(cpu);
-    std::printf("  gpu %.4f ms  cpu %.3f ms  (%.0fx)", gms, cms, cms / gms);
+    std::printf("  gpu %.4f ms  cpu %.4f ms  cpu/gpu %.1fx", gms, cms, cms / gms);
     if (bytes > 0) std::printf("  %.0f GB/s", bytes / gms / 1e6);
   }
   std::printf("\n");
@@ -144,73 +167,109 @@ std::string Shape(std::initializer_list<std::pair<const char*, long>> dims) {
   return s;
 }
 
-void CompareMatmul(int m, int n, int kk, const char* what) {
+// The op's launch status, then whatever the kernel itself hit (an illegal
+// address shows up only at the sync).
+hotboot::Status Synced(hotboot::Status launched, const char* op) {
+  const cudaError_t e = cudaDeviceSynchronize();
+  if (!launched.ok() || e == cudaSuccess) return launched;
+  return hotboot::Internal(std::string(op) + ": " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")");
+}
+
+void CompareMatmul(int m, int n, int kk, const std::string& what) {
   auto x = Normal(static_cast<size_t>(m) * kk, 1);
   auto wf = Normal(static_cast<size_t>(n) * kk, 2, 0.02f);
   auto w = Bf16(wf);
   k::PackedMatrix packed;
   packed.Reset(n, kk);
-  packed.PackRows(0, w.data(), k::SrcType::kBf16, n, nullptr);
+  packed.PackRows(0, w.data(), k::SrcType::kBf16, n, g_pool);
   std::vector<float> want(static_cast<size_t>(m) * n);
-  auto cpu = [&] { k::Matmul(x.data(), kk, m, packed, want.data(), n, k::DefaultMatmulVariant(m, n, kk), nullptr); };
+  auto cpu = [&] { k::Matmul(x.data(), kk, m, packed, want.data(), n, k::DefaultMatmulVariant(m, n, kk), g_pool); };
   cpu();
   Dev<float> dx(x), dy(static_cast<size_t>(m) * n);
   Dev<uint16_t> dw(w);
   auto gpu = [&] { g::Matmul(dx.get(), m, kk, dw.get(), n, dy.get(), nullptr); };
-  hotboot::Status s = g::Matmul(dx.get(), m, kk, dw.get(), n, dy.get(), nullptr);
-  cudaDeviceSynchronize();
-  if (!s.ok()) std::printf("matmul: %s\n", s.message().c_str());
-  Report("matmul", Shape({{"m", m}, {"n", n}, {"k", kk}}) + " " + what, dy.Host(), want, 1e-6, 2e-4, gpu, cpu,
-         2.0 * n * kk);
+  const auto s = Synced(g::Matmul(dx.get(), m, kk, dw.get(), n, dy.get(), nullptr), "matmul");
+  // W once, x and y once: all a batch-1 GEMV can hope to move.
+  const double bytes = 2.0 * n * kk + 4.0 * m * kk + 4.0 * m * n;
+  Report("matmul", Shape({{"m", m}, {"n", n}, {"k", kk}}) + " " + what, s, dy.Host(), want, 1e-6, 2e-4, gpu, cpu,
+         bytes);
 }
 
-void CompareRmsNorm(int rows, int n) {
+void CompareRmsNorm(int rows, int n, float eps) {
   auto x = Normal(static_cast<size_t>(rows) * n, 3), w = Normal(n, 4);
   std::vector<float> want(x.size());
-  auto cpu = [&] { k::RmsNorm(x.data(), n, w.data(), rows, n, 1e-5f, want.data(), n); };
+  auto cpu = [&] { k::RmsNorm(x.data(), n, w.data(), rows, n, eps, want.data(), n); };
   cpu();
   Dev<float> dx(x), dw(w), dy(x.size());
-  auto gpu = [&] { g::RmsNorm(dx.get(), dw.get(), rows, n, 1e-5f, dy.get(), nullptr); };
-  gpu();
-  Report("rmsnorm", Shape({{"rows", rows}, {"n", n}}), dy.Host(), want, 1e-6, 1e-5, gpu, cpu);
+  auto gpu = [&] { g::RmsNorm(dx.get(), dw.get(), rows, n, eps, dy.get(), nullptr); };
+  const auto s = Synced(g::RmsNorm(dx.get(), dw.get(), rows, n, eps, dy.get(), nullptr), "rmsnorm");
+  Report("rmsnorm", Shape({{"rows", rows}, {"n", n}}), s, dy.Host(), want, 1e-6, 1e-5, gpu, cpu,
+         4.0 * (2.0 * rows * n + n));
 }
 
-void CompareRope(int rows, int heads, int hd, int max_pos) {
-  const int ld = heads * hd + 8;
+void CompareRope(int rows, int heads, int hd, int max_pos, float theta) {
+  const int ld = heads * hd + 8;  // a row stride wider than the heads, as in a qkv row
   auto x = Normal(static_cast<size_t>(rows) * ld, 5);
   std::vector<int32_t> pos(rows);
   std::mt19937 rng(6);
   for (auto& p : pos) p = static_cast<int32_t>(rng() % max_pos);
+  pos[0] = max_pos - 1;  // the table's last row
   k::RopeTable t;
-  k::BuildRopeTable(max_pos, hd, 10000.f, &t);
+  k::BuildRopeTable(max_pos, hd, theta, &t);
   std::vector<float> want = x;
   k::Rope(want.data(), ld, rows, heads, hd, pos.data(), t);
   Dev<float> dx(x), dc(std::vector<float>(t.cos.data(), t.cos.data() + t.cos.size())),
       ds(std::vector<float>(t.sin.data(), t.sin.data() + t.sin.size()));
   Dev<int32_t> dp(pos);
-  g::Rope(dx.get(), ld, rows, heads, hd, dp.get(), dc.get(), ds.get(), nullptr);
-  Report("rope", Shape({{"rows", rows}, {"heads", heads}, {"hd", hd}}), dx.Host(), want, 1e-6, 1e-5);
+  const auto s = Synced(g::Rope(dx.get(), ld, rows, heads, hd, dp.get(), dc.get(), ds.get(), nullptr), "rope");
+  // Timing rotates the buffers further; the comparison above is already done.
+  auto gpu = [&] { g::Rope(dx.get(), ld, rows, heads, hd, dp.get(), dc.get(), ds.get(), nullptr); };
+  auto cpu = [&] { k::Rope(want.data(), ld, rows, heads, hd, pos.data(), t); };
+  Report("rope", Shape({{"rows", rows}, {"heads", heads}, {"hd", hd}}), s, dx.Host(), want, 1e-6, 1e-5, gpu, cpu,
+         4.0 * rows * heads * hd * 2 + 4.0 * rows * hd);
 }
 
-// StoreKv, then attention over the caches, against the CPU's attention.
-void CompareAttention(int seqs, int heads, int kv_heads, int hd, int context) {
+// Every position of every sequence goes through StoreKv, as prefill does;
+// then attention for either every row (the causal prefill check) or only the
+// last position of each sequence (decode: the whole cache is read once).
+// The caches hold two layers and the ops work on the second, so a wrong
+// layer stride cannot pass.
+void CompareAttention(int seqs, int heads, int kv_heads, int hd, int context, bool decode, const std::string& tag) {
   const int qkv_cols = (heads + 2 * kv_heads) * hd;
-  g::KvLayout kv{1, kv_heads, context, hd};
-  // Every position of every sequence goes through StoreKv, as prefill does.
+  const int layer = 1;
+  g::KvLayout kv{2, kv_heads, context, hd};
   const int rows = seqs * context;
   auto qkv = Normal(static_cast<size_t>(rows) * qkv_cols, 7);
   std::vector<int32_t> slot(rows), pos(rows);
   for (int r = 0; r < rows; ++r) slot[r] = r / context, pos[r] = r % context;
-  Dev<float> dqkv(qkv), dk(static_cast<size_t>(seqs) * kv_heads * context * hd),
-      dv(static_cast<size_t>(seqs) * kv_heads * context * hd), dout(static_cast<size_t>(rows) * heads * hd);
+  const size_t per_layer = static_cast<size_t>(kv_heads) * context * hd;  // one slot's layer
+  const size_t cache = static_cast<size_t>(seqs) * kv.layers * per_layer;
+  Dev<float> dqkv(qkv), dk(cache), dv(cache);
   Dev<int32_t> dslot(slot), dpos(pos);
-  g::StoreKv(dqkv.get(), qkv_cols, rows, heads, dslot.get(), dpos.get(), 0, kv, dk.get(), dv.get(), nullptr);
+  const auto stored = Synced(
+      g::StoreKv(dqkv.get(), qkv_cols, rows, heads, dslot.get(), dpos.get(), layer, kv, dk.get(), dv.get(), nullptr),
+      "store_kv");
+  // The query rows.
+  std::vector<int> qi;
+  for (int r = 0; r < rows; ++r) {
+    if (!decode || pos[r] == context - 1) qi.push_back(r);
+  }
+  const int nq = static_cast<int>(qi.size());
+  std::vector<float> q(static_cast<size_t>(nq) * qkv_cols);
+  std::vector<int32_t> qslot(nq), qpos(nq);
+  for (int i = 0; i < nq; ++i) {
+    std::copy_n(qkv.begin() + static_cast<size_t>(qi[i]) * qkv_cols, qkv_cols,
+                q.begin() + static_cast<size_t>(i) * qkv_cols);
+    qslot[i] = slot[qi[i]], qpos[i] = pos[qi[i]];
+  }
+  Dev<float> dq(q), dout(static_cast<size_t>(nq) * heads * hd);
+  Dev<int32_t> dqslot(qslot), dqpos(qpos);
   const float scale = 1.f / std::sqrt(static_cast<float>(hd));
   auto gpu = [&] {
-    g::Attention(dqkv.get(), qkv_cols, rows, heads, dslot.get(), dpos.get(), 0, kv, dk.get(), dv.get(), scale, context,
-                 dout.get(), heads * hd, nullptr);
+    return g::Attention(dq.get(), qkv_cols, nq, heads, dqslot.get(), dqpos.get(), layer, kv, dk.get(), dv.get(), scale,
+                        context, dout.get(), heads * hd, nullptr);
   };
-  gpu();
+  const auto s = Synced(stored.ok() ? gpu() : stored, "attention");
   // The CPU: caches [kv head][position][hd] per sequence from the same rows.
   std::vector<std::vector<float>> kc(seqs, std::vector<float>(static_cast<size_t>(kv_heads) * context * hd)), vc = kc;
   for (int r = 0; r < rows; ++r) {
@@ -222,83 +281,117 @@ void CompareAttention(int seqs, int heads, int kv_heads, int hd, int context) {
       }
     }
   }
-  std::vector<float> want(static_cast<size_t>(rows) * heads * hd);
+  std::vector<float> want(static_cast<size_t>(nq) * heads * hd);
   std::vector<k::AttentionSeq> aseqs;
-  for (int r = 0; r < rows; ++r) {
+  for (int i = 0; i < nq; ++i) {
     k::AttentionSeq a;
-    a.q = qkv.data() + static_cast<size_t>(r) * qkv_cols;
+    a.q = q.data() + static_cast<size_t>(i) * qkv_cols;
     a.ldq = qkv_cols;
     a.n_q = 1;
-    a.pos0 = pos[r];
-    a.k_cache = kc[slot[r]].data();
-    a.v_cache = vc[slot[r]].data();
+    a.pos0 = qpos[i];
+    a.k_cache = kc[qslot[i]].data();
+    a.v_cache = vc[qslot[i]].data();
     a.capacity = context;
-    a.out = want.data() + static_cast<size_t>(r) * heads * hd;
+    a.out = want.data() + static_cast<size_t>(i) * heads * hd;
     a.ldo = heads * hd;
     aseqs.push_back(a);
   }
-  std::vector<float> scratch(static_cast<size_t>(k::AttentionScratchFloats(1, context)));
+  const int threads = g_pool ? g_pool->size() : 1;
+  std::vector<float> scratch(static_cast<size_t>(k::AttentionScratchFloats(threads, context)));
   const k::AttentionShape shape{heads, kv_heads, hd, scale};
-  auto cpu = [&] { k::Attention(aseqs, shape, scratch.data(), nullptr); };
+  auto cpu = [&] { k::Attention(aseqs, shape, scratch.data(), g_pool); };
   cpu();
-  Report("attention", Shape({{"seqs", seqs}, {"heads", heads}, {"kv", kv_heads}, {"hd", hd}, {"ctx", context}}),
-         dout.Host(), want, 1e-6, 2e-4, gpu, cpu);
+  const std::string dims =
+      Shape({{"seqs", seqs}, {"heads", heads}, {"kv", kv_heads}, {"hd", hd}, {"ctx", context}}) + " " + tag;
+  Report(decode ? "attn_decode" : "attention", dims, s, dout.Host(), want, 1e-6, 2e-4, [&] { gpu(); }, cpu,
+         decode ? 8.0 * seqs * per_layer : 0);
+  if (decode) return;
   // The caches themselves hold exactly the rows' k and v.
-  auto gk = dk.Host();
-  std::vector<float> want_k;
-  for (auto& s : kc) want_k.insert(want_k.end(), s.begin(), s.end());
-  Report("store_kv", Shape({{"rows", rows}, {"kv", kv_heads}, {"hd", hd}}), gk, want_k, 0, 0);
+  std::vector<float> want_k, want_v;
+  for (auto& c : kc) want_k.insert(want_k.end(), c.begin(), c.end());
+  for (auto& c : vc) want_v.insert(want_v.end(), c.begin(), c.end());
+  // Layer `layer` of each slot, k then v.
+  std::vector<float> got;
+  for (const auto* d : {&dk, &dv}) {
+    const auto all = d->Host();
+    for (int sl = 0; sl < seqs; ++sl) {
+      const auto at = all.begin() + static_cast<ptrdiff_t>((static_cast<size_t>(sl) * kv.layers + layer) * per_layer);
+      got.insert(got.end(), at, at + static_cast<ptrdiff_t>(per_layer));
+    }
+  }
+  want_k.insert(want_k.end(), want_v.begin(), want_v.end());
+  Report("store_kv", Shape({{"rows", rows}, {"kv", kv_heads}, {"hd", hd}}) + " " + tag, stored, got, want_k, 0, 0);
 }
 
-void CompareSmallOps(int rows, int n, int vocab) {
+void CompareSmallOps(int rows, int d, int h, int vocab, const std::string& tag) {
   // SwiGLU over fused gate|up rows.
-  auto gu = Normal(static_cast<size_t>(rows) * 2 * n, 8);
-  std::vector<float> want(static_cast<size_t>(rows) * n);
-  k::SwiGlu(gu.data(), gu.data() + n, 2 * n, rows, n, want.data(), n);
+  auto gu = Normal(static_cast<size_t>(rows) * 2 * h, 8);
+  std::vector<float> want(static_cast<size_t>(rows) * h);
+  auto cpu_swiglu = [&] { k::SwiGlu(gu.data(), gu.data() + h, 2 * h, rows, h, want.data(), h); };
+  cpu_swiglu();
   Dev<float> dgu(gu), dout(want.size());
-  g::SwiGlu(dgu.get(), rows, n, dout.get(), nullptr);
-  Report("swiglu", Shape({{"rows", rows}, {"h", n}}), dout.Host(), want, 1e-6, 1e-5);
+  auto gpu_swiglu = [&] { g::SwiGlu(dgu.get(), rows, h, dout.get(), nullptr); };
+  auto s = Synced(g::SwiGlu(dgu.get(), rows, h, dout.get(), nullptr), "swiglu");
+  Report("swiglu", Shape({{"rows", rows}, {"h", h}}) + " " + tag, s, dout.Host(), want, 1e-6, 1e-5, gpu_swiglu,
+         cpu_swiglu, 12.0 * rows * h);
   // Residual add.
-  auto y = Normal(static_cast<size_t>(rows) * n, 9), x = Normal(y.size(), 10);
+  auto y = Normal(static_cast<size_t>(rows) * d, 9), x = Normal(y.size(), 10);
   Dev<float> dy(y), dx(x);
   std::vector<float> sum = y;
   k::Add(sum.data(), x.data(), static_cast<int64_t>(sum.size()));
-  g::Add(dy.get(), dx.get(), static_cast<int64_t>(y.size()), nullptr);
-  Report("add", Shape({{"n", static_cast<long>(y.size())}}), dy.Host(), sum, 0, 0);
-  // Embedding lookup from a bf16 table.
-  auto table = Bf16(Normal(static_cast<size_t>(vocab) * n, 11, 0.02f));
+  s = Synced(g::Add(dy.get(), dx.get(), static_cast<int64_t>(y.size()), nullptr), "add");
+  Report("add", Shape({{"n", static_cast<long>(y.size())}}) + " " + tag, s, dy.Host(), sum, 0, 0);
+  // Embedding lookup from a bf16 table, the last id included.
+  auto table = Bf16(Normal(static_cast<size_t>(vocab) * d, 11, 0.02f));
   std::vector<int32_t> ids(rows);
   for (int r = 0; r < rows; ++r) ids[r] = (r * 7919) % vocab;
+  ids[rows - 1] = vocab - 1;
   k::PackedMatrix packed;
-  packed.Reset(vocab, n);
-  packed.PackRows(0, table.data(), k::SrcType::kBf16, vocab, nullptr);
-  std::vector<float> emb(static_cast<size_t>(rows) * n);
-  k::EmbeddingLookup(packed, ids.data(), rows, emb.data(), n);
+  packed.Reset(vocab, d);
+  packed.PackRows(0, table.data(), k::SrcType::kBf16, vocab, g_pool);
+  std::vector<float> emb(static_cast<size_t>(rows) * d);
+  auto cpu_emb = [&] { k::EmbeddingLookup(packed, ids.data(), rows, emb.data(), d); };
+  cpu_emb();
   Dev<uint16_t> dtable(table);
   Dev<int32_t> dids(ids);
   Dev<float> demb(emb.size());
-  g::Embedding(dtable.get(), dids.get(), rows, n, demb.get(), nullptr);
-  Report("embedding", Shape({{"rows", rows}, {"dim", n}, {"vocab", vocab}}), demb.Host(), emb, 0, 0);
-  // Argmax per row (with a tie planted in row 0) and a row gather.
+  auto gpu_emb = [&] { g::Embedding(dtable.get(), dids.get(), rows, d, demb.get(), nullptr); };
+  s = Synced(g::Embedding(dtable.get(), dids.get(), rows, d, demb.get(), nullptr), "embedding");
+  Report("embedding", Shape({{"rows", rows}, {"dim", d}, {"vocab", vocab}}) + " " + tag, s, demb.Host(), emb, 0, 0,
+         gpu_emb, cpu_emb, 6.0 * rows * d);
+  // Argmax per row: a tie in row 0 (the lower index wins), NaNs around the
+  // maximum in row 1 (NaN never wins), row 2 all NaN (0, as on the CPU).
   auto logits = Normal(static_cast<size_t>(rows) * vocab, 12);
   logits[5] = logits[17] = 100.f;
-  std::vector<float> want_idx(rows);
-  for (int r = 0; r < rows; ++r) {
-    want_idx[r] = static_cast<float>(k::Argmax(logits.data() + static_cast<size_t>(r) * vocab, vocab));
+  if (rows > 2) {
+    float* r1 = logits.data() + vocab;
+    r1[0] = r1[9] = NAN;
+    r1[vocab / 2] = 50.f;
+    std::fill_n(logits.data() + 2 * static_cast<size_t>(vocab), vocab, NAN);
   }
+  std::vector<float> want_idx(rows);
+  auto cpu_argmax = [&] {
+    for (int r = 0; r < rows; ++r) {
+      want_idx[r] = static_cast<float>(k::Argmax(logits.data() + static_cast<size_t>(r) * vocab, vocab));
+    }
+  };
+  cpu_argmax();
   Dev<float> dl(logits);
   Dev<int32_t> didx(rows);
-  g::Argmax(dl.get(), rows, vocab, didx.get(), nullptr);
+  auto gpu_argmax = [&] { g::Argmax(dl.get(), rows, vocab, didx.get(), nullptr); };
+  s = Synced(g::Argmax(dl.get(), rows, vocab, didx.get(), nullptr), "argmax");
   auto got_idx = didx.Host();
-  Report("argmax", Shape({{"rows", rows}, {"n", vocab}}), std::vector<float>(got_idx.begin(), got_idx.end()), want_idx,
-         0, 0);
+  Report("argmax", Shape({{"rows", rows}, {"n", vocab}}) + " " + tag, s,
+         std::vector<float>(got_idx.begin(), got_idx.end()), want_idx, 0, 0, gpu_argmax, cpu_argmax,
+         4.0 * rows * vocab);
+  // The rows the sampler keeps (the last, then the first).
   std::vector<int32_t> pick = {rows - 1, 0};
   Dev<int32_t> dpick(pick);
   Dev<float> dg(2 * static_cast<size_t>(vocab));
-  g::GatherRows(dl.get(), vocab, dpick.get(), 2, dg.get(), nullptr);
+  s = Synced(g::GatherRows(dl.get(), vocab, dpick.get(), 2, dg.get(), nullptr), "gather_rows");
   std::vector<float> want_g(logits.end() - vocab, logits.end());
   want_g.insert(want_g.end(), logits.begin(), logits.begin() + vocab);
-  Report("gather_rows", Shape({{"n", 2}, {"cols", vocab}}), dg.Host(), want_g, 0, 0);
+  Report("gather_rows", Shape({{"n", 2}, {"cols", vocab}}) + " " + tag, s, dg.Host(), want_g, 0, 0);
 }
 
 }  // namespace
@@ -311,18 +404,37 @@ int main(int argc, char** argv) {
     } else if (a == "--op" && i + 1 < argc) {
       g_only = argv[++i];
     } else {
-      std::fprintf(stderr, "usage: kernels_gpu_compare [--perf] [--op NAME]\n");
+      std::fprintf(stderr,
+                   "usage: kernels_gpu_compare [--perf] [--op matmul|rmsnorm|rope|attention|small]\n");
       return 2;
     }
   }
   if (g::DeviceCount() == 0) {
     std::printf("kernels_gpu_compare: no CUDA device (N/A here); nothing compared\n");
+    // A driver older than this runtime also reads as "no device": say which
+    // (cudaDriverGetVersion gives 0 when no driver is installed at all).
+    int n = 0, driver = 0, runtime = 0;
+    const cudaError_t e = cudaGetDeviceCount(&n);
+    cudaDriverGetVersion(&driver);
+    cudaRuntimeGetVersion(&runtime);
+    if (e != cudaSuccess && e != cudaErrorNoDevice) {
+      std::printf("kernels_gpu_compare: cudaGetDeviceCount: %s; %s\n", cudaGetErrorName(e),
+                  driver == 0 ? "no CUDA driver on this host"
+                              : ("driver " + std::to_string(driver) + " is older than runtime " +
+                                 std::to_string(runtime)).c_str());
+    }
     return 77;
   }
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, 0);
-  std::printf("kernels_gpu_compare on %s (sm %d.%d), CPU path %s\n", prop.name, prop.major, prop.minor,
-              k::IsaName(k::ActiveIsa()));
+  int driver = 0, runtime = 0;
+  cudaDriverGetVersion(&driver);
+  cudaRuntimeGetVersion(&runtime);
+  // The CPU twins run on every core, as the CPU model does.
+  k::ThreadPool pool(0);
+  g_pool = &pool;
+  std::printf("kernels_gpu_compare on %s (sm %d.%d, driver %d, runtime %d), CPU path %s on %d threads\n", prop.name,
+              prop.major, prop.minor, driver, runtime, k::IsaName(k::ActiveIsa()), pool.size());
   for (const char* preset : {"tiny", "small", "1b"}) {
     auto c = hotboot::PresetConfig(preset);
     if (!c.ok()) continue;
@@ -330,20 +442,26 @@ int main(int argc, char** argv) {
     const int qkv = (c->n_heads + 2 * c->n_kv_heads) * hd;
     const std::string tag = std::string("(") + preset + ")";
     if (Want("matmul")) {
-      for (int m : {1, 4, 8, 33}) {
-        CompareMatmul(m, qkv, d, (tag + " qkv").c_str());
-        CompareMatmul(m, 2 * h, d, (tag + " gate_up").c_str());
-        CompareMatmul(m, d, h, (tag + " down").c_str());
+      // 1..8 rows: the GEMV path; 9 and up: the tiled GEMM.
+      for (int m : {1, 4, 8, 9, 33}) {
+        CompareMatmul(m, qkv, d, tag + " qkv");
+        CompareMatmul(m, 2 * h, d, tag + " gate_up");
+        CompareMatmul(m, d, h, tag + " down");
       }
-      CompareMatmul(1, c->vocab_size, d, (tag + " lm_head").c_str());
-      CompareMatmul(200, d, d, (tag + " prefill").c_str());
+      CompareMatmul(1, c->vocab_size, d, tag + " lm_head");
+      CompareMatmul(200, d, d, tag + " prefill");
     }
-    if (Want("rmsnorm")) CompareRmsNorm(8, d), CompareRmsNorm(65, d);
-    if (Want("rope")) CompareRope(9, c->n_heads, hd, c->max_seq_len);
-    if (Want("attention")) CompareAttention(2, c->n_heads, c->n_kv_heads, hd, std::min(c->max_seq_len, 300));
-    if (Want("small")) CompareSmallOps(8, h, c->vocab_size);
+    if (Want("rmsnorm")) CompareRmsNorm(1, d, c->norm_eps), CompareRmsNorm(65, d, c->norm_eps);
+    if (Want("rope")) CompareRope(9, c->n_heads, hd, c->max_seq_len, c->rope_theta);
+    if (Want("attention")) {
+      CompareAttention(2, c->n_heads, c->n_kv_heads, hd, std::min(c->max_seq_len, 300), false, tag);
+      CompareAttention(4, c->n_heads, c->n_kv_heads, hd, c->max_seq_len, true, tag);
+    }
+    if (Want("small")) CompareSmallOps(8, d, h, c->vocab_size, tag);
   }
-  if (Want("matmul")) CompareMatmul(3, 100, 37, "(odd k: scalar path)");
+  if (Want("matmul")) CompareMatmul(3, 100, 37, "(odd k: GEMM path)");
+  // Past the 48 KiB of shared memory a block gets by default (16384 scores).
+  if (Want("attention")) CompareAttention(1, 6, 2, 64, 16384, true, "(long context)");
   std::printf("kernels_gpu_compare: %d passed, %d failed\n", g_passed, g_failed);
   return g_failed ? 1 : 0;
 }

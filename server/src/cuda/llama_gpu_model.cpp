@@ -1,0 +1,427 @@
+// The reference model on a CUDA GPU: the same decoder as llama_model.cpp
+// (embedding, RMSNorm, RoPE attention over a KV cache, SwiGLU, greedy
+// decoding) on the ops of kernels_gpu.h, with what a GPU server builds at
+// boot and loses on a cold start: a CUDA context, weights uploaded from a
+// content-addressed file, KV caches and activations in device memory, and a
+// CUDA graph of one decode step per batch size.
+//
+// Cooperative capture: ReleaseDevice gives back the weights' device memory
+// (DeviceWeights keeps their addresses reserved) and the scratch buffers;
+// RestoreDevice maps memory at the same addresses, streams the weights back
+// from the file (which the snapshot carries as a section) and re-captures
+// the graphs. What is left in the process (context, tables) is small, and
+// the driver's checkpoint moves it.
+#include <cuda_runtime.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <map>
+
+#include "../bpe_tokenizer.h"
+#include "../gpu_model.h"
+#include "../gpu_weights.h"
+#include "hotboot/gpu_memory.h"
+#include "hotboot/kernels.h"
+#include "hotboot/kernels_gpu.h"
+#include "hotboot/presets.h"
+
+namespace hotboot {
+namespace {
+
+namespace kg = kernels::gpu;
+using Clock = std::chrono::steady_clock;
+
+double MsSince(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
+
+Status Cuda(cudaError_t e, const char* what) {
+  if (e == cudaSuccess) return Status();
+  return Internal(std::string(what) + ": " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")");
+}
+
+// Activation rows per step: prefill blocks of up to 256 rows, decode up to 8.
+constexpr int kMaxRows = 256;
+constexpr int kMaxSlots = 8;
+
+class GpuLlamaModel final : public Model {
+ public:
+  ~GpuLlamaModel() override {
+    FreeScratch();
+    cudaFree(rope_cos_), cudaFree(rope_sin_);
+    if (stream_) cudaStreamDestroy(stream_);
+    if (map_) ::munmap(map_, map_bytes_);
+  }
+
+  static Result<std::unique_ptr<Model>> Load(const std::string& path, const LoadOptions& opts, LoadTimings* timings);
+
+  const ModelConfig& config() const override { return cfg_; }
+  const Tokenizer& tokenizer() const override { return *tok_; }
+  Result<std::vector<GenerateResult>> Generate(const std::vector<GenerateRequest>& batch) override;
+  Status Tune(std::span<const int> batch_sizes) override;
+  std::string PlanDescription() const override;
+  std::string Digest() const override;
+  void ReleaseScratch() override { FreeScratch(); }
+  Status ReleaseDevice() override;
+  Result<double> RestoreDevice() override;
+  std::string device() const override { return device_name_; }
+  std::map<std::string, double> device_phases_ms() const override { return phases_; }
+  std::vector<std::string> weight_files() const override { return {file_.path}; }
+  uint64_t parameter_count() const override { return ParameterCount(cfg_); }
+  uint64_t weight_bytes() const override { return weights_.bytes(); }
+
+ private:
+  const uint16_t* Mat(size_t i) const { return reinterpret_cast<const uint16_t*>(weights_.ptr(i)); }
+  const float* Vec(size_t i) const { return reinterpret_cast<const float*>(weights_.ptr(i)); }
+  size_t Index(const std::string& name) const { return index_.at(name); }
+  Status EnsureScratch();
+  void FreeScratch();
+  // Enqueues one step over `rows` rows (tokens_, pos_, slot_ on the device)
+  // whose logits rows are the `nseg` rows listed in rowidx_; leaves the
+  // greedy next tokens in next_.
+  Status Enqueue(int rows, int nseg);
+  // Uploads the step's inputs, runs it (as a graph when one was captured
+  // for this decode batch size) and returns the next tokens.
+  Result<std::vector<int32_t>> Run(const std::vector<int32_t>& tokens, const std::vector<int32_t>& pos,
+                                   const std::vector<int32_t>& slot, const std::vector<int32_t>& rowidx, bool decode);
+  Status CaptureGraphs();
+
+  ModelConfig cfg_;
+  std::unique_ptr<BpeTokenizer> tok_;
+  GpuWeightsFile file_;
+  void* map_ = nullptr;  // the weights file, mapped read-only (the snapshot carries mapped, registered files)
+  size_t map_bytes_ = 0;
+  std::unique_ptr<gpu::Device> dev_;
+  gpu::DeviceWeights weights_;
+  std::map<std::string, size_t> index_;
+  std::string device_name_;
+  std::map<std::string, double> phases_;
+  std::vector<int> graph_sizes_;
+  int hd_ = 0, qkv_cols_ = 0;
+  cudaStream_t stream_ = nullptr;
+  float *rope_cos_ = nullptr, *rope_sin_ = nullptr;
+  // Scratch: gone before a capture, back on demand.
+  bool scratch_ = false;
+  float *x_ = nullptr, *xn_ = nullptr, *qkv_ = nullptr, *att_ = nullptr, *gu_ = nullptr, *hid_ = nullptr;
+  float *last_ = nullptr, *logits_ = nullptr, *k_cache_ = nullptr, *v_cache_ = nullptr;
+  int32_t *tokens_ = nullptr, *pos_ = nullptr, *slot_ = nullptr, *rowidx_ = nullptr, *next_ = nullptr;
+  std::map<int, cudaGraphExec_t> graphs_;
+};
+
+Result<std::unique_ptr<Model>> GpuLlamaModel::Load(const std::string& path, const LoadOptions& opts,
+                                                    LoadTimings* timings) {
+  if (kg::DeviceCount() == 0) return NotFound(
+        "no CUDA GPU is usable here (no driver or no device); serve with --device auto or --device cpu");
+  auto m = std::make_unique<GpuLlamaModel>();
+  const auto t_init = Clock::now();
+  HB_ASSIGN_OR_RETURN(m->dev_, gpu::OpenCudaDevice(0, 4));
+  m->device_name_ = m->dev_->Name();
+  HB_RETURN_IF_ERROR(Cuda(cudaSetDevice(0), "cudaSetDevice"));
+  HB_RETURN_IF_ERROR(Cuda(cudaStreamCreateWithFlags(&m->stream_, cudaStreamNonBlocking), "cudaStreamCreate"));
+  m->phases_["cuda_init"] = MsSince(t_init);
+
+  LoadTimings lt;
+  HB_ASSIGN_OR_RETURN(SafetensorsFile f, SafetensorsFile::Open(path));
+  auto it = f.metadata().find(kConfigKey);
+  if (it == f.metadata().end()) return Corrupt(path + ": no '" + std::string(kConfigKey) + "' in __metadata__");
+  HB_ASSIGN_OR_RETURN(m->cfg_, ConfigFromJson(it->second));
+  const ModelConfig& c = m->cfg_;
+  m->hd_ = c.dim / c.n_heads;
+  m->qkv_cols_ = (c.n_heads + 2 * c.n_kv_heads) * m->hd_;
+  HB_ASSIGN_OR_RETURN(m->tok_, LoadTokenizer(f, c.vocab_size));
+
+  std::string dir = opts.weights_dir;
+  if (dir.empty() || dir == "none") {
+    const char* env = std::getenv("HOTBOOT_WEIGHTS_DIR");
+    dir = env && *env ? env : "/dev/shm/hotboot-weights";
+  }
+  HB_ASSIGN_OR_RETURN(m->file_, WriteGpuWeightsFile(f, c, dir));
+  lt.read_ms = m->file_.read_ms;
+  lt.convert_ms = m->file_.convert_ms;
+  {
+    const int fd = ::open(m->file_.path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return ErrnoError("open " + m->file_.path, errno);
+    m->map_bytes_ = m->file_.layout.file_bytes;
+    void* p = ::mmap(nullptr, m->map_bytes_, PROT_READ, MAP_SHARED, fd, 0);
+    ::close(fd);
+    if (p == MAP_FAILED) return ErrnoError("map " + m->file_.path, errno);
+    m->map_ = p;
+  }
+
+  // Upload: one reserved range, one region per tensor.
+  const auto t_up = Clock::now();
+  std::vector<uint64_t> offsets, sizes;
+  for (size_t i = 0; i < m->file_.layout.tensors.size(); ++i) {
+    const GpuTensor& t = m->file_.layout.tensors[i];
+    m->index_[t.name] = i;
+    offsets.push_back(t.offset);
+    sizes.push_back(t.bytes);
+  }
+  HB_ASSIGN_OR_RETURN(m->weights_, gpu::DeviceWeights::Load(*m->dev_, m->file_.path, offsets, sizes));
+  m->phases_["weight_upload"] = MsSince(t_up);
+
+  // Rotary tables: built on the CPU exactly as the CPU model does.
+  kernels::RopeTable rope;
+  if (!kernels::BuildRopeTable(c.max_seq_len, m->hd_, c.rope_theta, &rope)) return Internal("rope table");
+  const size_t rope_bytes = rope.cos.size() * sizeof(float);
+  HB_RETURN_IF_ERROR(Cuda(cudaMalloc(&m->rope_cos_, rope_bytes), "cudaMalloc rope"));
+  HB_RETURN_IF_ERROR(Cuda(cudaMalloc(&m->rope_sin_, rope_bytes), "cudaMalloc rope"));
+  cudaMemcpy(m->rope_cos_, rope.cos.data(), rope_bytes, cudaMemcpyHostToDevice);
+  HB_RETURN_IF_ERROR(Cuda(cudaMemcpy(m->rope_sin_, rope.sin.data(), rope_bytes, cudaMemcpyHostToDevice), "rope copy"));
+  if (timings) *timings = lt;
+  return std::unique_ptr<Model>(std::move(m));
+}
+
+Status GpuLlamaModel::EnsureScratch() {
+  if (scratch_) return Status();
+  const ModelConfig& c = cfg_;
+  const size_t r = kMaxRows + kMaxSlots;
+  const size_t kv = static_cast<size_t>(kMaxSlots) * c.n_layers * c.n_kv_heads * c.max_seq_len * hd_;
+  auto alloc = [](auto** p, size_t n) {
+    return Cuda(cudaMalloc(reinterpret_cast<void**>(p), n * sizeof(**p)), "cudaMalloc scratch");
+  };
+  Status s = alloc(&x_, r * c.dim);
+  if (s.ok()) s = alloc(&xn_, r * c.dim);
+  if (s.ok()) s = alloc(&qkv_, r * qkv_cols_);
+  if (s.ok()) s = alloc(&att_, r * c.dim);
+  if (s.ok()) s = alloc(&gu_, r * 2 * c.hidden_dim);
+  if (s.ok()) s = alloc(&hid_, r * c.hidden_dim);
+  if (s.ok()) s = alloc(&last_, static_cast<size_t>(kMaxSlots) * c.dim);
+  if (s.ok()) s = alloc(&logits_, static_cast<size_t>(kMaxSlots) * c.vocab_size);
+  if (s.ok()) s = alloc(&k_cache_, kv);
+  if (s.ok()) s = alloc(&v_cache_, kv);
+  for (int32_t** p : {&tokens_, &pos_, &slot_, &rowidx_, &next_}) {
+    if (s.ok()) s = alloc(p, r);
+  }
+  scratch_ = true;  // so that FreeScratch frees what was allocated
+  if (!s.ok()) FreeScratch();
+  return s;
+}
+
+void GpuLlamaModel::FreeScratch() {
+  for (auto& [b, g] : graphs_) cudaGraphExecDestroy(g);
+  graphs_.clear();
+  if (!scratch_) return;
+  if (stream_) cudaStreamSynchronize(stream_);
+  for (float** p : {&x_, &xn_, &qkv_, &att_, &gu_, &hid_, &last_, &logits_, &k_cache_, &v_cache_}) {
+    cudaFree(*p);
+    *p = nullptr;
+  }
+  for (int32_t** p : {&tokens_, &pos_, &slot_, &rowidx_, &next_}) {
+    cudaFree(*p);
+    *p = nullptr;
+  }
+  scratch_ = false;
+}
+
+Status GpuLlamaModel::Enqueue(int rows, int nseg) {
+  const ModelConfig& c = cfg_;
+  void* s = stream_;
+  const int d = c.dim, h = c.hidden_dim;
+  const kg::KvLayout kv{c.n_layers, c.n_kv_heads, c.max_seq_len, hd_};
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd_));
+  HB_RETURN_IF_ERROR(kg::Embedding(Mat(Index("embed")), tokens_, rows, d, x_, s));
+  for (int l = 0; l < c.n_layers; ++l) {
+    const std::string p = "layers." + std::to_string(l) + ".";
+    HB_RETURN_IF_ERROR(kg::RmsNorm(x_, Vec(Index(p + "attn_norm")), rows, d, c.norm_eps, xn_, s));
+    HB_RETURN_IF_ERROR(kg::Matmul(xn_, rows, d, Mat(Index(p + "qkv")), qkv_cols_, qkv_, s));
+    HB_RETURN_IF_ERROR(kg::Rope(qkv_, qkv_cols_, rows, c.n_heads, hd_, pos_, rope_cos_, rope_sin_, s));
+    HB_RETURN_IF_ERROR(
+        kg::Rope(qkv_ + c.n_heads * hd_, qkv_cols_, rows, c.n_kv_heads, hd_, pos_, rope_cos_, rope_sin_, s));
+    HB_RETURN_IF_ERROR(kg::StoreKv(qkv_, qkv_cols_, rows, c.n_heads, slot_, pos_, l, kv, k_cache_, v_cache_, s));
+    HB_RETURN_IF_ERROR(kg::Attention(qkv_, qkv_cols_, rows, c.n_heads, slot_, pos_, l, kv, k_cache_, v_cache_, scale,
+                                     c.max_seq_len, att_, d, s));
+    HB_RETURN_IF_ERROR(kg::Matmul(att_, rows, c.n_heads * hd_, Mat(Index(p + "o")), d, xn_, s));
+    HB_RETURN_IF_ERROR(kg::Add(x_, xn_, static_cast<int64_t>(rows) * d, s));
+    HB_RETURN_IF_ERROR(kg::RmsNorm(x_, Vec(Index(p + "mlp_norm")), rows, d, c.norm_eps, xn_, s));
+    HB_RETURN_IF_ERROR(kg::Matmul(xn_, rows, d, Mat(Index(p + "gate_up")), 2 * h, gu_, s));
+    HB_RETURN_IF_ERROR(kg::SwiGlu(gu_, rows, h, hid_, s));
+    HB_RETURN_IF_ERROR(kg::Matmul(hid_, rows, h, Mat(Index(p + "down")), d, xn_, s));
+    HB_RETURN_IF_ERROR(kg::Add(x_, xn_, static_cast<int64_t>(rows) * d, s));
+  }
+  // Logits for each segment's last row only.
+  HB_RETURN_IF_ERROR(kg::GatherRows(x_, d, rowidx_, nseg, last_, s));
+  HB_RETURN_IF_ERROR(kg::RmsNorm(last_, Vec(Index("final_norm")), nseg, d, c.norm_eps, last_, s));
+  const size_t head = index_.count("lm_head") ? Index("lm_head") : Index("embed");
+  HB_RETURN_IF_ERROR(kg::Matmul(last_, nseg, d, Mat(head), c.vocab_size, logits_, s));
+  return kg::Argmax(logits_, nseg, c.vocab_size, next_, s);
+}
+
+Result<std::vector<int32_t>> GpuLlamaModel::Run(const std::vector<int32_t>& tokens, const std::vector<int32_t>& pos,
+                                                const std::vector<int32_t>& slot, const std::vector<int32_t>& rowidx,
+                                                bool decode) {
+  HB_RETURN_IF_ERROR(EnsureScratch());
+  const int rows = static_cast<int>(tokens.size()), nseg = static_cast<int>(rowidx.size());
+  const size_t rb = tokens.size() * sizeof(int32_t);
+  HB_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(tokens_, tokens.data(), rb, cudaMemcpyHostToDevice, stream_), "upload"));
+  cudaMemcpyAsync(pos_, pos.data(), rb, cudaMemcpyHostToDevice, stream_);
+  cudaMemcpyAsync(slot_, slot.data(), rb, cudaMemcpyHostToDevice, stream_);
+  cudaMemcpyAsync(rowidx_, rowidx.data(), rowidx.size() * sizeof(int32_t), cudaMemcpyHostToDevice, stream_);
+  auto g = decode ? graphs_.find(rows) : graphs_.end();
+  if (g != graphs_.end()) {
+    HB_RETURN_IF_ERROR(Cuda(cudaGraphLaunch(g->second, stream_), "cudaGraphLaunch"));
+  } else {
+    HB_RETURN_IF_ERROR(Enqueue(rows, nseg));
+  }
+  std::vector<int32_t> next(static_cast<size_t>(nseg));
+  cudaMemcpyAsync(next.data(), next_, next.size() * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_);
+  HB_RETURN_IF_ERROR(Cuda(cudaStreamSynchronize(stream_), "decode step"));
+  return next;
+}
+
+Result<std::vector<GenerateResult>> GpuLlamaModel::Generate(const std::vector<GenerateRequest>& batch) {
+  const ModelConfig& c = cfg_;
+  if (batch.empty()) return std::vector<GenerateResult>{};
+  if (batch.size() > kMaxSlots) return InvalidArgument("at most 8 sequences per batch");
+  for (const auto& r : batch) {
+    if (r.prompt.empty()) return InvalidArgument("empty prompt");
+    if (r.max_tokens < 1) return InvalidArgument("max_tokens must be at least 1");
+    if (static_cast<int64_t>(r.prompt.size()) + r.max_tokens > c.max_seq_len) {
+      return InvalidArgument("prompt of " + std::to_string(r.prompt.size()) + " tokens plus " +
+                             std::to_string(r.max_tokens) + " new ones exceeds max_seq_len " +
+                             std::to_string(c.max_seq_len));
+    }
+    for (int32_t t : r.prompt) {
+      if (t < 0 || t >= c.vocab_size) return InvalidArgument("token id " + std::to_string(t) + " out of range");
+    }
+  }
+  std::vector<GenerateResult> out(batch.size());
+  std::vector<int32_t> next(batch.size());
+  const auto t_prefill = Clock::now();
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const auto& p = batch[i].prompt;
+    for (size_t off = 0; off < p.size(); off += kMaxRows) {
+      const int n = static_cast<int>(std::min<size_t>(kMaxRows, p.size() - off));
+      std::vector<int32_t> toks(p.begin() + off, p.begin() + off + n), pos(n), slot(n, static_cast<int32_t>(i));
+      for (int j = 0; j < n; ++j) pos[j] = static_cast<int32_t>(off) + j;
+      HB_ASSIGN_OR_RETURN(auto nx, Run(toks, pos, slot, {n - 1}, false));
+      next[i] = nx[0];
+    }
+  }
+  const double prefill_ms = MsSince(t_prefill);
+  const auto t_decode = Clock::now();
+  std::vector<int32_t> pos(batch.size());
+  std::vector<bool> done(batch.size(), false);
+  for (size_t i = 0; i < batch.size(); ++i) pos[i] = static_cast<int32_t>(batch[i].prompt.size());
+  for (;;) {
+    std::vector<int32_t> toks, ps, slots, rowidx;
+    std::vector<size_t> who;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      if (done[i]) continue;
+      out[i].tokens.push_back(next[i]);
+      if (next[i] == tok_->eos() || static_cast<int>(out[i].tokens.size()) >= batch[i].max_tokens) {
+        done[i] = true;
+        continue;
+      }
+      rowidx.push_back(static_cast<int32_t>(toks.size()));
+      toks.push_back(next[i]);
+      ps.push_back(pos[i]);
+      slots.push_back(static_cast<int32_t>(i));
+      who.push_back(i);
+    }
+    if (toks.empty()) break;
+    HB_ASSIGN_OR_RETURN(auto nx, Run(toks, ps, slots, rowidx, true));
+    for (size_t s = 0; s < who.size(); ++s) {
+      next[who[s]] = nx[s];
+      ++pos[who[s]];
+    }
+  }
+  const double decode_ms = MsSince(t_decode);
+  for (auto& r : out) {
+    r.prefill_ms = prefill_ms;
+    r.decode_ms = decode_ms;
+  }
+  return out;
+}
+
+Status GpuLlamaModel::CaptureGraphs() {
+  HB_RETURN_IF_ERROR(EnsureScratch());
+  for (auto& [b, g] : graphs_) cudaGraphExecDestroy(g);
+  graphs_.clear();
+  for (int b : graph_sizes_) {
+    if (b < 1 || b > kMaxSlots) continue;
+    // A decode step of b rows, one per sequence: rowidx = 0..b-1 is data
+    // the step reads, uploaded before each launch like the tokens.
+    HB_RETURN_IF_ERROR(Cuda(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "begin capture"));
+    Status s = Enqueue(b, b);
+    cudaGraph_t graph = nullptr;
+    const cudaError_t e = cudaStreamEndCapture(stream_, &graph);
+    if (!s.ok()) {
+      if (graph) cudaGraphDestroy(graph);
+      return s.Prefixed("capturing the decode graph for batch " + std::to_string(b));
+    }
+    HB_RETURN_IF_ERROR(Cuda(e, "end capture"));
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t ie = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    HB_RETURN_IF_ERROR(Cuda(ie, "cudaGraphInstantiate"));
+    graphs_[b] = exec;
+  }
+  return Status();
+}
+
+Status GpuLlamaModel::Tune(std::span<const int> batch_sizes) {
+  const auto t = Clock::now();
+  graph_sizes_.assign(batch_sizes.begin(), batch_sizes.end());
+  HB_RETURN_IF_ERROR(CaptureGraphs());
+  phases_["graph_capture"] = MsSince(t);
+  return Status();
+}
+
+std::string GpuLlamaModel::PlanDescription() const {
+  std::string s = "cuda " + device_name_ + ": gemv (<= 8 rows) / tiled gemm; decode graphs for batch";
+  for (int b : graph_sizes_) s += " " + std::to_string(b);
+  return s;
+}
+
+// The digest hashes the weights as they are in device memory (read back),
+// so a restore that streamed wrong bytes, or to the wrong place, shows.
+std::string GpuLlamaModel::Digest() const {
+  XXH3_state_t* st = XXH3_createState();
+  XXH3_128bits_reset(st);
+  const std::string conf = ConfigToJson(cfg_) + PlanDescription();
+  XXH3_128bits_update(st, conf.data(), conf.size());
+  std::vector<char> buf(size_t{8} << 20);
+  bool ok = weights_.resident();
+  for (size_t i = 0; ok && i < file_.layout.tensors.size(); ++i) {
+    const uint64_t n = file_.layout.tensors[i].bytes;
+    for (uint64_t off = 0; ok && off < n; off += buf.size()) {
+      const size_t len = static_cast<size_t>(std::min<uint64_t>(buf.size(), n - off));
+      ok = dev_->CopyToHost(buf.data(), weights_.ptr(i) + off, len).ok();
+      XXH3_128bits_update(st, buf.data(), len);
+    }
+  }
+  const XXH128_hash_t h = XXH3_128bits_digest(st);
+  XXH3_freeState(st);
+  if (!ok) return "device-weights-unreadable";
+  char hex[33];
+  std::snprintf(hex, sizeof hex, "%016llx%016llx", static_cast<unsigned long long>(h.high64),
+                static_cast<unsigned long long>(h.low64));
+  return hex;
+}
+
+Status GpuLlamaModel::ReleaseDevice() {
+  FreeScratch();
+  HB_RETURN_IF_ERROR(Cuda(cudaDeviceSynchronize(), "synchronize before release"));
+  return weights_.Release();
+}
+
+Result<double> GpuLlamaModel::RestoreDevice() {
+  if (weights_.resident()) return 0.0;  // nothing was released
+  const auto t = Clock::now();
+  HB_ASSIGN_OR_RETURN(gpu::UploadStats up, weights_.Restore(file_.path));
+  phases_["restore_upload_GBps"] = up.GBps();
+  HB_RETURN_IF_ERROR(CaptureGraphs());
+  return MsSince(t);
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Model>> LoadGpuModel(const std::string& path, const LoadOptions& opts, LoadTimings* timings) {
+  return GpuLlamaModel::Load(path, opts, timings);
+}
+
+}  // namespace hotboot
