@@ -1,6 +1,11 @@
 // kernels_gpu_compare: every CUDA op against its CPU twin (kernels.h) on
 // several shapes, including the reference model presets' (tiny, small, 1b),
-// within a stated tolerance; `--perf` adds GPU and CPU time per call.
+// within a stated tolerance; `--perf` adds GPU and CPU time per call. The
+// matmul and rmsnorm kernels compiled at load time for each preset's widths
+// (kernels_jit.h, NVRTC) are compared too, as "matmul (specialised)".
+// `decode`: the whole model, greedy, on the GPU and on the CPU, for the test
+// models (tiny and small presets, written to a temporary directory): the
+// tokens must be the same.
 //
 //   kernels_gpu_compare [--perf] [--op NAME]
 //
@@ -20,6 +25,7 @@
 // (median of 5, on a pool of every online core), their ratio, and the GPU's
 // GB/s over the bytes the op must move at least (memory-bound ops).
 #include <cuda_runtime.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -33,6 +39,8 @@
 
 #include "hotboot/kernels.h"
 #include "hotboot/kernels_gpu.h"
+#include "hotboot/kernels_jit.h"
+#include "hotboot/model.h"
 #include "hotboot/presets.h"
 
 namespace k = hotboot::kernels;
@@ -128,8 +136,7 @@ double CpuMs(const std::function<void()>& fn) {
 // is a FAIL with its message, not a mismatch to puzzle over.
 void Report(const std::string& op, const std::string& shape, const hotboot::Status& launched,
             const std::vector<float>& got, const std::vector<float>& want, double atol, double rtol,
-            const std::function<void()>& gpu = nullptr, const std::function<void()>& cpu = nullptr,
-            double bytes = 0) {
+            const std::function<void()>& gpu = nullptr, const std::function<void()>& cpu = nullptr, double bytes = 0) {
   double max_ref = 0, max_err = 0;
   bool specials_match = got.size() == want.size();
   for (size_t i = 0; specials_match && i < got.size(); ++i) {
@@ -148,7 +155,7 @@ void Report(const std::string& op, const std::string& shape, const hotboot::Stat
   const double max_rel = max_ref > 0 ? max_err / max_ref : max_err;
   const bool ok = launched.ok() && specials_match && max_err <= bound;
   (ok ? g_passed : g_failed)++;
-  std::printf("%-11s %-48s abs %.2e  rel %.2e  tol %.0e+%.0e*max|ref| = %.2e  %s", op.c_str(), shape.c_str(), max_err,
+  std::printf("%-21s %-48s abs %.2e  rel %.2e  tol %.0e+%.0e*max|ref| = %.2e  %s", op.c_str(), shape.c_str(), max_err,
               max_rel, atol, rtol, bound, ok ? "PASS" : "FAIL");
   if (!launched.ok()) std::printf("  (%s)", launched.message().c_str());
   if (g_perf && gpu && cpu) {
@@ -175,7 +182,7 @@ hotboot::Status Synced(hotboot::Status launched, const char* op) {
   return hotboot::Internal(std::string(op) + ": " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")");
 }
 
-void CompareMatmul(int m, int n, int kk, const std::string& what) {
+void CompareMatmul(int m, int n, int kk, const std::string& what, const g::JitKernels* jit = nullptr) {
   auto x = Normal(static_cast<size_t>(m) * kk, 1);
   auto wf = Normal(static_cast<size_t>(n) * kk, 2, 0.02f);
   auto w = Bf16(wf);
@@ -187,24 +194,32 @@ void CompareMatmul(int m, int n, int kk, const std::string& what) {
   cpu();
   Dev<float> dx(x), dy(static_cast<size_t>(m) * n);
   Dev<uint16_t> dw(w);
-  auto gpu = [&] { g::Matmul(dx.get(), m, kk, dw.get(), n, dy.get(), nullptr); };
-  const auto s = Synced(g::Matmul(dx.get(), m, kk, dw.get(), n, dy.get(), nullptr), "matmul");
+  auto run = [&] {
+    return jit ? jit->Matmul(dx.get(), m, kk, dw.get(), n, dy.get(), nullptr)
+               : g::Matmul(dx.get(), m, kk, dw.get(), n, dy.get(), nullptr);
+  };
+  auto gpu = [&] { run(); };
+  const char* op = jit ? "matmul (specialised)" : "matmul";
+  const auto s = Synced(run(), op);
   // W once, x and y once: all a batch-1 GEMV can hope to move.
   const double bytes = 2.0 * n * kk + 4.0 * m * kk + 4.0 * m * n;
-  Report("matmul", Shape({{"m", m}, {"n", n}, {"k", kk}}) + " " + what, s, dy.Host(), want, 1e-6, 2e-4, gpu, cpu,
-         bytes);
+  Report(op, Shape({{"m", m}, {"n", n}, {"k", kk}}) + " " + what, s, dy.Host(), want, 1e-6, 2e-4, gpu, cpu, bytes);
 }
 
-void CompareRmsNorm(int rows, int n, float eps) {
+void CompareRmsNorm(int rows, int n, float eps, const g::JitKernels* jit = nullptr) {
   auto x = Normal(static_cast<size_t>(rows) * n, 3), w = Normal(n, 4);
   std::vector<float> want(x.size());
   auto cpu = [&] { k::RmsNorm(x.data(), n, w.data(), rows, n, eps, want.data(), n); };
   cpu();
   Dev<float> dx(x), dw(w), dy(x.size());
-  auto gpu = [&] { g::RmsNorm(dx.get(), dw.get(), rows, n, eps, dy.get(), nullptr); };
-  const auto s = Synced(g::RmsNorm(dx.get(), dw.get(), rows, n, eps, dy.get(), nullptr), "rmsnorm");
-  Report("rmsnorm", Shape({{"rows", rows}, {"n", n}}), s, dy.Host(), want, 1e-6, 1e-5, gpu, cpu,
-         4.0 * (2.0 * rows * n + n));
+  auto run = [&] {
+    return jit ? jit->RmsNorm(dx.get(), dw.get(), rows, n, eps, dy.get(), nullptr)
+               : g::RmsNorm(dx.get(), dw.get(), rows, n, eps, dy.get(), nullptr);
+  };
+  auto gpu = [&] { run(); };
+  const char* op = jit ? "rmsnorm (specialised)" : "rmsnorm";
+  const auto s = Synced(run(), op);
+  Report(op, Shape({{"rows", rows}, {"n", n}}), s, dy.Host(), want, 1e-6, 1e-5, gpu, cpu, 4.0 * (2.0 * rows * n + n));
 }
 
 void CompareRope(int rows, int heads, int hd, int max_pos, float theta) {
@@ -303,8 +318,9 @@ void CompareAttention(int seqs, int heads, int kv_heads, int hd, int context, bo
   cpu();
   const std::string dims =
       Shape({{"seqs", seqs}, {"heads", heads}, {"kv", kv_heads}, {"hd", hd}, {"ctx", context}}) + " " + tag;
-  Report(decode ? "attn_decode" : "attention", dims, s, dout.Host(), want, 1e-6, 2e-4, [&] { gpu(); }, cpu,
-         decode ? 8.0 * seqs * per_layer : 0);
+  Report(
+      decode ? "attn_decode" : "attention", dims, s, dout.Host(), want, 1e-6, 2e-4, [&] { gpu(); }, cpu,
+      decode ? 8.0 * seqs * per_layer : 0);
   if (decode) return;
   // The caches themselves hold exactly the rows' k and v.
   std::vector<float> want_k, want_v;
@@ -394,6 +410,69 @@ void CompareSmallOps(int rows, int d, int h, int vocab, const std::string& tag) 
   Report("gather_rows", Shape({{"n", 2}, {"cols", vocab}}) + " " + tag, s, dg.Host(), want_g, 0, 0);
 }
 
+// Greedy decoding of the whole model on both devices: token for token equal.
+void CompareDecode(const char* preset, const std::string& dir) {
+  const std::string path = dir + "/" + preset + ".safetensors";
+  auto cfg = hotboot::PresetConfig(preset);
+  hotboot::Status st = cfg.ok() ? hotboot::WriteModel(path, *cfg, 7, nullptr) : cfg.status();
+  std::unique_ptr<hotboot::Model> models[2];
+  double ms[2] = {0, 0};
+  std::vector<std::vector<int32_t>> out[2];
+  const std::vector<std::string> texts = {"The quick brown fox", "Once upon a time", "hotboot restores replicas",
+                                          "1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20"};
+  for (int d = 0; d < 2 && st.ok(); ++d) {
+    hotboot::LoadOptions o;
+    o.device = d == 0 ? "cpu" : "cuda";
+    o.weights_dir = dir;
+    auto m = hotboot::Model::Load(path, o, nullptr);
+    if (!m.ok()) {
+      st = m.status().Prefixed(std::string("loading on ") + o.device);
+      break;
+    }
+    models[d] = std::move(*m);
+    const int sizes[] = {1, 4};
+    st = models[d]->Tune(sizes);
+    // Batch 1 (each prompt alone), then all four together.
+    for (int b : {1, 4}) {
+      for (size_t first = 0; st.ok() && first < texts.size(); first += b) {
+        std::vector<hotboot::GenerateRequest> batch;
+        for (size_t i = first; i < first + b && i < texts.size(); ++i) {
+          hotboot::GenerateRequest r;
+          r.prompt = {models[d]->tokenizer().bos()};
+          for (int32_t t : models[d]->tokenizer().Encode(texts[i])) r.prompt.push_back(t);
+          r.max_tokens = 24;
+          batch.push_back(std::move(r));
+        }
+        const auto t0 = std::chrono::steady_clock::now();
+        auto res = models[d]->Generate(batch);
+        ms[d] += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+        if (!res.ok()) {
+          st = res.status().Prefixed(std::string("decoding on ") + o.device);
+          break;
+        }
+        for (auto& r : *res) out[d].push_back(std::move(r.tokens));
+      }
+    }
+  }
+  std::string diff;
+  for (size_t i = 0; st.ok() && diff.empty() && i < out[0].size(); ++i) {
+    const auto &a = out[0][i], &b = i < out[1].size() ? out[1][i] : a;
+    size_t j = 0;
+    while (j < a.size() && j < b.size() && a[j] == b[j]) ++j;
+    if (j < a.size() || j < b.size() || out[1].size() != out[0].size()) {
+      diff = "sequence " + std::to_string(i) + " differs from token " + std::to_string(j);
+    }
+  }
+  const bool ok = st.ok() && diff.empty() && !out[0].empty();
+  (ok ? g_passed : g_failed)++;
+  std::printf("%-21s %-48s %zu sequences x 24 tokens, batch 1 and 4: %s", "decode",
+              (std::string("(") + preset + ")").c_str(), out[0].size(), ok ? "same tokens  PASS" : "FAIL");
+  if (!st.ok()) std::printf("  (%s)", st.message().c_str());
+  if (!diff.empty()) std::printf("  (%s)", diff.c_str());
+  if (ok) std::printf("  gpu %.0f ms  cpu %.0f ms  [%s]", ms[1], ms[0], models[1]->PlanDescription().c_str());
+  std::printf("\n");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -405,7 +484,8 @@ int main(int argc, char** argv) {
       g_only = argv[++i];
     } else {
       std::fprintf(stderr,
-                   "usage: kernels_gpu_compare [--perf] [--op matmul|rmsnorm|rope|attention|small]\n");
+                   "usage: kernels_gpu_compare [--perf] [--op "
+                   "matmul|rmsnorm|rope|attention|small|decode]\n");
       return 2;
     }
   }
@@ -418,10 +498,11 @@ int main(int argc, char** argv) {
     cudaDriverGetVersion(&driver);
     cudaRuntimeGetVersion(&runtime);
     if (e != cudaSuccess && e != cudaErrorNoDevice) {
-      std::printf("kernels_gpu_compare: cudaGetDeviceCount: %s; %s\n", cudaGetErrorName(e),
-                  driver == 0 ? "no CUDA driver on this host"
-                              : ("driver " + std::to_string(driver) + " is older than runtime " +
-                                 std::to_string(runtime)).c_str());
+      std::printf(
+          "kernels_gpu_compare: cudaGetDeviceCount: %s; %s\n", cudaGetErrorName(e),
+          driver == 0
+              ? "no CUDA driver on this host"
+              : ("driver " + std::to_string(driver) + " is older than runtime " + std::to_string(runtime)).c_str());
     }
     return 77;
   }
@@ -433,14 +514,36 @@ int main(int argc, char** argv) {
   // The CPU twins run on every core, as the CPU model does.
   k::ThreadPool pool(0);
   g_pool = &pool;
-  std::printf("kernels_gpu_compare on %s (sm %d.%d, driver %d, runtime %d), CPU path %s on %d threads\n", prop.name,
-              prop.major, prop.minor, driver, runtime, k::IsaName(k::ActiveIsa()), pool.size());
+  std::printf(
+      "kernels_gpu_compare on %s (sm %d.%d, driver %d, runtime %d), "
+      "CPU path %s on %d threads\n",
+      prop.name, prop.major, prop.minor, driver, runtime, k::IsaName(k::ActiveIsa()), pool.size());
   for (const char* preset : {"tiny", "small", "1b"}) {
     auto c = hotboot::PresetConfig(preset);
     if (!c.ok()) continue;
     const int d = c->dim, hd = c->dim / c->n_heads, h = c->hidden_dim;
     const int qkv = (c->n_heads + 2 * c->n_kv_heads) * hd;
     const std::string tag = std::string("(") + preset + ")";
+    // The kernels the GPU model compiles at load for this preset.
+    std::unique_ptr<g::JitKernels> jit;
+    if (Want("matmul") || Want("rmsnorm")) {
+      g::JitSpec spec;
+      spec.arch = prop.major * 10 + prop.minor;
+      spec.gemv_k = {d, c->n_heads * hd, h};
+      spec.norm_n = d;
+      auto img = g::JitCompile(spec);
+      auto loaded =
+          img.ok() ? g::JitKernels::Load(*img) : hotboot::Result<std::unique_ptr<g::JitKernels>>(img.status());
+      if (loaded.ok()) {
+        jit = std::move(*loaded);
+        std::printf("specialised kernels %s: %d compiled in %.0f ms by NVRTC %s\n", tag.c_str(), img->kernels,
+                    img->compile_ms, img->nvrtc.c_str());
+      } else if (loaded.status().code() == hotboot::Code::kNotFound) {
+        std::printf("specialised kernels %s: not compared: %s\n", tag.c_str(), loaded.status().message().c_str());
+      } else {
+        Report("specialise", tag, loaded.status(), {}, {}, 0, 0, nullptr, nullptr, 0);
+      }
+    }
     if (Want("matmul")) {
       // 1..8 rows: the GEMV path; 9 and up: the tiled GEMM.
       for (int m : {1, 4, 8, 9, 33}) {
@@ -450,8 +553,17 @@ int main(int argc, char** argv) {
       }
       CompareMatmul(1, c->vocab_size, d, tag + " lm_head");
       CompareMatmul(200, d, d, tag + " prefill");
+      for (int m : jit ? std::vector<int>{1, 2, 4, 8} : std::vector<int>{}) {
+        CompareMatmul(m, qkv, d, tag + " qkv", jit.get());
+        CompareMatmul(m, 2 * h, d, tag + " gate_up", jit.get());
+        CompareMatmul(m, d, h, tag + " down", jit.get());
+      }
+      if (jit) CompareMatmul(1, c->vocab_size, d, tag + " lm_head", jit.get());
     }
-    if (Want("rmsnorm")) CompareRmsNorm(1, d, c->norm_eps), CompareRmsNorm(65, d, c->norm_eps);
+    if (Want("rmsnorm")) {
+      CompareRmsNorm(1, d, c->norm_eps), CompareRmsNorm(65, d, c->norm_eps);
+      if (jit) CompareRmsNorm(1, d, c->norm_eps, jit.get()), CompareRmsNorm(65, d, c->norm_eps, jit.get());
+    }
     if (Want("rope")) CompareRope(9, c->n_heads, hd, c->max_seq_len, c->rope_theta);
     if (Want("attention")) {
       CompareAttention(2, c->n_heads, c->n_kv_heads, hd, std::min(c->max_seq_len, 300), false, tag);
@@ -462,6 +574,15 @@ int main(int argc, char** argv) {
   if (Want("matmul")) CompareMatmul(3, 100, 37, "(odd k: GEMM path)");
   // Past the 48 KiB of shared memory a block gets by default (16384 scores).
   if (Want("attention")) CompareAttention(1, 6, 2, 64, 16384, true, "(long context)");
+  if (Want("decode")) {
+    char tmpl[] = "/tmp/hotboot-gpu-compare-XXXXXX";
+    if (::mkdtemp(tmpl)) {
+      for (const char* preset : {"tiny", "small"}) CompareDecode(preset, tmpl);
+      std::system(("rm -rf '" + std::string(tmpl) + "'").c_str());
+    } else {
+      Report("decode", "(temporary directory)", hotboot::Internal("mkdtemp failed"), {}, {}, 0, 0);
+    }
+  }
   std::printf("kernels_gpu_compare: %d passed, %d failed\n", g_passed, g_failed);
   return g_failed ? 1 : 0;
 }

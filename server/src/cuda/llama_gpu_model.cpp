@@ -3,7 +3,8 @@
 // decoding) on the ops of kernels_gpu.h, with what a GPU server builds at
 // boot and loses on a cold start: a CUDA context, weights uploaded from a
 // content-addressed file, KV caches and activations in device memory, and a
-// CUDA graph of one decode step per batch size.
+// CUDA graph of one decode step per batch size, and kernels compiled at load
+// time (NVRTC) for this model's widths.
 //
 // Cooperative capture: ReleaseDevice gives back the weights' device memory
 // (DeviceWeights keeps their addresses reserved) and the scratch buffers;
@@ -28,6 +29,7 @@
 #include "hotboot/gpu_memory.h"
 #include "hotboot/kernels.h"
 #include "hotboot/kernels_gpu.h"
+#include "hotboot/kernels_jit.h"
 #include "hotboot/presets.h"
 
 namespace hotboot {
@@ -88,6 +90,17 @@ class GpuLlamaModel final : public Model {
   Result<std::vector<int32_t>> Run(const std::vector<int32_t>& tokens, const std::vector<int32_t>& pos,
                                    const std::vector<int32_t>& slot, const std::vector<int32_t>& rowidx, bool decode);
   Status CaptureGraphs();
+  // Compiles and loads the kernels specialised for this model; without
+  // NVRTC (or when it fails) the generic ops run and jit_note_ says why.
+  void Specialise(int arch);
+  Status Matmul(const float* x, int m, int k, const uint16_t* w, int n, float* y) const {
+    return jit_ ? jit_->Matmul(x, m, k, w, n, y, stream_) : kg::Matmul(x, m, k, w, n, y, stream_);
+  }
+  Status RmsNorm(const float* x, const float* w, int rows, float* out) const {
+    const int n = cfg_.dim;
+    return jit_ ? jit_->RmsNorm(x, w, rows, n, cfg_.norm_eps, out, stream_)
+                : kg::RmsNorm(x, w, rows, n, cfg_.norm_eps, out, stream_);
+  }
 
   ModelConfig cfg_;
   std::unique_ptr<BpeTokenizer> tok_;
@@ -109,12 +122,16 @@ class GpuLlamaModel final : public Model {
   float *last_ = nullptr, *logits_ = nullptr, *k_cache_ = nullptr, *v_cache_ = nullptr;
   int32_t *tokens_ = nullptr, *pos_ = nullptr, *slot_ = nullptr, *rowidx_ = nullptr, *next_ = nullptr;
   std::map<int, cudaGraphExec_t> graphs_;
+  std::unique_ptr<kg::JitKernels> jit_;
+  std::string jit_note_;
 };
 
 Result<std::unique_ptr<Model>> GpuLlamaModel::Load(const std::string& path, const LoadOptions& opts,
-                                                    LoadTimings* timings) {
-  if (kg::DeviceCount() == 0) return NotFound(
-        "no CUDA GPU is usable here (no driver or no device); serve with --device auto or --device cpu");
+                                                   LoadTimings* timings) {
+  if (kg::DeviceCount() == 0)
+    return NotFound(
+        "no CUDA GPU is usable here (no driver or no device); "
+        "serve with --device auto or --device cpu");
   auto m = std::make_unique<GpuLlamaModel>();
   const auto t_init = Clock::now();
   HB_ASSIGN_OR_RETURN(m->dev_, gpu::OpenCudaDevice(0, 4));
@@ -122,6 +139,9 @@ Result<std::unique_ptr<Model>> GpuLlamaModel::Load(const std::string& path, cons
   HB_RETURN_IF_ERROR(Cuda(cudaSetDevice(0), "cudaSetDevice"));
   HB_RETURN_IF_ERROR(Cuda(cudaStreamCreateWithFlags(&m->stream_, cudaStreamNonBlocking), "cudaStreamCreate"));
   m->phases_["cuda_init"] = MsSince(t_init);
+  int major = 0, minor = 0;
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, 0);
 
   LoadTimings lt;
   HB_ASSIGN_OR_RETURN(SafetensorsFile f, SafetensorsFile::Open(path));
@@ -131,6 +151,7 @@ Result<std::unique_ptr<Model>> GpuLlamaModel::Load(const std::string& path, cons
   const ModelConfig& c = m->cfg_;
   m->hd_ = c.dim / c.n_heads;
   m->qkv_cols_ = (c.n_heads + 2 * c.n_kv_heads) * m->hd_;
+  m->Specialise(major * 10 + minor);
   HB_ASSIGN_OR_RETURN(m->tok_, LoadTokenizer(f, c.vocab_size));
 
   std::string dir = opts.weights_dir;
@@ -226,27 +247,27 @@ Status GpuLlamaModel::Enqueue(int rows, int nseg) {
   HB_RETURN_IF_ERROR(kg::Embedding(Mat(Index("embed")), tokens_, rows, d, x_, s));
   for (int l = 0; l < c.n_layers; ++l) {
     const std::string p = "layers." + std::to_string(l) + ".";
-    HB_RETURN_IF_ERROR(kg::RmsNorm(x_, Vec(Index(p + "attn_norm")), rows, d, c.norm_eps, xn_, s));
-    HB_RETURN_IF_ERROR(kg::Matmul(xn_, rows, d, Mat(Index(p + "qkv")), qkv_cols_, qkv_, s));
+    HB_RETURN_IF_ERROR(RmsNorm(x_, Vec(Index(p + "attn_norm")), rows, xn_));
+    HB_RETURN_IF_ERROR(Matmul(xn_, rows, d, Mat(Index(p + "qkv")), qkv_cols_, qkv_));
     HB_RETURN_IF_ERROR(kg::Rope(qkv_, qkv_cols_, rows, c.n_heads, hd_, pos_, rope_cos_, rope_sin_, s));
     HB_RETURN_IF_ERROR(
         kg::Rope(qkv_ + c.n_heads * hd_, qkv_cols_, rows, c.n_kv_heads, hd_, pos_, rope_cos_, rope_sin_, s));
     HB_RETURN_IF_ERROR(kg::StoreKv(qkv_, qkv_cols_, rows, c.n_heads, slot_, pos_, l, kv, k_cache_, v_cache_, s));
     HB_RETURN_IF_ERROR(kg::Attention(qkv_, qkv_cols_, rows, c.n_heads, slot_, pos_, l, kv, k_cache_, v_cache_, scale,
                                      c.max_seq_len, att_, d, s));
-    HB_RETURN_IF_ERROR(kg::Matmul(att_, rows, c.n_heads * hd_, Mat(Index(p + "o")), d, xn_, s));
+    HB_RETURN_IF_ERROR(Matmul(att_, rows, c.n_heads * hd_, Mat(Index(p + "o")), d, xn_));
     HB_RETURN_IF_ERROR(kg::Add(x_, xn_, static_cast<int64_t>(rows) * d, s));
-    HB_RETURN_IF_ERROR(kg::RmsNorm(x_, Vec(Index(p + "mlp_norm")), rows, d, c.norm_eps, xn_, s));
-    HB_RETURN_IF_ERROR(kg::Matmul(xn_, rows, d, Mat(Index(p + "gate_up")), 2 * h, gu_, s));
+    HB_RETURN_IF_ERROR(RmsNorm(x_, Vec(Index(p + "mlp_norm")), rows, xn_));
+    HB_RETURN_IF_ERROR(Matmul(xn_, rows, d, Mat(Index(p + "gate_up")), 2 * h, gu_));
     HB_RETURN_IF_ERROR(kg::SwiGlu(gu_, rows, h, hid_, s));
-    HB_RETURN_IF_ERROR(kg::Matmul(hid_, rows, h, Mat(Index(p + "down")), d, xn_, s));
+    HB_RETURN_IF_ERROR(Matmul(hid_, rows, h, Mat(Index(p + "down")), d, xn_));
     HB_RETURN_IF_ERROR(kg::Add(x_, xn_, static_cast<int64_t>(rows) * d, s));
   }
   // Logits for each segment's last row only.
   HB_RETURN_IF_ERROR(kg::GatherRows(x_, d, rowidx_, nseg, last_, s));
-  HB_RETURN_IF_ERROR(kg::RmsNorm(last_, Vec(Index("final_norm")), nseg, d, c.norm_eps, last_, s));
+  HB_RETURN_IF_ERROR(RmsNorm(last_, Vec(Index("final_norm")), nseg, last_));
   const size_t head = index_.count("lm_head") ? Index("lm_head") : Index("embed");
-  HB_RETURN_IF_ERROR(kg::Matmul(last_, nseg, d, Mat(head), c.vocab_size, logits_, s));
+  HB_RETURN_IF_ERROR(Matmul(last_, nseg, d, Mat(head), c.vocab_size, logits_));
   return kg::Argmax(logits_, nseg, c.vocab_size, next_, s);
 }
 
@@ -363,6 +384,28 @@ Status GpuLlamaModel::CaptureGraphs() {
   return Status();
 }
 
+void GpuLlamaModel::Specialise(int arch) {
+  kg::JitSpec spec;
+  spec.arch = arch;
+  spec.gemv_k = {cfg_.dim, cfg_.n_heads * hd_, cfg_.hidden_dim};
+  spec.norm_n = cfg_.dim;
+  Result<kg::JitImage> img = kg::JitCompile(spec);
+  if (!img.ok()) {
+    jit_note_ = img.status().message();
+    return;
+  }
+  phases_["kernel_compile"] = img->compile_ms;
+  const auto t = Clock::now();
+  Result<std::unique_ptr<kg::JitKernels>> k = kg::JitKernels::Load(*img);
+  if (!k.ok()) {
+    jit_note_ = k.status().message();
+    return;
+  }
+  phases_["module_load"] = MsSince(t);
+  jit_ = std::move(*k);
+  jit_note_ = std::to_string(img->kernels) + " kernels by NVRTC " + img->nvrtc;
+}
+
 Status GpuLlamaModel::Tune(std::span<const int> batch_sizes) {
   const auto t = Clock::now();
   graph_sizes_.assign(batch_sizes.begin(), batch_sizes.end());
@@ -372,7 +415,9 @@ Status GpuLlamaModel::Tune(std::span<const int> batch_sizes) {
 }
 
 std::string GpuLlamaModel::PlanDescription() const {
-  std::string s = "cuda " + device_name_ + ": gemv (<= 8 rows) / tiled gemm; decode graphs for batch";
+  std::string s = "cuda " + device_name_ + ": gemv (<= 8 rows) / tiled gemm, " +
+                  (jit_ ? "specialised for this model (" : "generic (not specialised: ") + jit_note_ +
+                  "); decode graphs for batch";
   for (int b : graph_sizes_) s += " " + std::to_string(b);
   return s;
 }
