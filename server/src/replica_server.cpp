@@ -478,7 +478,13 @@ json ReplicaServer::Impl::HandleControl(const json& cmd) {
     {
       std::lock_guard lock(metrics.mu);
       metrics.phase_ms["restore_rebind_and_digest"] = MsBetween(t_restore, Clock::now());
-      if (*uploaded > 0) metrics.phase_ms["restore_weight_upload"] = *uploaded;
+      if (*uploaded > 0) {
+        // The whole device restore, then the model's own parts of it (weight upload, graph capture...).
+        metrics.phase_ms["restore_device"] = *uploaded;
+        for (const auto& [phase, ms] : model->device_phases_ms()) {
+          if (phase.rfind("restore_", 0) == 0) metrics.phase_ms[phase] = ms;
+        }
+      }
       restore_started = t_restore;
     }
     SetState(ReplicaState::kVerifying);

@@ -86,7 +86,11 @@ class FakeModel : public Model {
     return 12.5;
   }
   std::string device() const override { return "Fake GPU"; }
-  std::map<std::string, double> device_phases_ms() const override { return {{"weight_upload", 3.0}}; }
+  std::map<std::string, double> device_phases_ms() const override {
+    std::map<std::string, double> p = {{"weight_upload", 3.0}};
+    if (device_restores > 0) p["restore_weight_upload"] = 2.0;
+    return p;
+  }
   uint64_t parameter_count() const override { return 1; }
   uint64_t weight_bytes() const override { return 2; }
   int released = 0;
@@ -326,7 +330,10 @@ TEST_F(ServerFixture, DeviceMemoryFollowsTheCaptureCycle) {
   ASSERT_TRUE(ok["ok"].get<bool>()) << ok.dump();
   EXPECT_TRUE(model_->device_resident);
   EXPECT_EQ(model_->device_restores, 1);
-  EXPECT_NE(Http(new_port, http::verb::get, "/metrics").body.find("restore_weight_upload"), std::string::npos);
+  const std::string metrics = Http(new_port, http::verb::get, "/metrics").body;
+  EXPECT_NE(metrics.find("phase=\"restore_device\"}"), std::string::npos) << metrics;
+  // The model's own part of it, in seconds like every phase.
+  EXPECT_NE(metrics.find("phase=\"restore_weight_upload\"} 0.002"), std::string::npos) << metrics;
 }
 
 TEST_F(ServerFixture, DeviceReleaseFailureKeepsServing) {

@@ -458,8 +458,10 @@ Result<double> GpuLlamaModel::RestoreDevice() {
   if (weights_.resident()) return 0.0;  // nothing was released
   const auto t = Clock::now();
   HB_ASSIGN_OR_RETURN(gpu::UploadStats up, weights_.Restore(file_.path));
-  phases_["restore_upload_GBps"] = up.GBps();
+  phases_["restore_weight_upload"] = up.seconds * 1000;  // /metrics exports phases as seconds
+  const auto tg = Clock::now();
   HB_RETURN_IF_ERROR(CaptureGraphs());
+  phases_["restore_graph_capture"] = MsSince(tg);
   return MsSince(t);
 }
 
