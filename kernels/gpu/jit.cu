@@ -281,6 +281,7 @@ Result<std::unique_ptr<JitKernels>> JitKernels::Load(const JitImage& image) {
   k->spec_ = image.spec;
   k->impl_ = std::make_unique<Impl>();
   auto cuda = [](cudaError_t e, const std::string& what) {
+    if (e != cudaSuccess) cudaGetLastError();  // handled here: not for the next launch to report
     return e == cudaSuccess ? Status()
                             : Internal(what + ": " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")");
   };

@@ -422,7 +422,9 @@ json ReplicaServer::Impl::HandleControl(const json& cmd) {
     // Drop what is cheap to re-create: KV caches and scratch buffers, and
     // the weights' device memory (streamed back after a restore).
     Status released;
+    std::string digest;
     RunOnWorker([&] {
+      digest = model->Digest();  // while the weights are still on the device (a GPU model reads them back)
       model->ReleaseScratch();
       released = model->ReleaseDevice();
     });
@@ -447,7 +449,7 @@ json ReplicaServer::Impl::HandleControl(const json& cmd) {
     }
     SetState(ReplicaState::kFrozen);
     // The agent API's registered regions: files the snapshot must carry.
-    return {{"ok", true}, {"digest", model->Digest()}, {"instance", instance}, {"state", "frozen"},
+    return {{"ok", true}, {"digest", digest}, {"instance", instance}, {"state", "frozen"},
             {"weights_files", model->weight_files()}};
   }
   if (name == "after_restore") {
