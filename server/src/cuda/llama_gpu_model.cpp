@@ -190,8 +190,12 @@ Result<std::unique_ptr<Model>> GpuLlamaModel::Load(const std::string& path, cons
   const size_t rope_bytes = rope.cos.size() * sizeof(float);
   HB_RETURN_IF_ERROR(Cuda(cudaMalloc(&m->rope_cos_, rope_bytes), "cudaMalloc rope"));
   HB_RETURN_IF_ERROR(Cuda(cudaMalloc(&m->rope_sin_, rope_bytes), "cudaMalloc rope"));
-  cudaMemcpy(m->rope_cos_, rope.cos.data(), rope_bytes, cudaMemcpyHostToDevice);
-  HB_RETURN_IF_ERROR(Cuda(cudaMemcpy(m->rope_sin_, rope.sin.data(), rope_bytes, cudaMemcpyHostToDevice), "rope copy"));
+  // On the model's (non-blocking) stream, and finished before Load returns.
+  HB_RETURN_IF_ERROR(Cuda(
+      cudaMemcpyAsync(m->rope_cos_, rope.cos.data(), rope_bytes, cudaMemcpyHostToDevice, m->stream_), "rope copy"));
+  HB_RETURN_IF_ERROR(Cuda(
+      cudaMemcpyAsync(m->rope_sin_, rope.sin.data(), rope_bytes, cudaMemcpyHostToDevice, m->stream_), "rope copy"));
+  HB_RETURN_IF_ERROR(Cuda(cudaStreamSynchronize(m->stream_), "rope copy"));
   if (timings) *timings = lt;
   return std::unique_ptr<Model>(std::move(m));
 }
@@ -278,9 +282,11 @@ Result<std::vector<int32_t>> GpuLlamaModel::Run(const std::vector<int32_t>& toke
   const int rows = static_cast<int>(tokens.size()), nseg = static_cast<int>(rowidx.size());
   const size_t rb = tokens.size() * sizeof(int32_t);
   HB_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(tokens_, tokens.data(), rb, cudaMemcpyHostToDevice, stream_), "upload"));
-  cudaMemcpyAsync(pos_, pos.data(), rb, cudaMemcpyHostToDevice, stream_);
-  cudaMemcpyAsync(slot_, slot.data(), rb, cudaMemcpyHostToDevice, stream_);
-  cudaMemcpyAsync(rowidx_, rowidx.data(), rowidx.size() * sizeof(int32_t), cudaMemcpyHostToDevice, stream_);
+  HB_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(pos_, pos.data(), rb, cudaMemcpyHostToDevice, stream_), "upload"));
+  HB_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(slot_, slot.data(), rb, cudaMemcpyHostToDevice, stream_), "upload"));
+  HB_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(rowidx_, rowidx.data(), rowidx.size() * sizeof(int32_t),
+                                          cudaMemcpyHostToDevice, stream_),
+                          "upload"));
   auto g = decode ? graphs_.find(rows) : graphs_.end();
   if (g != graphs_.end()) {
     HB_RETURN_IF_ERROR(Cuda(cudaGraphLaunch(g->second, stream_), "cudaGraphLaunch"));
@@ -288,7 +294,9 @@ Result<std::vector<int32_t>> GpuLlamaModel::Run(const std::vector<int32_t>& toke
     HB_RETURN_IF_ERROR(Enqueue(rows, nseg));
   }
   std::vector<int32_t> next(static_cast<size_t>(nseg));
-  cudaMemcpyAsync(next.data(), next_, next.size() * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_);
+  HB_RETURN_IF_ERROR(Cuda(
+      cudaMemcpyAsync(next.data(), next_, next.size() * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_),
+      "download"));
   HB_RETURN_IF_ERROR(Cuda(cudaStreamSynchronize(stream_), "decode step"));
   return next;
 }
@@ -387,8 +395,15 @@ Status GpuLlamaModel::CaptureGraphs() {
 void GpuLlamaModel::Specialise(int arch) {
   kg::JitSpec spec;
   spec.arch = arch;
-  spec.gemv_k = {cfg_.dim, cfg_.n_heads * hd_, cfg_.hidden_dim};
-  spec.norm_n = cfg_.dim;
+  // Widths the specialised kernels cannot take keep the generic ops; the rest are specialised.
+  for (int k : {cfg_.dim, cfg_.n_heads * hd_, cfg_.hidden_dim}) {
+    if (k % 8 == 0 && k >= 8 && k <= 65536) spec.gemv_k.push_back(k);
+  }
+  spec.norm_n = cfg_.dim <= 16384 ? cfg_.dim : 0;
+  if (spec.gemv_k.empty() && spec.norm_n == 0) {
+    jit_note_ = "no width of this model suits the specialised kernels";
+    return;
+  }
   Result<kg::JitImage> img = kg::JitCompile(spec);
   if (!img.ok()) {
     jit_note_ = img.status().message();
