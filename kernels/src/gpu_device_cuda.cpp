@@ -162,9 +162,13 @@ class CudaDevice final : public Device {
         return InvalidArgument("unmap of a range that Map did not create");
       }
       h = it->second.second;
-      maps_.erase(it);
     }
+    // Forgotten only once really unmapped: a failed unmap leaves it mapped and known.
     HB_RETURN_IF_ERROR(Check("cuMemUnmap", mem_unmap_(va, size)));
+    {
+      std::lock_guard l(mu_);
+      maps_.erase(va);
+    }
     return Check("cuMemRelease", mem_release_(h));
   }
 
