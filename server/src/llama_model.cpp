@@ -462,11 +462,10 @@ Status LlamaModel::Step(const std::vector<Seg>& segs) {
   return Status::Ok();
 }
 
-Result<std::vector<GenerateResult>> LlamaModel::Generate(const std::vector<GenerateRequest>& batch) {
-  const ModelConfig& c = cfg_;
-  if (batch.empty()) return std::vector<GenerateResult>{};
+}  // namespace
+
+Status CheckBatch(const ModelConfig& c, const std::vector<GenerateRequest>& batch) {
   if (batch.size() > 8) return InvalidArgument("at most 8 sequences per batch");
-  int64_t prompt_rows = 0;
   for (const auto& r : batch) {
     if (r.prompt.empty()) return InvalidArgument("empty prompt");
     if (r.max_tokens < 1) return InvalidArgument("max_tokens must be at least 1");
@@ -477,8 +476,18 @@ Result<std::vector<GenerateResult>> LlamaModel::Generate(const std::vector<Gener
     for (int32_t t : r.prompt) {
       if (t < 0 || t >= c.vocab_size) return InvalidArgument("token id " + std::to_string(t) + " out of range");
     }
-    prompt_rows += static_cast<int64_t>(r.prompt.size());
   }
+  return Status();
+}
+
+namespace {
+
+Result<std::vector<GenerateResult>> LlamaModel::Generate(const std::vector<GenerateRequest>& batch) {
+  const ModelConfig& c = cfg_;
+  if (batch.empty()) return std::vector<GenerateResult>{};
+  HB_RETURN_IF_ERROR(CheckBatch(c, batch));
+  int64_t prompt_rows = 0;
+  for (const auto& r : batch) prompt_rows += static_cast<int64_t>(r.prompt.size());
   // Prefill in blocks of at most 256 rows so activations stay bounded.
   const int64_t kBlock = 256;
   HB_RETURN_IF_ERROR(EnsureScratch(std::min(prompt_rows, kBlock) + static_cast<int64_t>(batch.size()),

@@ -304,19 +304,8 @@ Result<std::vector<int32_t>> GpuLlamaModel::Run(const std::vector<int32_t>& toke
 Result<std::vector<GenerateResult>> GpuLlamaModel::Generate(const std::vector<GenerateRequest>& batch) {
   const ModelConfig& c = cfg_;
   if (batch.empty()) return std::vector<GenerateResult>{};
-  if (batch.size() > kMaxSlots) return InvalidArgument("at most 8 sequences per batch");
-  for (const auto& r : batch) {
-    if (r.prompt.empty()) return InvalidArgument("empty prompt");
-    if (r.max_tokens < 1) return InvalidArgument("max_tokens must be at least 1");
-    if (static_cast<int64_t>(r.prompt.size()) + r.max_tokens > c.max_seq_len) {
-      return InvalidArgument("prompt of " + std::to_string(r.prompt.size()) + " tokens plus " +
-                             std::to_string(r.max_tokens) + " new ones exceeds max_seq_len " +
-                             std::to_string(c.max_seq_len));
-    }
-    for (int32_t t : r.prompt) {
-      if (t < 0 || t >= c.vocab_size) return InvalidArgument("token id " + std::to_string(t) + " out of range");
-    }
-  }
+  static_assert(kMaxSlots == 8, "CheckBatch allows 8 sequences");
+  HB_RETURN_IF_ERROR(CheckBatch(c, batch));
   std::vector<GenerateResult> out(batch.size());
   std::vector<int32_t> next(batch.size());
   const auto t_prefill = Clock::now();
