@@ -11,6 +11,8 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <thread>
+#include <vector>
 
 #include "cli_common.h"
 #include "commands.h"
@@ -60,18 +62,68 @@ Result<double> PinnedH2D(gpu::Device& dev, size_t bytes, size_t chunk, int repea
   return best;
 }
 
+// Pageable host memory to pinned host memory with `threads` memcpy threads:
+// the host-side ceiling of any upload that starts from the page cache.
+Result<double> HostCopy(gpu::Device& dev, size_t bytes, int threads, int repeat) {
+  HB_ASSIGN_OR_RETURN(void* pinned, dev.AllocPinned(bytes));
+  std::vector<char> pageable(bytes, 1);
+  double best = 0;
+  for (int r = 0; r < repeat; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<std::thread> ts;
+    const size_t slice = (bytes + static_cast<size_t>(threads) - 1) / static_cast<size_t>(threads);
+    for (int t = 0; t < threads; ++t) {
+      ts.emplace_back([&, t] {
+        const size_t off = std::min(bytes, slice * static_cast<size_t>(t));
+        std::memcpy(static_cast<char*>(pinned) + off, pageable.data() + off, std::min(slice, bytes - off));
+      });
+    }
+    for (auto& t : ts) t.join();
+    best = std::max(best, static_cast<double>(bytes) / Seconds(t0) / 1e9);
+  }
+  dev.FreePinned(pinned, bytes);
+  return best;
+}
+
 struct GpuBenchArgs {
   std::string weights;
   int size_mib = 2048;
   int device = 0;
   int streams = 4;
   int repeat = 3;
-  size_t chunk_mib = 16;
-  int buffers = 8;
-  int readers = 4;
+  size_t chunk_mib = 4;
+  int buffers = 16;
+  int readers = 8;
   std::string workdir = "/dev/shm";
+  bool sweep = false;
+  bool mmap_reads = false;
   bool json_out = false;
 };
+
+// Best of `repeat` re-uploads of resident weights with options `o`.
+Result<gpu::UploadStats> BestUpload(gpu::DeviceWeights& w, const std::string& path, const gpu::UploadOptions& o,
+                                    int repeat) {
+  gpu::UploadStats best;
+  for (int r = 0; r < repeat; ++r) {
+    HB_RETURN_IF_ERROR(w.Release());
+    HB_ASSIGN_OR_RETURN(gpu::UploadStats up, w.Restore(path, o));
+    if (up.GBps() > best.GBps()) best = up;
+  }
+  return best;
+}
+
+json StatsJson(const gpu::UploadStats& s, const gpu::UploadOptions& o) {
+  return {{"reads", o.mmap_reads ? "mmap" : "pread"},
+          {"readers", o.readers},
+          {"chunk_bytes", o.chunk_bytes},
+          {"buffers", o.buffers},
+          {"upload_GBps", s.GBps()},
+          {"seconds", s.seconds},
+          {"staging_ms", s.staging_seconds * 1e3},
+          {"staging_buffers", s.staging_buffers},
+          {"read_GBps_per_reader", s.read_seconds > 0 ? static_cast<double>(s.bytes) / s.read_seconds / 1e9 : 0},
+          {"copy_wait_ms", s.copy_wait_seconds * 1e3}};
+}
 
 int RunBenchGpu(const GpuBenchArgs& a) {
   auto dev = gpu::OpenCudaDevice(a.device, a.streams);
@@ -111,30 +163,65 @@ int RunBenchGpu(const GpuBenchArgs& a) {
   o.chunk_bytes = a.chunk_mib << 20;
   o.buffers = a.buffers;
   o.readers = a.readers;
+  o.mmap_reads = a.mmap_reads;
   Note("measuring pinned host-to-device bandwidth on " + (*dev)->Name());
   auto floor = PinnedH2D(**dev, std::min<uint64_t>(size, 1ull << 30), o.chunk_bytes, a.repeat);
   if (!floor.ok()) return Fail(floor.status());
+  json host_copy = json::object();
+  for (int threads : {1, 8, 16}) {
+    auto hc = HostCopy(**dev, std::min<uint64_t>(size, 1ull << 30), threads, a.repeat);
+    if (!hc.ok()) return Fail(hc.status());
+    host_copy[std::to_string(threads)] = *hc;
+  }
   Note("uploading " + HumanBytes(size) + " of weights " + std::to_string(a.repeat) + " times");
   auto w = gpu::DeviceWeights::Load(**dev, path, {0}, {size}, o);
   if (!w.ok()) return Fail(w.status());
-  double best = w->last_upload().GBps();
-  for (int r = 1; r < a.repeat; ++r) {
-    Status s = w->Release();
-    auto up = s.ok() ? w->Restore(path, o) : Result<gpu::UploadStats>(s);
-    if (!up.ok()) return Fail(up.status());
-    best = std::max(best, up->GBps());
-  }
+  auto up = BestUpload(*w, path, o, a.repeat);
+  if (!up.ok()) return Fail(up.status());
+  const double best = up->GBps();
   const double ratio = *floor > 0 ? best / *floor : 0;
+  json sweep = json::array();
+  if (a.sweep) {
+    for (bool mmap_reads : {false, true}) {
+    for (int readers : {8, 12, 16}) {
+      for (size_t chunk_mib : {1, 2, 4}) {
+        gpu::UploadOptions so;
+        so.mmap_reads = mmap_reads;
+        so.readers = readers;
+        so.chunk_bytes = chunk_mib << 20;
+        so.buffers = 2 * readers;
+        auto r = BestUpload(*w, path, so, a.repeat);
+        if (!r.ok()) return Fail(r.status());
+        sweep.push_back(StatsJson(*r, so));
+        Note("sweep: " + std::string(mmap_reads ? "mmap" : "pread") + ", " + std::to_string(readers) +
+             " readers, " + std::to_string(chunk_mib) + " MiB chunks: " + std::to_string(r->GBps()) + " GB/s");
+      }
+    }
+    }
+  }
   if (a.json_out) {
-    json j = {{"device", (*dev)->Name()},      {"weights_bytes", size},  {"pinned_h2d_GBps", *floor},
-              {"upload_GBps", best},           {"upload_vs_pinned", ratio}, {"streams", (*dev)->Streams()},
-              {"chunk_bytes", o.chunk_bytes}, {"buffers", o.buffers},    {"readers", o.readers}};
+    json j = {{"device", (*dev)->Name()},  {"weights_bytes", size},      {"pinned_h2d_GBps", *floor},
+              {"upload_GBps", best},       {"upload_vs_pinned", ratio}, {"streams", (*dev)->Streams()},
+              {"upload", StatsJson(*up, o)}, {"host_copy_GBps_by_threads", host_copy}};
+    if (a.sweep) j["sweep"] = sweep;
     std::printf("%s\n", j.dump(2).c_str());
   } else {
     std::printf("%-34s %s\n", "device", (*dev)->Name().c_str());
     std::printf("%-34s %s\n", "weights", HumanBytes(size).c_str());
     std::printf("%-34s %.2f GB/s\n", "pinned host->device (floor)", *floor);
+    for (const auto& [threads, gbps] : host_copy.items()) {
+      std::printf("%-34s %.2f GB/s\n", ("host memcpy to pinned, " + threads + " threads").c_str(), gbps.get<double>());
+    }
     std::printf("%-34s %.2f GB/s (%.0f%% of the floor)\n", "weights upload (file->device)", best, 100 * ratio);
+    std::printf("%-34s %.1f ms for %d buffers (overlapped)\n", "  pinned staging allocation", up->staging_seconds * 1e3,
+                up->staging_buffers);
+    std::printf("%-34s %.2f GB/s per reader, %d readers\n", "  file reads", StatsJson(*up, o)["read_GBps_per_reader"].get<double>(),
+                o.readers);
+    std::printf("%-34s %.1f ms\n", "  waiting for copies", up->copy_wait_seconds * 1e3);
+    for (const auto& r : sweep) {
+      std::printf("  sweep: %2d readers, %3zu MiB chunks: %.2f GB/s\n", r["readers"].get<int>(),
+                  r["chunk_bytes"].get<size_t>() >> 20, r["upload_GBps"].get<double>());
+    }
   }
   return kExitOk;
 }
@@ -159,6 +246,8 @@ void AddBenchGpu(CLI::App& bench, std::function<int()>* run) {
   g->add_option("--readers", a->readers, "Reader threads")->check(CLI::Range(1, 256));
   g->add_option("--repeat", a->repeat, "Runs; the fastest counts")->check(CLI::Range(1, 100));
   g->add_option("--workdir", a->workdir, "Where the generated file goes");
+  g->add_flag("--sweep", a->sweep, "Also try pread and mmap reads, 8-16 readers, 1-4 MiB chunks (buffers: two per reader)");
+  g->add_flag("--mmap", a->mmap_reads, "Readers copy from a mapping of the file instead of pread()");
   g->add_flag("--json", a->json_out, "Print the result as JSON");
   *run = [a, g]() { return g->parsed() ? RunBenchGpu(*a) : -1; };
 }

@@ -21,6 +21,7 @@ struct BuildArgs {
   int zstd_level = 3;
   std::string base;
   std::string cuda_lib;
+  std::string pid_namespace;
   int ready_timeout_s = 0;
   bool json_out = false;
   std::vector<std::string> command;
@@ -69,6 +70,7 @@ int RunBuild(const BuildArgs& a) {
   spec.zstd_level = a.zstd_level;
   if (!a.base.empty()) spec.base_snapshot = a.base;
   if (a.ready_timeout_s > 0) spec.ready_timeout = std::chrono::seconds(a.ready_timeout_s);
+  if (!a.pid_namespace.empty()) spec.pid_namespace = a.pid_namespace;
 
   std::unique_ptr<std::ofstream> log_file;
   if (!a.server_log.empty()) log_file = std::make_unique<std::ofstream>(a.server_log, std::ios::app);
@@ -157,6 +159,11 @@ Runner AddBuild(CLI::App& app) {
   app.add_option("--spec", a->spec_path, "Build spec (JSON: command, warmup, canary, timeouts)");
   app.add_option("--cuda-lib", a->cuda_lib,
                  "CUDA driver library for GPU capture (default: libcuda.so.1 when the host has one)");
+  app.add_option("--pid-namespace", a->pid_namespace,
+                 "Run the server in a PID namespace of its own (on: a restore never collides with PIDs in "
+                 "use) or not (off: restore needs its PIDs free). auto (default): off on hosts with NVIDIA "
+                 "devices, where CUDA fails to initialise in such a namespace, else on")
+      ->check(CLI::IsMember({"auto", "on", "off"}));
   app.add_option("--base", a->base,
                  "Base snapshot: sections it already holds (same content) are referenced, not stored; "
                  "restore then needs the base next to the snapshot or --base");

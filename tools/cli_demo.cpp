@@ -114,7 +114,12 @@ int RunDemo(const DemoArgs& a) {
   bev.on_phase = [](const std::string& p) { Note("    " + p); };
   bev.on_server_log = [&](const std::string& l) { build_log << l << '\n'; };
   auto criu = MakeLibCriu();
-  auto built = BuildSnapshot(spec, snap, *criu, bev);
+  // On a GPU host the server runs on the GPU: its GPU state goes through the
+  // driver's checkpoint API like `hotboot build` and `hotboot restore` do.
+  Status cuda_failed;
+  auto cuda = CudaDriverIfPresent("", &cuda_failed);
+  if (!cuda_failed.ok()) return Fail(cuda_failed);
+  auto built = BuildSnapshot(spec, snap, *criu, bev, cuda.get());
   if (!built.ok()) return Fail(built.status());
 
   Note("3/3 restoring the snapshot as a new replica");
@@ -124,7 +129,7 @@ int RunDemo(const DemoArgs& a) {
   ro.log_file = work + "/restored.log";
   RestoreEvents rev;
   rev.on_phase = [](const std::string& p) { Note("    " + p); };
-  auto restored = RestoreReplica(ro, *criu, rev);
+  auto restored = RestoreReplica(ro, *criu, rev, cuda.get());
   if (!restored.ok()) return Fail(restored.status());
   Measured rest;
   rest.ready_ms = restored->time_to_ready_ms;

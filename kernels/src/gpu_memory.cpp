@@ -1,12 +1,15 @@
 // The weight upload pipeline and the release/restore life of device weights
 // (gpu_memory.h); device-independent, so the fake device tests all of it.
 #include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
+#include <cstring>
 #include <deque>
 #include <mutex>
 #include <thread>
@@ -96,38 +99,75 @@ Result<UploadStats> UploadFromFile(Device& dev, int fd, const std::vector<Region
   if (chunks.empty()) return st;
 
   const int nbuf = static_cast<int>(std::min<size_t>(static_cast<size_t>(opts.buffers), chunks.size()));
-  std::vector<void*> buffers;
+  std::vector<void*> buffers(static_cast<size_t>(nbuf), nullptr);
   Status failed;
-  for (int i = 0; i < nbuf; ++i) {
-    auto b = dev.AllocPinned(opts.chunk_bytes);
-    if (!b.ok()) {
-      failed = b.status().Prefixed("pinned staging buffer");
-      break;
-    }
-    buffers.push_back(*b);
-  }
-  if (!failed.ok()) {
-    for (void* b : buffers) dev.FreePinned(b, opts.chunk_bytes);
-    return failed;
-  }
-
   Channel<int> free_buffers;
   Channel<Staged> staged;
-  for (int i = 0; i < nbuf; ++i) free_buffers.Push(i);
   std::atomic<size_t> next{0};
   std::atomic<bool> stop{false};
+  std::atomic<int> allocated{0};
   std::mutex err_mu;
   auto fail = [&](Status s) {
     std::lock_guard l(err_mu);
     if (failed.ok()) failed = std::move(s);
     stop = true;
   };
+  auto since = [](std::chrono::steady_clock::time_point t) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+  };
+
+  // A read-only view of the whole file for mmap_reads (page-cache pages are
+  // mapped, not copied twice); pread when there is none.
+  struct Mapping {
+    void* p = MAP_FAILED;
+    size_t n = 0;
+    ~Mapping() {
+      if (p != MAP_FAILED) ::munmap(p, n);
+    }
+  } map;
+  if (opts.mmap_reads) {
+    struct stat sb{};
+    if (::fstat(fd, &sb) == 0 && sb.st_size > 0) {
+      map.n = static_cast<size_t>(sb.st_size);
+      map.p = ::mmap(nullptr, map.n, PROT_READ, MAP_SHARED, fd, 0);
+    }
+  }
+  auto read_chunk = [&](void* dst, const Chunk& c) -> Status {
+    if (map.p == MAP_FAILED) return ReadFully(fd, dst, c.size, c.file_offset);
+    if (c.file_offset + c.size > map.n) {
+      return Truncated("weights file ends at byte " + std::to_string(map.n) + ", before the tensors do");
+    }
+    std::memcpy(dst, static_cast<const char*>(map.p) + c.file_offset, c.size);
+    return Status();
+  };
+
+  // Pinning host memory is slow (the OS locks and maps every page), so the
+  // staging buffers are allocated one by one beside the pipeline: the first
+  // read starts as soon as the first buffer exists. Fewer buffers than asked
+  // for is only slower; none is an error.
+  std::thread allocator([&] {
+    const auto ta = std::chrono::steady_clock::now();
+    for (int i = 0; i < nbuf && !stop; ++i) {
+      auto b = dev.AllocPinned(opts.chunk_bytes);
+      if (!b.ok()) {
+        if (i == 0) fail(b.status().Prefixed("pinned staging buffer"));
+        break;
+      }
+      buffers[static_cast<size_t>(i)] = *b;
+      allocated.fetch_add(1);
+      free_buffers.Push(i);
+    }
+    st.staging_seconds = since(ta);
+    st.staging_buffers = allocated.load();
+    if (allocated.load() == 0) free_buffers.Close();  // nothing will ever come: readers stop
+  });
 
   // Readers: a free buffer, the next chunk, a read, hand it on.
   std::atomic<int> readers_left{opts.readers};
+  std::vector<double> read_seconds(static_cast<size_t>(opts.readers), 0);
   std::vector<std::thread> readers;
   for (int t = 0; t < opts.readers; ++t) {
-    readers.emplace_back([&] {
+    readers.emplace_back([&, t] {
       for (;;) {
         int b;
         if (stop || !free_buffers.Pop(&b)) break;
@@ -136,7 +176,9 @@ Result<UploadStats> UploadFromFile(Device& dev, int fd, const std::vector<Region
           free_buffers.Push(b);
           break;
         }
-        Status s = ReadFully(fd, buffers[b], chunks[c].size, chunks[c].file_offset);
+        const auto tr = std::chrono::steady_clock::now();
+        Status s = read_chunk(buffers[static_cast<size_t>(b)], chunks[c]);
+        read_seconds[static_cast<size_t>(t)] += since(tr);
         if (!s.ok()) {
           fail(s);
           free_buffers.Push(b);
@@ -160,7 +202,9 @@ Result<UploadStats> UploadFromFile(Device& dev, int fd, const std::vector<Region
   auto retire_oldest = [&]() {
     InFlight f = in_flight.front();
     in_flight.pop_front();
+    const auto tw = std::chrono::steady_clock::now();
     Status s = dev.Wait(f.event);
+    st.copy_wait_seconds += since(tw);
     if (!s.ok()) fail(s.Prefixed("waiting for a weight copy"));
     free_buffers.Push(f.buffer);
   };
@@ -172,7 +216,7 @@ Result<UploadStats> UploadFromFile(Device& dev, int fd, const std::vector<Region
     }
     const Chunk& c = chunks[s.chunk];
     const int stream = static_cast<int>(issued++ % static_cast<size_t>(streams));
-    Status cs = dev.CopyToDeviceAsync(c.dst, buffers[s.buffer], c.size, stream);
+    Status cs = dev.CopyToDeviceAsync(c.dst, buffers[static_cast<size_t>(s.buffer)], c.size, stream);
     auto ev = cs.ok() ? dev.Record(stream) : Result<int>(cs);
     if (!ev.ok()) {
       fail(ev.status().Prefixed("copying weights to the device at byte " + std::to_string(c.file_offset)));
@@ -180,16 +224,22 @@ Result<UploadStats> UploadFromFile(Device& dev, int fd, const std::vector<Region
       continue;
     }
     in_flight.push_back({s.buffer, *ev});
-    // Keep readers fed: retire as soon as no free buffer is left for them.
-    if (static_cast<int>(in_flight.size()) >= nbuf - opts.readers / 2 || static_cast<int>(in_flight.size()) >= nbuf) {
-      retire_oldest();
-    }
+    // Keep readers fed: retire once no more than half the readers' worth of
+    // the buffers allocated so far is left to them. While some buffer is not
+    // in flight a reader holds it or will, so the copier never waits for a
+    // read that cannot come.
+    if (static_cast<int>(in_flight.size()) >= std::max(1, allocated.load() - opts.readers / 2)) retire_oldest();
   }
   while (!in_flight.empty()) retire_oldest();
+  stop = true;  // the allocator stops early when the work is done before it
+  allocator.join();
   free_buffers.Close();
   for (auto& t : readers) t.join();
-  for (void* b : buffers) dev.FreePinned(b, opts.chunk_bytes);
+  for (void* b : buffers) {
+    if (b) dev.FreePinned(b, opts.chunk_bytes);
+  }
   if (!failed.ok()) return failed;
+  for (double r : read_seconds) st.read_seconds += r;
   st.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return st;
 }

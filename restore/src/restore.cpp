@@ -5,6 +5,7 @@
 #include <cerrno>
 
 #include <chrono>
+#include <future>
 #include <filesystem>
 #include <functional>
 #include <random>
@@ -237,6 +238,27 @@ Result<std::vector<GpuPair>> CheckGpuCompatibility(const json& manifest, CudaDri
   return PlanGpuPairs(captured, devices);
 }
 
+// A tree built without a PID namespace of its own comes back with its PIDs
+// (CRIU restores every thread's ID); one in use here would fail CRIU midway.
+Status CheckPidsFree(const json& manifest) {
+  const json process = manifest.value("process", json::object());
+  if (process.value("pid_namespace", true)) return Status::Ok();
+  std::vector<std::string> busy;
+  for (const auto& p : process.value("pids", json::array())) {
+    if (!p.is_number_integer()) return Corrupt("manifest: process.pids holds a non-integer");
+    std::error_code ec;
+    if (fs::exists("/proc/" + std::to_string(p.get<long>()), ec)) busy.push_back(std::to_string(p.get<long>()));
+  }
+  if (busy.empty()) return Status::Ok();
+  std::string list;
+  for (size_t i = 0; i < busy.size() && i < 8; ++i) list += (i ? ", " : "") + busy[i];
+  if (busy.size() > 8) list += ", ...";
+  return Incompatible(std::to_string(busy.size()) + " of the PIDs its process tree had are in use on this " +
+                            "host (" + list + "); it was built without a PID namespace of its own (--pid-namespace " +
+                            "off, or auto on a GPU host), so restore it where they are free (a fresh container " +
+                            "or host), or stop the process holding them");
+}
+
 Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, const RestoreEvents& ev,
                                      CudaDriver* cuda) {
   auto phase = [&](const std::string& p) {
@@ -259,9 +281,25 @@ Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, con
     return Incompatible("snapshot " + opts.snapshot_path + " cannot be restored on this host:" +
                         DescribeProblems(problems));
   }
-  auto gpu_pairs = CheckGpuCompatibility(manifest, cuda);
-  if (!gpu_pairs.ok()) {
-    return gpu_pairs.status().Prefixed("snapshot " + opts.snapshot_path + " cannot be restored on this host");
+  // The GPU check asks the driver for each GPU's free memory, which takes a
+  // CUDA context (about 0.2 s on an H100): with a driver it runs beside the
+  // unpack and is joined before CRIU touches anything. Without one it is
+  // instant and refuses now.
+  const json gpu_manifest = manifest.contains("gpu") ? json{{"gpu", manifest["gpu"]}} : json::object();
+  auto check_gpu = [gpu_manifest, cuda]() {
+    const auto tg = Clock::now();
+    auto pairs = CheckGpuCompatibility(gpu_manifest, cuda);
+    return std::make_pair(std::move(pairs), MsSince(tg));
+  };
+  const std::string refused = "snapshot " + opts.snapshot_path + " cannot be restored on this host";
+  std::vector<GpuPair> gpu_pairs;
+  std::future<decltype(check_gpu())> gpu_check;
+  if (cuda && gpu_manifest.contains("gpu")) {
+    gpu_check = std::async(std::launch::async, check_gpu);
+  } else {
+    auto [pairs, ms] = check_gpu();
+    if (!pairs.ok()) return pairs.status().Prefixed(refused);
+    gpu_pairs = std::move(pairs).value();
   }
   const int gpu_processes = manifest.contains("gpu") ? manifest["gpu"].value("processes", 0) : 0;
   HB_ASSIGN_OR_RETURN(const int port, ReplicaPort(manifest, opts.port));
@@ -270,6 +308,7 @@ Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, con
                               (IsTransparent(manifest) ? "this snapshot's server can only listen there; free it"
                                                        : "pick a free --port"));
   }
+  HB_RETURN_IF_ERROR(CheckPidsFree(manifest).Prefixed("snapshot " + opts.snapshot_path + " cannot be restored here"));
   res.timings_ms["check"] = MsSince(t0);
 
   phase("unpack");
@@ -310,6 +349,13 @@ Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, con
   }
   res.timings_ms["weights"] = MsSince(tw);
 
+  if (gpu_check.valid()) {
+    auto [pairs, ms] = gpu_check.get();
+    res.timings_ms["gpu_check"] = ms;
+    if (!pairs.ok()) return pairs.status().Prefixed(refused);
+    gpu_pairs = std::move(pairs).value();
+  }
+
   phase("criu-restore");
   const auto tr = Clock::now();
   const json proc = manifest.value("process", json::object());
@@ -340,7 +386,7 @@ Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, con
     // Nothing runs CUDA until this is done: the restored processes are
     // checkpointed on the GPU side, their CUDA calls blocked by the driver.
     phase("gpu-restore");
-    auto g = RestoreGpuProcesses(*cuda, ProcessTree(*pid), *gpu_pairs, gpu_processes);
+    auto g = RestoreGpuProcesses(*cuda, ProcessTree(*pid), gpu_pairs, gpu_processes);
     if (!g.ok()) return g.status().Prefixed("the replica's GPU state was not restored; it is not ready");
     res.timings_ms["gpu_restore"] = g->restore_ms;
     res.timings_ms["gpu_unlock"] = g->unlock_ms;

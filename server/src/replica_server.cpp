@@ -9,7 +9,10 @@
 #include <cerrno>
 #include <climits>
 #include <cstring>
+#include <fstream>
 #include <future>
+#include <set>
+#include <sstream>
 
 #include "server_impl.h"
 
@@ -56,7 +59,29 @@ double MsBetween(Clock::time_point a, Clock::time_point b) {
 }
 
 // Open socket fds of this process (a capture must leave none).
+// Inodes of this process's TCP sockets (/proc/self/net/tcp and tcp6).
+std::set<std::string> TcpSocketInodes() {
+  std::set<std::string> out;
+  for (const char* table : {"/proc/self/net/tcp", "/proc/self/net/tcp6"}) {
+    std::ifstream in(table);
+    std::string line;
+    std::getline(in, line);  // header
+    while (std::getline(in, line)) {
+      std::istringstream ls(line);
+      std::string field;
+      for (int i = 0; i < 10 && ls >> field; ++i) {
+      }
+      if (ls) out.insert(field);  // the 10th column: the inode
+    }
+  }
+  return out;
+}
+
+// Our TCP sockets still open (the listener's and the sessions'). Sockets the
+// libraries opened (the CUDA driver's Unix sockets) are not the server's to
+// close: the driver's checkpoint and CRIU deal with them.
 std::vector<std::string> OpenSockets() {
+  const std::set<std::string> tcp = TcpSocketInodes();
   std::vector<std::string> out;
   DIR* d = ::opendir("/proc/self/fd");
   if (!d) return out;
@@ -65,8 +90,10 @@ std::vector<std::string> OpenSockets() {
     std::string link = std::string("/proc/self/fd/") + e->d_name;
     char buf[PATH_MAX];
     ssize_t n = ::readlink(link.c_str(), buf, sizeof buf - 1);
-    if (n > 0 && std::string(buf, static_cast<size_t>(n)).rfind("socket:", 0) == 0) {
-      out.push_back(std::string(e->d_name) + " -> " + std::string(buf, static_cast<size_t>(n)));
+    const std::string target(buf, n > 0 ? static_cast<size_t>(n) : 0);
+    // "socket:[INODE]"
+    if (target.rfind("socket:[", 0) == 0 && tcp.count(target.substr(8, target.size() - 9))) {
+      out.push_back(std::string(e->d_name) + " -> " + target);
     }
   }
   ::closedir(d);

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cstdlib>
 #include <functional>
 #include <ctime>
 #include <filesystem>
@@ -40,6 +41,29 @@ std::string NowUtc() {
 }
 
 const std::string kWorkPrefix = ".hotboot-build.";
+
+bool HostHasNvidiaDevices() {
+  std::error_code ec;
+  return fs::exists("/dev/nvidiactl", ec);
+}
+
+bool UsePidNamespace(const std::string& choice) {
+  if (choice == "auto") return !HostHasNvidiaDevices();
+  return choice == "on";
+}
+
+// Every thread of every process in `tree`.
+std::vector<pid_t> ThreadIds(const std::vector<pid_t>& tree) {
+  std::vector<pid_t> out;
+  for (pid_t p : tree) {
+    std::error_code ec;
+    for (const auto& t : fs::directory_iterator("/proc/" + std::to_string(p) + "/task", ec)) {
+      out.push_back(static_cast<pid_t>(std::atol(t.path().filename().c_str())));
+    }
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
 
 // CRIU images are written once and packed right away: memory-backed
 // /dev/shm spares the disk that round trip when it has room for them.
@@ -296,6 +320,7 @@ Result<BuildSpec> BuildSpec::FromJson(const json& j) {
     if (j.contains("gpu_lock_timeout_s")) {
       s.gpu_lock_timeout = std::chrono::seconds(j.at("gpu_lock_timeout_s").get<int>());
     }
+    s.pid_namespace = j.value("pid_namespace", s.pid_namespace);
     if (j.contains("labels")) s.labels = j.at("labels");
   } catch (const json::exception& e) {
     return InvalidArgument(std::string("build spec: ") + e.what());
@@ -304,6 +329,10 @@ Result<BuildSpec> BuildSpec::FromJson(const json& j) {
   }
   if (s.mode != "cooperative" && s.mode != "transparent") {
     return InvalidArgument("build spec: mode must be \"cooperative\" or \"transparent\", not \"" + s.mode + "\"");
+  }
+  if (s.pid_namespace != "auto" && s.pid_namespace != "on" && s.pid_namespace != "off") {
+    return InvalidArgument("build spec: pid_namespace must be \"auto\", \"on\" or \"off\", not \"" +
+                           s.pid_namespace + "\"");
   }
   if (s.transparent()) {
     if (s.http.port < 1 || s.http.port > 65535) {
@@ -362,6 +391,7 @@ Result<BuildResult> BuildSnapshot(const BuildSpec& spec, const std::string& out_
   lo.argv = spec.command;
   lo.stdout_to_log = spec.transparent();
   lo.cwd = !spec.cwd.empty() ? spec.cwd : spec.transparent() ? fs::current_path().string() : "/";
+  lo.new_pid_namespace = UsePidNamespace(spec.pid_namespace);
   HB_ASSIGN_OR_RETURN(auto replica, LaunchReplica(lo, ev.on_server_log));
   HB_ASSIGN_OR_RETURN(Warm w, spec.transparent() ? WarmTransparent(spec, *replica, phase, t0)
                                                  : WarmCooperative(spec, *replica, phase, t0));
@@ -389,6 +419,9 @@ Result<BuildResult> BuildSnapshot(const BuildSpec& spec, const std::string& out_
   } gpu_guard{&gpu};
 
   HB_ASSIGN_OR_RETURN(std::vector<std::string> keys, replica->FdKeys());
+  // Without a PID namespace of its own the tree comes back with these PIDs
+  // (threads included); restore checks that they are free.
+  const std::vector<pid_t> tids = lo.new_pid_namespace ? std::vector<pid_t>{} : ThreadIds(tree);
   HB_ASSIGN_OR_RETURN(std::vector<MappedFile> files, MappedFiles(replica->pid()));
   WorkDir work(WorkDirFor(out_path, ResidentBytes(replica->pid())));
   std::error_code ec;
@@ -452,6 +485,7 @@ Result<BuildResult> BuildSnapshot(const BuildSpec& spec, const std::string& out_
        {{"command", spec.command},
         {"cwd", lo.cwd},
         {"pid_namespace", lo.new_pid_namespace},
+        {"pids", tids},
         {"fd_keys", keys},
         {"mapped_files", jfiles},
         {"provided_files", jprovided}}},

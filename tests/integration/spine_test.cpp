@@ -5,6 +5,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -149,6 +151,35 @@ TEST(Spine, ThreeReplicasFromOneSnapshotAtOnce) {
   }
   EXPECT_EQ(instances.size(), 3u);
   for (pid_t p : replicas) Stop(p);
+}
+
+// The path GPU hosts take (CUDA does not initialise in a PID namespace that
+// sees the host's /proc): the tree keeps its PIDs, and a restore where they
+// are taken is refused before anything is touched.
+TEST(Spine, WithoutAPidNamespaceRestoreNeedsThePidsFree) {
+  const std::string snap = ScratchDir() + "/nopidns.hbsnap";
+  CmdResult b = RunCmd({Bin("hotboot"), "build", "-o", snap, "-m", TinyModel(), "--pid-namespace", "off", "--json"});
+  ASSERT_EQ(b.exit_code, 0) << b.err;
+  CmdResult in = RunCmd({Bin("hotboot"), "inspect", snap, "--json"});
+  ASSERT_EQ(in.exit_code, 0) << in.err;
+  const json process = json::parse(in.out)["manifest"]["process"];
+  EXPECT_EQ(process["pid_namespace"], false);
+  ASSERT_FALSE(process["pids"].empty());
+
+  const int port = FreePort();
+  CmdResult r = RunCmd({Bin("hotboot"), "restore", snap, "--port", std::to_string(port), "--detach", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const pid_t pid = json::parse(r.out)["pid"].get<pid_t>();
+  const auto pids = process["pids"].get<std::vector<pid_t>>();
+  EXPECT_NE(std::find(pids.begin(), pids.end(), pid), pids.end());  // the root comes back as itself
+  EXPECT_TRUE(Generate(port, "hello", 4).is_object());
+
+  // The first replica holds the PIDs: a second one cannot be, and says why.
+  CmdResult again = RunCmd({Bin("hotboot"), "restore", snap, "--port", std::to_string(FreePort()), "--detach"});
+  EXPECT_EQ(again.exit_code, 3) << again.err;
+  EXPECT_NE(again.err.find("in use on this host"), std::string::npos) << again.err;
+  EXPECT_TRUE(Generate(port, "hello", 4).is_object());  // and the first one is untouched
+  Stop(pid);
 }
 
 TEST(Spine, SupervisedRestoreForwardsSigterm) {

@@ -1,3 +1,5 @@
+#include <unistd.h>
+
 #include <gtest/gtest.h>
 
 #include "hotboot/restore.h"
@@ -78,6 +80,21 @@ TEST(Compat, GarbageManifestFieldsDoNotCrash) {
 TEST(Compat, WithPortReplacesOrAppends) {
   EXPECT_EQ(WithPort({"srv", "--port", "0", "--x"}, 81), (std::vector<std::string>{"srv", "--port", "81", "--x"}));
   EXPECT_EQ(WithPort({"srv"}, 81), (std::vector<std::string>{"srv", "--port", "81"}));
+}
+
+TEST(Compat, PidsOfASnapshotWithoutPidNamespaceMustBeFree) {
+  json m = {{"process", {{"pid_namespace", false}, {"pids", {::getpid()}}}}};
+  Status s = CheckPidsFree(m);
+  EXPECT_EQ(s.code(), Code::kIncompatible);
+  EXPECT_NE(s.message().find(std::to_string(::getpid())), std::string::npos) << s.message();
+  // PIDs above the kernel's pid_max can never be in use.
+  m["process"]["pids"] = {4194304 + 7};
+  EXPECT_TRUE(CheckPidsFree(m).ok());
+  // With a namespace of its own, the recorded PIDs are never checked.
+  m["process"] = {{"pid_namespace", true}, {"pids", {::getpid()}}};
+  EXPECT_TRUE(CheckPidsFree(m).ok());
+  m["process"] = {{"pid_namespace", false}, {"pids", {"x"}}};
+  EXPECT_EQ(CheckPidsFree(m).code(), Code::kCorrupt);
 }
 
 TEST(Compat, PortAvailable) {

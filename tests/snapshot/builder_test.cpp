@@ -58,6 +58,9 @@ TEST(BuildSpec, TransparentServersAreDescribedByTheirHttpApi) {
   EXPECT_NE(bad_path.status().message().find("must start with /"), std::string::npos) << bad_path.status().message();
   auto bad_verb = BuildSpec::FromJson({{"http", {{"port", 1}, {"canary", {{"method", "FETCH"}, {"path", "/g"}}}}}});
   EXPECT_FALSE(bad_verb.ok());
+  EXPECT_EQ(BuildSpec::FromJson({{"command", {"x"}}})->pid_namespace, "auto");
+  EXPECT_EQ(BuildSpec::FromJson({{"command", {"x"}}, {"pid_namespace", "off"}})->pid_namespace, "off");
+  EXPECT_FALSE(BuildSpec::FromJson({{"command", {"x"}}, {"pid_namespace", "maybe"}}).ok());
   auto bad_mode = BuildSpec::FromJson({{"mode", "magic"}});
   ASSERT_FALSE(bad_mode.ok());
   EXPECT_NE(bad_mode.status().message().find("cooperative"), std::string::npos);

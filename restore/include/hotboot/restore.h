@@ -85,6 +85,11 @@ Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, con
 // kIncompatible saying why the snapshot's GPU state cannot go on this host.
 Result<std::vector<GpuPair>> CheckGpuCompatibility(const nlohmann::json& manifest, CudaDriver* cuda);
 
+// A snapshot built without a PID namespace of its own (process.pid_namespace
+// false) comes back with the PIDs in process.pids: kIncompatible naming
+// those in use on this host.
+Status CheckPidsFree(const nlohmann::json& manifest);
+
 // Boots the server recorded in the snapshot's manifest cold, on opts.port,
 // and waits until it is warm: the fallback when the snapshot cannot be used.
 Result<RestoreResult> ColdBootFromManifest(const nlohmann::json& manifest, const RestoreOptions& opts,

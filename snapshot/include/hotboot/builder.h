@@ -62,6 +62,12 @@ struct BuildSpec {
   // How long the CUDA driver may wait for in-flight CUDA calls to finish
   // before the processes' GPU state is locked for the checkpoint.
   std::chrono::milliseconds gpu_lock_timeout{std::chrono::seconds(30)};
+  // Launch the server in a PID namespace of its own ("on"), so a restore can
+  // never collide with a PID in use, or in the host's ("off"). "auto": off on
+  // a host with NVIDIA devices, where the CUDA driver does not initialise in a
+  // PID namespace that sees the host's /proc (cuInit fails with
+  // CUDA_ERROR_OPERATING_SYSTEM), on elsewhere.
+  std::string pid_namespace = "auto";
   // Free-form provenance copied into the manifest (model path, preset...).
   nlohmann::json labels = nlohmann::json::object();
 
