@@ -91,12 +91,12 @@ struct GpuBenchArgs {
   int device = 0;
   int streams = 4;
   int repeat = 3;
-  size_t chunk_mib = 4;
-  int buffers = 16;
-  int readers = 8;
+  size_t chunk_mib = gpu::UploadOptions{}.chunk_bytes >> 20;
+  int buffers = gpu::UploadOptions{}.buffers;
+  int readers = gpu::UploadOptions{}.readers;
   std::string workdir = "/dev/shm";
   bool sweep = false;
-  bool mmap_reads = false;
+  std::string mode = gpu::ReadModeName(gpu::UploadOptions{}.mode);
   bool json_out = false;
 };
 
@@ -113,7 +113,7 @@ Result<gpu::UploadStats> BestUpload(gpu::DeviceWeights& w, const std::string& pa
 }
 
 json StatsJson(const gpu::UploadStats& s, const gpu::UploadOptions& o) {
-  return {{"reads", o.mmap_reads ? "mmap" : "pread"},
+  return {{"mode", s.mode},
           {"readers", o.readers},
           {"chunk_bytes", o.chunk_bytes},
           {"buffers", o.buffers},
@@ -163,7 +163,7 @@ int RunBenchGpu(const GpuBenchArgs& a) {
   o.chunk_bytes = a.chunk_mib << 20;
   o.buffers = a.buffers;
   o.readers = a.readers;
-  o.mmap_reads = a.mmap_reads;
+  gpu::ParseReadMode(a.mode, &o.mode);  // checked by the option
   Note("measuring pinned host-to-device bandwidth on " + (*dev)->Name());
   auto floor = PinnedH2D(**dev, std::min<uint64_t>(size, 1ull << 30), o.chunk_bytes, a.repeat);
   if (!floor.ok()) return Fail(floor.status());
@@ -182,18 +182,19 @@ int RunBenchGpu(const GpuBenchArgs& a) {
   const double ratio = *floor > 0 ? best / *floor : 0;
   json sweep = json::array();
   if (a.sweep) {
-    for (bool mmap_reads : {false, true}) {
-    for (int readers : {8, 12, 16}) {
-      for (size_t chunk_mib : {1, 2, 4}) {
+    using Mode = gpu::UploadOptions::ReadMode;
+    for (Mode mode : {Mode::kPread, Mode::kMmap, Mode::kMmapPopulate, Mode::kRegister}) {
+    for (int readers : {8, 16}) {
+      for (size_t chunk_mib : {1, 4, 16}) {
         gpu::UploadOptions so;
-        so.mmap_reads = mmap_reads;
+        so.mode = mode;
         so.readers = readers;
         so.chunk_bytes = chunk_mib << 20;
         so.buffers = 2 * readers;
         auto r = BestUpload(*w, path, so, a.repeat);
         if (!r.ok()) return Fail(r.status());
         sweep.push_back(StatsJson(*r, so));
-        Note("sweep: " + std::string(mmap_reads ? "mmap" : "pread") + ", " + std::to_string(readers) +
+        Note("sweep: " + r->mode + ", " + std::to_string(readers) +
              " readers, " + std::to_string(chunk_mib) + " MiB chunks: " + std::to_string(r->GBps()) + " GB/s");
       }
     }
@@ -219,7 +220,8 @@ int RunBenchGpu(const GpuBenchArgs& a) {
                 o.readers);
     std::printf("%-34s %.1f ms\n", "  waiting for copies", up->copy_wait_seconds * 1e3);
     for (const auto& r : sweep) {
-      std::printf("  sweep: %2d readers, %3zu MiB chunks: %.2f GB/s\n", r["readers"].get<int>(),
+      std::printf("  sweep: %-9s %2d readers, %3zu MiB chunks: %.2f GB/s\n", r["mode"].get<std::string>().c_str(),
+                  r["readers"].get<int>(),
                   r["chunk_bytes"].get<size_t>() >> 20, r["upload_GBps"].get<double>());
     }
   }
@@ -246,8 +248,11 @@ void AddBenchGpu(CLI::App& bench, std::function<int()>* run) {
   g->add_option("--readers", a->readers, "Reader threads")->check(CLI::Range(1, 256));
   g->add_option("--repeat", a->repeat, "Runs; the fastest counts")->check(CLI::Range(1, 100));
   g->add_option("--workdir", a->workdir, "Where the generated file goes");
-  g->add_flag("--sweep", a->sweep, "Also try pread and mmap reads, 8-16 readers, 1-4 MiB chunks (buffers: two per reader)");
-  g->add_flag("--mmap", a->mmap_reads, "Readers copy from a mapping of the file instead of pread()");
+  g->add_flag("--sweep", a->sweep, "Also try every --mode with 8 and 16 readers and 1, 4, 16 MiB chunks (buffers: two per reader)");
+  g->add_option("--mode", a->mode,
+                "How bytes reach the copy engine: pread or mmap (into pinned staging), populate (mmap, "
+                "pages faulted in per chunk), register (page-lock the file's pages, no staging)")
+      ->check(CLI::IsMember({"pread", "mmap", "populate", "register"}));
   g->add_flag("--json", a->json_out, "Print the result as JSON");
   *run = [a, g]() { return g->parsed() ? RunBenchGpu(*a) : -1; };
 }

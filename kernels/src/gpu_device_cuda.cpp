@@ -50,8 +50,9 @@ struct AccessDesc {
 };
 constexpr Result kSuccess = 0;
 constexpr int kAllocPinned = 1, kLocationDevice = 1, kProtReadWrite = 3, kGranularityRecommended = 1;
-constexpr unsigned kStreamNonBlocking = 1, kEventDisableTiming = 2;
+constexpr unsigned kStreamNonBlocking = 1, kEventDisableTiming = 2, kHostRegisterReadOnly = 8;
 #ifdef HOTBOOT_HAVE_CUDA_H
+static_assert(kHostRegisterReadOnly == CU_MEMHOSTREGISTER_READ_ONLY);
 static_assert(sizeof(AllocationProp) == sizeof(CUmemAllocationProp));
 static_assert(offsetof(AllocationProp, location) == offsetof(CUmemAllocationProp, location));
 static_assert(offsetof(AllocationProp, flags) == offsetof(CUmemAllocationProp, allocFlags));
@@ -100,6 +101,9 @@ class CudaDevice final : public Device {
               Sym("cuEventRecord", event_record_) && Sym("cuEventSynchronize", event_sync_) &&
               Sym("cuGetErrorName", error_name_);
     if (!ok) return NotFound("the NVIDIA driver lacks " + missing_ + " (virtual memory management needs CUDA 10.2+)");
+    // Optional: uploads without staging (UploadOptions::kRegister).
+    host_register_ = reinterpret_cast<decltype(host_register_)>(::dlsym(lib_, "cuMemHostRegister_v2"));
+    host_unregister_ = reinterpret_cast<decltype(host_unregister_)>(::dlsym(lib_, "cuMemHostUnregister"));
     HB_RETURN_IF_ERROR(Check("cuInit", init_(0)));
     ordinal_ = ordinal;
     HB_RETURN_IF_ERROR(Check("cuDeviceGet", device_get_(&dev_, ordinal)));
@@ -219,6 +223,17 @@ class CudaDevice final : public Device {
     Scope s(this);
     return Check("cuMemcpyDtoH", copy_d2h_(dst, src, n));
   }
+  Status RegisterHost(const void* p, size_t n) override {
+    if (!host_register_ || !host_unregister_) return Unsupported("the driver has no cuMemHostRegister");
+    Scope s(this);
+    // READ_ONLY: the pages belong to a file mapped without write access.
+    return Check("cuMemHostRegister", host_register_(const_cast<void*>(p), n, drv::kHostRegisterReadOnly));
+  }
+  Status UnregisterHost(const void* p) override {
+    if (!host_unregister_) return Unsupported("the driver has no cuMemHostUnregister");
+    Scope s(this);
+    return Check("cuMemHostUnregister", host_unregister_(const_cast<void*>(p)));
+  }
 
  private:
   // The primary context current on the calling thread for one call.
@@ -289,6 +304,8 @@ class CudaDevice final : public Device {
   drv::Result (*event_record_)(drv::Event, drv::Stream) = nullptr;
   drv::Result (*event_sync_)(drv::Event) = nullptr;
   drv::Result (*error_name_)(drv::Result, const char**) = nullptr;
+  drv::Result (*host_register_)(void*, size_t, unsigned) = nullptr;
+  drv::Result (*host_unregister_)(void*) = nullptr;
 };
 
 }  // namespace

@@ -16,6 +16,10 @@
 
 #include "hotboot/gpu_memory.h"
 
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22  // Linux 5.14
+#endif
+
 namespace hotboot::gpu {
 namespace {
 
@@ -79,7 +83,152 @@ Status ReadFully(int fd, void* dst, size_t n, uint64_t off) {
 
 size_t AlignUp(size_t v, size_t a) { return (v + a - 1) / a * a; }
 
+double Since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+// A read-only shared mapping of the whole weights file.
+struct FileMapping {
+  void* p = MAP_FAILED;
+  size_t n = 0;
+  bool ok() const { return p != MAP_FAILED; }
+  const char* at(uint64_t off) const { return static_cast<const char*>(p) + off; }
+  ~FileMapping() {
+    if (ok()) ::munmap(p, n);
+  }
+};
+
+Status MapFile(int fd, FileMapping* m) {
+  struct stat sb{};
+  if (::fstat(fd, &sb) != 0) return ErrnoError("stat weights file", errno);
+  if (sb.st_size == 0) return Truncated("weights file is empty");
+  m->n = static_cast<size_t>(sb.st_size);
+  m->p = ::mmap(nullptr, m->n, PROT_READ, MAP_SHARED, fd, 0);
+  if (!m->ok()) return ErrnoError("mmap weights file", errno);
+  return Status();
+}
+
+Status CheckCovers(const FileMapping& m, const std::vector<Region>& regions) {
+  for (const auto& r : regions) {
+    if (r.file_offset + r.size > m.n) {
+      return Truncated("weights file ends at byte " + std::to_string(m.n) + ", before the tensors do");
+    }
+  }
+  return Status();
+}
+
+// ReadMode::kRegister: readers page-lock page-aligned windows of the mapped
+// file in turn and copy the regions' bytes in each straight from the page
+// cache, then wait for their copies and unlock. kUnsupported (before any
+// copy) when the first window cannot be registered: the caller stages.
+Result<UploadStats> UploadRegistered(Device& dev, const FileMapping& map, const std::vector<Region>& regions,
+                                     const UploadOptions& opts) {
+  const auto t0 = std::chrono::steady_clock::now();
+  UploadStats st;
+  st.mode = "register";
+  const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  const size_t window = AlignUp(std::max(opts.chunk_bytes, page), page);
+  const size_t map_len = AlignUp(map.n, page);
+  struct Piece {
+    uint64_t off;
+    size_t n;
+    DevicePtr dst;
+  };
+  std::vector<std::vector<Piece>> windows((map.n + window - 1) / window);
+  for (const auto& r : regions) {
+    st.bytes += r.size;
+    for (uint64_t off = r.file_offset, end = r.file_offset + r.size; off < end;) {
+      const uint64_t w = off / window, wend = std::min<uint64_t>((w + 1) * window, end);
+      windows[w].push_back({off, static_cast<size_t>(wend - off), r.dst + (off - r.file_offset)});
+      off = wend;
+    }
+  }
+  auto span = [&](size_t w) { return std::min(window, map_len - w * window); };
+  // The probe: a device (or driver) that cannot register read-only host
+  // memory says so here, before anything is copied.
+  for (size_t w = 0; w < windows.size(); ++w) {
+    if (windows[w].empty()) continue;
+    Status probe = dev.RegisterHost(map.at(w * window), span(w));
+    if (!probe.ok()) return Status(Code::kUnsupported, probe.message());
+    HB_RETURN_IF_ERROR(dev.UnregisterHost(map.at(w * window)));
+    break;
+  }
+  std::atomic<size_t> next{0};
+  std::atomic<bool> stop{false};
+  std::mutex err_mu;
+  Status failed;
+  auto fail = [&](Status s) {
+    std::lock_guard l(err_mu);
+    if (failed.ok()) failed = std::move(s);
+    stop = true;
+  };
+  const int streams = std::max(1, dev.Streams());
+  std::vector<double> lock_s(static_cast<size_t>(opts.readers), 0), wait_s(static_cast<size_t>(opts.readers), 0);
+  std::vector<std::thread> readers;
+  for (int t = 0; t < opts.readers; ++t) {
+    readers.emplace_back([&, t] {
+      const int stream = t % streams;
+      for (;;) {
+        const size_t w = next.fetch_add(1);
+        if (w >= windows.size() || stop) break;
+        if (windows[w].empty()) continue;
+        const uint64_t base = w * window;
+        const auto tl = std::chrono::steady_clock::now();
+        Status s = dev.RegisterHost(map.at(base), span(w));
+        lock_s[static_cast<size_t>(t)] += Since(tl);
+        if (!s.ok()) {
+          fail(s.Prefixed("page-locking the weights file at byte " + std::to_string(base)));
+          break;
+        }
+        for (const Piece& p : windows[w]) {
+          s = dev.CopyToDeviceAsync(p.dst, map.at(p.off), p.n, stream);
+          if (!s.ok()) {
+            fail(s.Prefixed("copying weights to the device at byte " + std::to_string(p.off)));
+            break;
+          }
+        }
+        // Whatever was queued must be done before the pages are unlocked.
+        const auto tw = std::chrono::steady_clock::now();
+        auto ev = dev.Record(stream);
+        Status done = ev.ok() ? dev.Wait(*ev) : ev.status();
+        wait_s[static_cast<size_t>(t)] += Since(tw);
+        if (!done.ok()) fail(done.Prefixed("waiting for a weight copy"));
+        Status u = dev.UnregisterHost(map.at(base));
+        if (!u.ok()) fail(u.Prefixed("unlocking the weights file at byte " + std::to_string(base)));
+        if (!s.ok() || !done.ok() || !u.ok()) break;
+      }
+    });
+  }
+  for (auto& t : readers) t.join();
+  if (!failed.ok()) return failed;
+  for (double v : lock_s) st.read_seconds += v;
+  for (double v : wait_s) st.copy_wait_seconds += v;
+  st.seconds = Since(t0);
+  return st;
+}
+
 }  // namespace
+
+const char* ReadModeName(UploadOptions::ReadMode m) {
+  switch (m) {
+    case UploadOptions::ReadMode::kPread: return "pread";
+    case UploadOptions::ReadMode::kMmap: return "mmap";
+    case UploadOptions::ReadMode::kMmapPopulate: return "populate";
+    case UploadOptions::ReadMode::kRegister: return "register";
+  }
+  return "?";
+}
+
+bool ParseReadMode(const std::string& s, UploadOptions::ReadMode* m) {
+  for (auto c : {UploadOptions::ReadMode::kPread, UploadOptions::ReadMode::kMmap,
+                 UploadOptions::ReadMode::kMmapPopulate, UploadOptions::ReadMode::kRegister}) {
+    if (s == ReadModeName(c)) {
+      *m = c;
+      return true;
+    }
+  }
+  return false;
+}
 
 Result<UploadStats> UploadFromFile(Device& dev, int fd, const std::vector<Region>& regions,
                                    const UploadOptions& opts) {
@@ -112,32 +261,33 @@ Result<UploadStats> UploadFromFile(Device& dev, int fd, const std::vector<Region
     if (failed.ok()) failed = std::move(s);
     stop = true;
   };
-  auto since = [](std::chrono::steady_clock::time_point t) {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
-  };
+  auto since = Since;
 
-  // A read-only view of the whole file for mmap_reads (page-cache pages are
-  // mapped, not copied twice); pread when there is none.
-  struct Mapping {
-    void* p = MAP_FAILED;
-    size_t n = 0;
-    ~Mapping() {
-      if (p != MAP_FAILED) ::munmap(p, n);
-    }
-  } map;
-  if (opts.mmap_reads) {
-    struct stat sb{};
-    if (::fstat(fd, &sb) == 0 && sb.st_size > 0) {
-      map.n = static_cast<size_t>(sb.st_size);
-      map.p = ::mmap(nullptr, map.n, PROT_READ, MAP_SHARED, fd, 0);
+  // Every mode but pread reads through a mapping of the whole file; without
+  // one (mmap refused) the readers fall back to pread.
+  using Mode = UploadOptions::ReadMode;
+  FileMapping map;
+  if (opts.mode != Mode::kPread && MapFile(fd, &map).ok()) {
+    HB_RETURN_IF_ERROR(CheckCovers(map, regions));
+    if (opts.mode == Mode::kRegister) {
+      auto r = UploadRegistered(dev, map, regions, opts);
+      if (r.ok() || r.status().code() != Code::kUnsupported) return r;
+      st.mode = "mmap (register refused: " + r.status().message() + ")";
     }
   }
+  if (st.mode.empty()) st.mode = map.ok() ? (opts.mode == Mode::kMmapPopulate ? "mmap+populate" : "mmap") : "pread";
+  const bool populate = opts.mode == Mode::kMmapPopulate;
+  const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
   auto read_chunk = [&](void* dst, const Chunk& c) -> Status {
-    if (map.p == MAP_FAILED) return ReadFully(fd, dst, c.size, c.file_offset);
-    if (c.file_offset + c.size > map.n) {
-      return Truncated("weights file ends at byte " + std::to_string(map.n) + ", before the tensors do");
+    if (!map.ok()) return ReadFully(fd, dst, c.size, c.file_offset);
+    const char* src = map.at(c.file_offset);
+    if (populate) {
+      // One call faults in the chunk's pages; an older kernel (EINVAL) just
+      // takes the faults during the copy.
+      const uintptr_t lo = reinterpret_cast<uintptr_t>(src) / page * page;
+      ::madvise(reinterpret_cast<void*>(lo), reinterpret_cast<uintptr_t>(src) + c.size - lo, MADV_POPULATE_READ);
     }
-    std::memcpy(dst, static_cast<const char*>(map.p) + c.file_offset, c.size);
+    std::memcpy(dst, src, c.size);
     return Status();
   };
 

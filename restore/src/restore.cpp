@@ -218,7 +218,7 @@ Status VerifyTransparent(const json& manifest, const RestoreOptions& opts, int p
 
 }  // namespace
 
-Result<std::vector<GpuPair>> CheckGpuCompatibility(const json& manifest, CudaDriver* cuda) {
+Result<std::vector<GpuPair>> CheckGpuCompatibility(const json& manifest, CudaDriver* cuda, bool free_memory) {
   if (!manifest.contains("gpu")) return std::vector<GpuPair>{};
   HB_ASSIGN_OR_RETURN(GpuCaptureInfo captured, GpuCaptureInfoFromJson(manifest["gpu"]));
   if (captured.processes == 0) return std::vector<GpuPair>{};
@@ -234,7 +234,7 @@ Result<std::vector<GpuPair>> CheckGpuCompatibility(const json& manifest, CudaDri
     return Incompatible("the snapshot's GPU state was captured with NVIDIA driver " + there + "; this host runs " +
                         here + " (restore on the same driver branch)");
   }
-  HB_ASSIGN_OR_RETURN(auto devices, cuda->Devices());
+  HB_ASSIGN_OR_RETURN(auto devices, cuda->Devices(free_memory));
   return PlanGpuPairs(captured, devices);
 }
 
@@ -281,25 +281,23 @@ Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, con
     return Incompatible("snapshot " + opts.snapshot_path + " cannot be restored on this host:" +
                         DescribeProblems(problems));
   }
-  // The GPU check asks the driver for each GPU's free memory, which takes a
-  // CUDA context (about 0.2 s on an H100): with a driver it runs beside the
-  // unpack and is joined before CRIU touches anything. Without one it is
-  // instant and refuses now.
+  // The GPUs' model, compute capability and count (and the driver branch)
+  // are checked now, before anything is touched. Their free memory takes a
+  // CUDA context (about 0.2 s on an H100): that check runs beside the unpack
+  // and the CRIU restore and is joined before the GPU state is restored; if
+  // the memory is not there after all, the restored tree is ended unready.
   const json gpu_manifest = manifest.contains("gpu") ? json{{"gpu", manifest["gpu"]}} : json::object();
-  auto check_gpu = [gpu_manifest, cuda]() {
-    const auto tg = Clock::now();
-    auto pairs = CheckGpuCompatibility(gpu_manifest, cuda);
-    return std::make_pair(std::move(pairs), MsSince(tg));
-  };
   const std::string refused = "snapshot " + opts.snapshot_path + " cannot be restored on this host";
-  std::vector<GpuPair> gpu_pairs;
-  std::future<decltype(check_gpu())> gpu_check;
-  if (cuda && gpu_manifest.contains("gpu")) {
-    gpu_check = std::async(std::launch::async, check_gpu);
-  } else {
-    auto [pairs, ms] = check_gpu();
-    if (!pairs.ok()) return pairs.status().Prefixed(refused);
-    gpu_pairs = std::move(pairs).value();
+  auto fits = CheckGpuCompatibility(gpu_manifest, cuda, /*free_memory=*/false);
+  if (!fits.ok()) return fits.status().Prefixed(refused);
+  std::vector<GpuPair> gpu_pairs = std::move(fits).value();
+  std::future<std::pair<Result<std::vector<GpuPair>>, double>> gpu_check;
+  if (cuda && !gpu_pairs.empty()) {
+    gpu_check = std::async(std::launch::async, [gpu_manifest, cuda] {
+      const auto tg = Clock::now();
+      auto pairs = CheckGpuCompatibility(gpu_manifest, cuda, /*free_memory=*/true);
+      return std::make_pair(std::move(pairs), MsSince(tg));
+    });
   }
   const int gpu_processes = manifest.contains("gpu") ? manifest["gpu"].value("processes", 0) : 0;
   HB_ASSIGN_OR_RETURN(const int port, ReplicaPort(manifest, opts.port));
@@ -349,13 +347,6 @@ Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, con
   }
   res.timings_ms["weights"] = MsSince(tw);
 
-  if (gpu_check.valid()) {
-    auto [pairs, ms] = gpu_check.get();
-    res.timings_ms["gpu_check"] = ms;
-    if (!pairs.ok()) return pairs.status().Prefixed(refused);
-    gpu_pairs = std::move(pairs).value();
-  }
-
   phase("criu-restore");
   const auto tr = Clock::now();
   const json proc = manifest.value("process", json::object());
@@ -382,6 +373,12 @@ Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, con
                                            pipes.log_read, ev.on_server_log);
   res.timings_ms["criu_restore"] = MsSince(tr);
 
+  if (gpu_check.valid()) {
+    auto [pairs, ms] = gpu_check.get();
+    res.timings_ms["gpu_check"] = ms;
+    if (!pairs.ok()) return pairs.status().Prefixed(refused + "; the restored processes were ended");
+    gpu_pairs = std::move(pairs).value();
+  }
   if (gpu_processes > 0) {
     // Nothing runs CUDA until this is done: the restored processes are
     // checkpointed on the GPU side, their CUDA calls blocked by the driver.

@@ -455,6 +455,7 @@ json ReplicaServer::Impl::HandleControl(const json& cmd) {
       model->ReleaseScratch();
       released = model->ReleaseDevice();
     });
+    if (released.ok() && !model->DeviceMemoryReport().empty()) Log(model->DeviceMemoryReport());
     if (!released.ok()) {
       Status s = OnIo([&] { return Listen(opts.host, bound_port.load()); });
       SetState(ReplicaState::kWarm);

@@ -157,7 +157,7 @@ class DlCudaDriver final : public CudaDriver {
     return driver_get_version_(&v) == drv::kSuccess ? v : 0;
   }
 
-  Result<std::vector<GpuDevice>> Devices() override {
+  Result<std::vector<GpuDevice>> Devices(bool free_memory) override {
     int n = 0;
     if (drv::Result r = device_get_count_(&n); r != drv::kSuccess) return Internal(Call("cuDeviceGetCount", r));
     std::vector<GpuDevice> out;
@@ -178,6 +178,11 @@ class DlCudaDriver final : public CudaDriver {
       g.name = name;
       g.uuid = FormatUuid(uuid);
       g.total_bytes = total;
+      g.free_bytes = total;
+      if (!free_memory) {
+        out.push_back(std::move(g));
+        continue;
+      }
       // Free memory needs a context; the primary one is shared with nothing
       // in this process and released right away.
       drv::Context ctx = nullptr;

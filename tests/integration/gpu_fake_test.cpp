@@ -46,6 +46,15 @@ BuildSpec TinySpec() {
   return spec;
 }
 
+int ServersRunning() {
+  int n = 0;
+  for (const auto& e : fs::directory_iterator("/proc")) {
+    const std::string name = e.path().filename();
+    if (std::all_of(name.begin(), name.end(), ::isdigit) && IsServer(std::stoi(name))) ++n;
+  }
+  return n;
+}
+
 size_t IndexOf(const std::vector<std::string>& v, const std::string& prefix) {
   return static_cast<size_t>(
       std::find_if(v.begin(), v.end(), [&](const std::string& s) { return s.rfind(prefix, 0) == 0; }) - v.begin());
@@ -106,6 +115,36 @@ TEST(GpuFake, BuildCheckpointsTheServerAndRestorePairsAndUnlocksIt) {
   const pid_t stuck = broken.procs.begin()->first;
   for (int i = 0; i < 50 && test::PidAlive(stuck); ++i) ::usleep(100 * 1000);
   EXPECT_FALSE(test::PidAlive(stuck));
+  EXPECT_NE(test::HttpStatus(ro.port, "/readyz"), 200);
+
+  // Another GPU model: refused before anything is restored, and without the
+  // CUDA context that free memory needs.
+  FakeCudaDriver other_model = DriverWith(kOtherGpu, CudaProcessState::kCheckpointed);
+  other_model.devices[0].name = "NVIDIA A100-SXM4-80GB";
+  other_model.devices[0].cc_minor = 0, other_model.devices[0].cc_major = 8;
+  ro.port = test::FreePort();
+  auto refused = RestoreReplica(ro, *criu, {}, &other_model);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), Code::kIncompatible) << refused.status().ToString();
+  EXPECT_TRUE(other_model.procs.empty()) << "nothing was restored";
+  EXPECT_EQ(std::count(other_model.calls.begin(), other_model.calls.end(), "devices"), 0);
+
+  // Enough memory by the context-free look, not by the real one (another
+  // process holds most of the GPU): found beside the CRIU restore, and the
+  // restored tree is ended, never reported ready.
+  FakeCudaDriver full = DriverWith(kOtherGpu, CudaProcessState::kCheckpointed);
+  full.procs[1] = {CudaProcessState::kRunning, 0, 78ull << 30};  // not ours: never restored or killed
+  ro.port = test::FreePort();
+  const int servers_before = ServersRunning();
+  auto no_room = RestoreReplica(ro, *criu, {}, &full);
+  ASSERT_FALSE(no_room.ok());
+  EXPECT_EQ(no_room.status().code(), Code::kIncompatible) << no_room.status().ToString();
+  EXPECT_NE(no_room.status().message().find("free"), std::string::npos) << no_room.status().message();
+  EXPECT_NE(no_room.status().message().find("were ended"), std::string::npos) << no_room.status().message();
+  int left = ServersRunning();
+  for (int i = 0; i < 50 && left > servers_before; ++i, left = ServersRunning()) ::usleep(100 * 1000);
+  EXPECT_EQ(left, servers_before) << "the restored server was ended";
+  EXPECT_TRUE(full.restore_pairs.empty()) << "no GPU state was restored";
   EXPECT_NE(test::HttpStatus(ro.port, "/readyz"), 200);
 }
 

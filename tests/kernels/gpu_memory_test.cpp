@@ -93,6 +93,29 @@ class FakeDevice : public Device {
     std::memcpy(dst, p, n);
     return Status();
   }
+  // Like the driver: overlapping registrations are refused, and a copy from
+  // host memory is checked to come from a registered range when any is.
+  bool refuse_register = false;
+  int registrations = 0;
+  Status RegisterHost(const void* p, size_t n) override {
+    std::lock_guard l(mu_);
+    if (refuse_register) return Unsupported("cuMemHostRegister failed: CUDA_ERROR_NOT_SUPPORTED (801) (injected)");
+    const auto a = reinterpret_cast<uintptr_t>(p);
+    for (auto& [b, len] : registered_) {
+      if (a < b + len && b < a + n) return Internal("cuMemHostRegister: CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED");
+    }
+    registered_[a] = n;
+    ++registrations;
+    return Status();
+  }
+  Status UnregisterHost(const void* p) override {
+    std::lock_guard l(mu_);
+    return registered_.erase(reinterpret_cast<uintptr_t>(p)) ? Status() : InvalidArgument("not registered");
+  }
+  size_t RegisteredNow() {
+    std::lock_guard l(mu_);
+    return registered_.size();
+  }
   size_t MappedBytes() {
     std::lock_guard l(mu_);
     size_t n = 0;
@@ -112,6 +135,7 @@ class FakeDevice : public Device {
   DevicePtr next_ = 0x7000'0000'0000ull;
   std::map<DevicePtr, size_t> reserved_;
   std::map<DevicePtr, std::vector<uint8_t>> mapped_;
+  std::map<uintptr_t, size_t> registered_;
 };
 
 class GpuMemory : public ::testing::Test {
@@ -158,6 +182,54 @@ TEST_F(GpuMemory, LoadPutsEveryTensorAtItsAddressWithBoundedStaging) {
   EXPECT_EQ(dev.streams_used.size(), 3u);
 }
 
+TEST_F(GpuMemory, EveryReadModePutsTheSameBytesInPlace) {
+  using Mode = UploadOptions::ReadMode;
+  for (Mode m : {Mode::kPread, Mode::kMmap, Mode::kMmapPopulate, Mode::kRegister}) {
+    for (size_t chunk : {size_t{4096}, size_t{100'000}, size_t{1} << 22}) {
+      FakeDevice dev;
+      UploadOptions o;
+      o.mode = m;
+      o.chunk_bytes = chunk;
+      o.readers = 5;
+      o.buffers = 7;
+      auto w = DeviceWeights::Load(dev, path_, offsets_, sizes_, o);
+      ASSERT_TRUE(w.ok()) << ReadModeName(m) << " " << chunk << ": " << w.status().ToString();
+      ExpectResidentAndEqual(dev, *w);
+      EXPECT_EQ(w->last_upload().bytes, w->bytes());
+      EXPECT_EQ(dev.RegisteredNow(), 0u) << "every window unlocked";
+      EXPECT_EQ(dev.pinned_now, 0u);
+      if (m == Mode::kRegister) {
+        EXPECT_EQ(w->last_upload().mode, "register");
+        EXPECT_GT(dev.registrations, 1);
+        EXPECT_EQ(dev.pinned_peak, 0u) << "no staging";
+      } else {
+        EXPECT_EQ(dev.registrations, 0);
+      }
+    }
+  }
+}
+
+TEST_F(GpuMemory, ADeviceThatCannotRegisterFallsBackToStaging) {
+  FakeDevice dev;
+  dev.refuse_register = true;
+  UploadOptions o;
+  o.mode = UploadOptions::ReadMode::kRegister;
+  auto w = DeviceWeights::Load(dev, path_, offsets_, sizes_, o);
+  ASSERT_TRUE(w.ok()) << w.status().ToString();
+  ExpectResidentAndEqual(dev, *w);
+  EXPECT_NE(w->last_upload().mode.find("register refused"), std::string::npos) << w->last_upload().mode;
+  EXPECT_GT(dev.pinned_peak, 0u);
+}
+
+TEST_F(GpuMemory, ReadModesParseByName) {
+  UploadOptions::ReadMode m;
+  for (const char* n : {"pread", "mmap", "populate", "register"}) {
+    ASSERT_TRUE(ParseReadMode(n, &m)) << n;
+    EXPECT_STREQ(ReadModeName(m), n);
+  }
+  EXPECT_FALSE(ParseReadMode("dma", &m));
+}
+
 TEST_F(GpuMemory, ReleaseKeepsTheAddressesAndRestoreRefillsThem) {
   FakeDevice dev;
   auto w = DeviceWeights::Load(dev, path_, offsets_, sizes_);
@@ -191,18 +263,24 @@ TEST_F(GpuMemory, ATruncatedWeightsFileLeavesNothingResident) {
 }
 
 TEST_F(GpuMemory, DeviceFaultsAreReportedAndCleanedUp) {
-  for (int fault = 0; fault < 3; ++fault) {
-    FakeDevice dev;
-    if (fault == 0) dev.fail_map_after = 0;
-    if (fault == 1) dev.fail_copy_after = 5;
-    if (fault == 2) dev.fail_pinned = true;
-    UploadOptions o;
-    o.chunk_bytes = 64 * 1024;
-    auto w = DeviceWeights::Load(dev, path_, offsets_, sizes_, o);
-    ASSERT_FALSE(w.ok()) << fault;
-    EXPECT_NE(w.status().message().find("injected"), std::string::npos) << w.status().message();
-    EXPECT_EQ(dev.MappedBytes(), 0u) << fault;
-    EXPECT_EQ(dev.pinned_now, 0u) << fault;
+  using Mode = UploadOptions::ReadMode;
+  for (Mode m : {Mode::kPread, Mode::kMmap, Mode::kRegister}) {
+    for (int fault = 0; fault < 3; ++fault) {
+      if (fault == 2 && m == Mode::kRegister) continue;  // no staging to fail
+      FakeDevice dev;
+      if (fault == 0) dev.fail_map_after = 0;
+      if (fault == 1) dev.fail_copy_after = 5;
+      if (fault == 2) dev.fail_pinned = true;
+      UploadOptions o;
+      o.mode = m;
+      o.chunk_bytes = 64 * 1024;
+      auto w = DeviceWeights::Load(dev, path_, offsets_, sizes_, o);
+      ASSERT_FALSE(w.ok()) << fault;
+      EXPECT_NE(w.status().message().find("injected"), std::string::npos) << w.status().message();
+      EXPECT_EQ(dev.MappedBytes(), 0u) << fault;
+      EXPECT_EQ(dev.pinned_now, 0u) << fault;
+      EXPECT_EQ(dev.RegisteredNow(), 0u) << ReadModeName(m) << " " << fault;
+    }
   }
 }
 

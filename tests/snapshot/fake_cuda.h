@@ -7,6 +7,7 @@
 
 #include <functional>
 #include <map>
+#include <mutex>
 #include <set>
 #include <string>
 #include <vector>
@@ -54,10 +55,13 @@ class FakeCudaDriver : public CudaDriver {
   std::string DriverVersion() override { return driver_version; }
   int CudaVersion() override { return cuda_version; }
 
-  Result<std::vector<GpuDevice>> Devices() override {
-    calls.push_back("devices");
+  Result<std::vector<GpuDevice>> Devices(bool free_memory = true) override {
+    static std::mutex mu;  // the restore asks from two threads
+    std::lock_guard l(mu);
+    calls.push_back(free_memory ? "devices" : "devices-no-context");
     if (fail_devices) return Internal("cuDeviceGetCount failed: CUDA_ERROR_UNKNOWN (999) (injected)");
     std::vector<GpuDevice> out = devices;
+    if (!free_memory) return out;
     for (const auto& [pid, p] : procs) {
       if (p.state != CudaProcessState::kCheckpointed && p.device < static_cast<int>(out.size())) {
         out[p.device].free_bytes -= std::min(out[p.device].free_bytes, p.bytes);

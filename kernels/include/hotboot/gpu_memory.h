@@ -49,6 +49,11 @@ class Device {
   virtual Result<int> Record(int stream) = 0;
   virtual Status Wait(int event) = 0;
   virtual Status CopyToHost(void* dst, DevicePtr src, size_t n) = 0;  // synchronous
+  // Page-locks existing host pages (read-only for the device: a mapping of a
+  // file opened read-only) so copies from them need no staging; ranges may
+  // not overlap one already registered. kUnsupported where the device cannot.
+  virtual Status RegisterHost(const void* p, size_t n) = 0;
+  virtual Status UnregisterHost(const void* p) = 0;
 };
 
 // The CUDA device `ordinal` through libcuda.so.1 (primary context, `streams`
@@ -56,14 +61,24 @@ class Device {
 Result<std::unique_ptr<Device>> OpenCudaDevice(int ordinal = 0, int streams = 4);
 
 struct UploadOptions {
-  // Defaults from `hotboot bench gpu --sweep` on an H100 host (README): small
-  // chunks keep each reader's copy in cache and cost little pinning.
-  size_t chunk_bytes = 4u << 20;  // one read and one copy
-  int buffers = 16;               // pinned staging buffers (memory bound: buffers * chunk)
-  int readers = 8;                // threads reading the file
-  // Readers memcpy from a shared read-only mapping of the file instead of
-  // pread() into the staging buffer (falls back to pread if mmap fails).
-  bool mmap_reads = false;
+  // Defaults from `hotboot bench gpu --sweep` on an H100 host (README): many
+  // readers copying small chunks out of a mapping of the file (page-cache
+  // reads do not scale per thread; small chunks stay in cache and need
+  // little pinned memory).
+  size_t chunk_bytes = 1u << 20;  // one read and one copy
+  int buffers = 32;               // pinned staging buffers (memory bound: buffers * chunk)
+  int readers = 16;               // threads reading the file
+  // How the bytes get from the file to the copy engine:
+  //   kPread:        pread() into pinned staging buffers
+  //   kMmap:         memcpy from a read-only mapping of the file into them
+  //   kMmapPopulate: the same, each chunk's pages faulted in at once first
+  //                  (MADV_POPULATE_READ) instead of one fault at a time
+  //   kRegister:     no staging: each reader page-locks a window of the
+  //                  mapped file (chunk_bytes, page-aligned) and the copies
+  //                  read the page cache directly; falls back to kMmap when
+  //                  the device cannot register read-only host memory
+  enum class ReadMode { kPread, kMmap, kMmapPopulate, kRegister };
+  ReadMode mode = ReadMode::kMmap;
 };
 
 struct UploadStats {
@@ -76,6 +91,7 @@ struct UploadStats {
   double read_seconds = 0;
   double copy_wait_seconds = 0;
   int staging_buffers = 0;
+  std::string mode;  // the read mode used ("pread", "mmap", "mmap+populate", "register")
   double GBps() const { return seconds > 0 ? static_cast<double>(bytes) / seconds / 1e9 : 0; }
 };
 
@@ -85,6 +101,10 @@ struct Region {
   uint64_t size = 0;
   DevicePtr dst = 0;
 };
+
+const char* ReadModeName(UploadOptions::ReadMode m);
+// "pread", "mmap", "populate" or "register"; false for anything else.
+bool ParseReadMode(const std::string& s, UploadOptions::ReadMode* m);
 
 // Streams `regions` of the open file `fd` to the device (see the top).
 Result<UploadStats> UploadFromFile(Device& dev, int fd, const std::vector<Region>& regions,

@@ -83,7 +83,10 @@ Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, con
 
 // The GPU part of the compatibility check: the pairs to restore with, or
 // kIncompatible saying why the snapshot's GPU state cannot go on this host.
-Result<std::vector<GpuPair>> CheckGpuCompatibility(const nlohmann::json& manifest, CudaDriver* cuda);
+// Without `free_memory` no CUDA context is made (fast) and only the GPUs'
+// model, compute capability and count are checked.
+Result<std::vector<GpuPair>> CheckGpuCompatibility(const nlohmann::json& manifest, CudaDriver* cuda,
+                                                   bool free_memory = true);
 
 // A snapshot built without a PID namespace of its own (process.pid_namespace
 // false) comes back with the PIDs in process.pids: kIncompatible naming

@@ -118,6 +118,9 @@ class Model {
   // weights file. The CPU model has nothing on a device: no-ops.
   virtual Status ReleaseDevice() { return Status(); }
   virtual Result<double> RestoreDevice() { return 0.0; }  // milliseconds spent
+  // What the process still holds on its device (for the log), after
+  // ReleaseDevice; empty for a model with no device.
+  virtual std::string DeviceMemoryReport() const { return ""; }
   // "cpu" or the GPU's name.
   virtual std::string device() const { return "cpu"; }
   // Boot phases a device adds to LoadTimings (CUDA init, weight upload,

@@ -43,8 +43,10 @@ class CudaDriver {
   virtual ~CudaDriver() = default;
   virtual std::string DriverVersion() = 0;  // display driver, "580.65.06"; "" unknown
   virtual int CudaVersion() = 0;            // 13000 for CUDA 13.0
-  // Every device with its free memory now.
-  virtual Result<std::vector<GpuDevice>> Devices() = 0;
+  // Every device with its free memory now. Free memory takes a CUDA context
+  // (about 0.2 s to create on an H100); without `free_memory` none is made
+  // and free_bytes is the total.
+  virtual Result<std::vector<GpuDevice>> Devices(bool free_memory = true) = 0;
   // kNotFound when `pid` is not a CUDA process (no driver restore thread).
   virtual Result<CudaProcessState> ProcessState(pid_t pid) = 0;
   // RUNNING -> LOCKED; on timeout the process stays RUNNING.
