@@ -436,15 +436,57 @@ std::string GpuLlamaModel::Digest() const {
   XXH3_128bits_reset(st);
   const std::string conf = ConfigToJson(cfg_) + PlanDescription();
   XXH3_128bits_update(st, conf.data(), conf.size());
-  std::vector<char> buf(size_t{8} << 20);
   bool ok = weights_.resident();
-  for (size_t i = 0; ok && i < file_.layout.tensors.size(); ++i) {
+  // The weights' bytes in pieces, in file order.
+  struct Piece {
+    gpu::DevicePtr src;
+    size_t len;
+  };
+  constexpr size_t kPiece = size_t{4} << 20;
+  std::vector<Piece> pieces;
+  for (size_t i = 0; i < file_.layout.tensors.size(); ++i) {
     const uint64_t n = file_.layout.tensors[i].bytes;
-    for (uint64_t off = 0; ok && off < n; off += buf.size()) {
-      const size_t len = static_cast<size_t>(std::min<uint64_t>(buf.size(), n - off));
-      ok = dev_->CopyToHost(buf.data(), weights_.ptr(i) + off, len).ok();
-      XXH3_128bits_update(st, buf.data(), len);
+    for (uint64_t off = 0; off < n; off += kPiece) {
+      pieces.push_back({weights_.ptr(i) + off, static_cast<size_t>(std::min<uint64_t>(kPiece, n - off))});
     }
+  }
+  // Two pinned buffers: the copy of piece k+1 runs while piece k is hashed
+  // (it is on the restore's critical path: the readiness check waits for it).
+  void* buf[2] = {nullptr, nullptr};
+  cudaEvent_t copied[2] = {nullptr, nullptr};
+  bool pipelined = ok;
+  for (int b = 0; pipelined && b < 2; ++b) {
+    pipelined = cudaHostAlloc(&buf[b], kPiece, cudaHostAllocDefault) == cudaSuccess &&
+                cudaEventCreateWithFlags(&copied[b], cudaEventDisableTiming) == cudaSuccess;
+  }
+  auto issue = [&](size_t k) {
+    void* dst = buf[k % 2];
+    return cudaMemcpyAsync(dst, reinterpret_cast<const void*>(pieces[k].src), pieces[k].len, cudaMemcpyDeviceToHost,
+                           stream_) == cudaSuccess &&
+           cudaEventRecord(copied[k % 2], stream_) == cudaSuccess;
+  };
+  if (pipelined) {
+    ok = pieces.empty() || issue(0);
+    for (size_t k = 0; ok && k < pieces.size(); ++k) {
+      if (k + 1 < pieces.size()) ok = issue(k + 1);
+      ok = ok && cudaEventSynchronize(copied[k % 2]) == cudaSuccess;
+      if (ok) XXH3_128bits_update(st, buf[k % 2], pieces[k].len);
+    }
+  } else if (ok) {  // no pinned memory: one synchronous pageable copy at a time
+    cudaGetLastError();
+    std::vector<char> host(kPiece);
+    for (size_t k = 0; ok && k < pieces.size(); ++k) {
+      ok = dev_->CopyToHost(host.data(), pieces[k].src, pieces[k].len).ok();
+      XXH3_128bits_update(st, host.data(), pieces[k].len);
+    }
+  }
+  if (!ok) {
+    cudaStreamSynchronize(stream_);  // nothing may still write into the buffers freed below
+    cudaGetLastError();
+  }
+  for (int b = 0; b < 2; ++b) {
+    if (copied[b]) cudaEventDestroy(copied[b]);
+    if (buf[b]) cudaFreeHost(buf[b]);
   }
   const XXH128_hash_t h = XXH3_128bits_digest(st);
   XXH3_freeState(st);
