@@ -89,7 +89,7 @@ struct GpuBenchArgs {
   std::string weights;
   int size_mib = 2048;
   int device = 0;
-  int streams = 4;
+  int streams = 8;
   int repeat = 3;
   size_t chunk_mib = gpu::UploadOptions{}.chunk_bytes >> 20;
   int buffers = gpu::UploadOptions{}.buffers;

@@ -137,7 +137,7 @@ Result<std::unique_ptr<Model>> GpuLlamaModel::Load(const std::string& path, cons
         "serve with --device auto or --device cpu");
   auto m = std::make_unique<GpuLlamaModel>();
   const auto t_init = Clock::now();
-  HB_ASSIGN_OR_RETURN(m->dev_, gpu::OpenCudaDevice(0, 4));
+  HB_ASSIGN_OR_RETURN(m->dev_, gpu::OpenCudaDevice(0));
   m->device_name_ = m->dev_->Name();
   HB_RETURN_IF_ERROR(Cuda(cudaSetDevice(0), "cudaSetDevice"));
   HB_RETURN_IF_ERROR(Cuda(cudaStreamCreateWithFlags(&m->stream_, cudaStreamNonBlocking), "cudaStreamCreate"));
