@@ -37,6 +37,8 @@
 #include <string>
 #include <vector>
 
+#include <xxhash.h>
+
 #include "hotboot/kernels.h"
 #include "hotboot/kernels_gpu.h"
 #include "hotboot/kernels_jit.h"
@@ -410,6 +412,34 @@ void CompareSmallOps(int rows, int d, int h, int vocab, const std::string& tag) 
   Report("gather_rows", Shape({{"n", 2}, {"cols", vocab}}) + " " + tag, s, dg.Host(), want_g, 0, 0);
 }
 
+// The digest's block hashes: each must equal the xxHash library's XXH64 of
+// the same bytes (compared as four exact 16-bit pieces per hash).
+void CompareBlockHashes(uint64_t bytes, uint64_t block) {
+  std::mt19937_64 rng(bytes);
+  std::vector<uint64_t> words((bytes + 7) / 8);
+  for (auto& w : words) w = rng();
+  const auto* data = reinterpret_cast<const unsigned char*>(words.data());
+  const uint64_t blocks = (bytes + block - 1) / block;
+  std::vector<uint64_t> want_h(blocks);
+  auto cpu = [&] {
+    for (uint64_t i = 0; i < blocks; ++i) want_h[i] = XXH64(data + i * block, std::min(block, bytes - i * block), 0);
+  };
+  cpu();
+  Dev<uint64_t> dd(words), dh(blocks);
+  auto run = [&] { return g::BlockHashes(dd.get(), bytes, block, dh.get(), nullptr); };
+  const auto st = Synced(run(), "block_hashes");
+  const auto got_h = dh.Host();
+  std::vector<float> got, want;
+  for (uint64_t i = 0; i < blocks; ++i) {
+    for (int q = 0; q < 4; ++q) {
+      got.push_back(static_cast<float>((got_h[i] >> (16 * q)) & 0xffff));
+      want.push_back(static_cast<float>((want_h[i] >> (16 * q)) & 0xffff));
+    }
+  }
+  Report("block_hashes", Shape({{"bytes", static_cast<int>(bytes)}, {"block", static_cast<int>(block)}}), st, got,
+         want, 0, 0, [&] { run(); }, cpu, static_cast<double>(bytes));
+}
+
 // Greedy decoding of the whole model on both devices: token for token equal.
 void CompareDecode(const char* preset, const std::string& dir) {
   const std::string path = dir + "/" + preset + ".safetensors";
@@ -485,7 +515,7 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: kernels_gpu_compare [--perf] [--op "
-                   "matmul|rmsnorm|rope|attention|small|decode]\n");
+                   "matmul|rmsnorm|rope|attention|small|hash|decode]\n");
       return 2;
     }
   }
@@ -574,6 +604,12 @@ int main(int argc, char** argv) {
   if (Want("matmul")) CompareMatmul(3, 100, 37, "(odd k: GEMM path)");
   // Past the 48 KiB of shared memory a block gets by default (16384 scores).
   if (Want("attention")) CompareAttention(1, 6, 2, 64, 16384, true, "(long context)");
+  if (Want("hash")) {
+    CompareBlockHashes(64 << 10, 64 << 10);              // one whole block
+    CompareBlockHashes((3 << 20) + 77, 64 << 10);        // a short last block, with every tail step
+    CompareBlockHashes(29, 64 << 10);                    // shorter than one stripe
+    CompareBlockHashes(size_t{256} << 20, 64 << 10);     // the digest's size class: timed with --perf
+  }
   if (Want("decode")) {
     char tmpl[] = "/tmp/hotboot-gpu-compare-XXXXXX";
     if (::mkdtemp(tmpl)) {

@@ -68,4 +68,10 @@ Status GatherRows(const float* src, int cols, const int32_t* idx, int n, float* 
 // index; NaN never wins.
 Status Argmax(const float* x, int rows, int n, int32_t* out, Stream s);
 
+// out[i] = XXH64 (seed 0) of bytes [i*block, min((i+1)*block, bytes)) of
+// `data` (block_hash.h, the same code the host runs): ceil(bytes/block)
+// hashes. `block` a multiple of 32, `data` 8-byte aligned. Exact: the
+// harness compares each hash with the xxHash library's.
+Status BlockHashes(const void* data, uint64_t bytes, uint64_t block, uint64_t* out, Stream s);
+
 }  // namespace hotboot::kernels::gpu
