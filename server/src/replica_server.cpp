@@ -504,9 +504,11 @@ json ReplicaServer::Impl::HandleControl(const json& cmd) {
     if (!s.ok()) return fail(s.message());
     opts.host = host;
     // Re-check itself: the warm state must hash to what the build recorded.
+    const auto t_digest = Clock::now();
     const std::string digest = model->Digest();
     {
       std::lock_guard lock(metrics.mu);
+      metrics.phase_ms["restore_digest"] = MsBetween(t_digest, Clock::now());
       metrics.phase_ms["restore_rebind_and_digest"] = MsBetween(t_restore, Clock::now());
       if (*uploaded > 0) {
         // The whole device restore, then the model's own parts of it (weight upload, graph capture...).

@@ -512,8 +512,10 @@ Result<double> GpuLlamaModel::RestoreDevice() {
   phases_["restore_weight_upload"] = up.seconds * 1000;  // /metrics exports phases as seconds
   const auto tg = Clock::now();
   if (stack_limit_ > 0) {
+    const auto ts = Clock::now();
     HB_RETURN_IF_ERROR(Cuda(cudaDeviceSetLimit(cudaLimitStackSize, stack_limit_), "restore the stack limit"));
     stack_limit_ = 0;
+    phases_["restore_stack_limit"] = MsSince(ts);
   }
   HB_RETURN_IF_ERROR(CaptureGraphs());
   phases_["restore_graph_capture"] = MsSince(tg);
