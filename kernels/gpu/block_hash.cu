@@ -24,6 +24,7 @@ Status BlockHashes(const void* data, uint64_t bytes, uint64_t block, uint64_t* o
   if (bytes == 0) return Status();
   const uint64_t blocks = (bytes + block - 1) / block;
   constexpr int kThreads = 128;
+  if ((blocks + kThreads - 1) / kThreads > 0x7fffffffu) return InvalidArgument("BlockHashes: too many blocks");
   BlockHashKernel<<<static_cast<unsigned>((blocks + kThreads - 1) / kThreads), kThreads, 0, detail::S(s)>>>(
       static_cast<const unsigned char*>(data), bytes, block, blocks, out);
   return detail::Launched("block_hashes");

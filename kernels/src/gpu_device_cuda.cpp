@@ -99,6 +99,7 @@ class CudaDevice final : public Device {
               Sym("cuMemcpyHtoDAsync_v2", copy_h2d_async_) && Sym("cuMemcpyDtoH_v2", copy_d2h_) &&
               Sym("cuEventCreate", event_create_) && Sym("cuEventDestroy_v2", event_destroy_) &&
               Sym("cuEventRecord", event_record_) && Sym("cuEventSynchronize", event_sync_) &&
+              Sym("cuStreamSynchronize", stream_sync_) &&
               Sym("cuGetErrorName", error_name_);
     if (!ok) return NotFound("the NVIDIA driver lacks " + missing_ + " (virtual memory management needs CUDA 10.2+)");
     // Optional: uploads without staging (UploadOptions::kRegister).
@@ -219,6 +220,15 @@ class CudaDevice final : public Device {
     free_events_.push_back(event);
     return st;
   }
+  Status Sync() override {
+    Scope s(this);
+    Status first;
+    for (drv::Stream st : streams_) {
+      Status r = Check("cuStreamSynchronize", stream_sync_(st));
+      if (first.ok()) first = r;
+    }
+    return first;
+  }
   Status CopyToHost(void* dst, DevicePtr src, size_t n) override {
     Scope s(this);
     return Check("cuMemcpyDtoH", copy_d2h_(dst, src, n));
@@ -303,6 +313,7 @@ class CudaDevice final : public Device {
   drv::Result (*event_destroy_)(drv::Event) = nullptr;
   drv::Result (*event_record_)(drv::Event, drv::Stream) = nullptr;
   drv::Result (*event_sync_)(drv::Event) = nullptr;
+  drv::Result (*stream_sync_)(drv::Stream) = nullptr;
   drv::Result (*error_name_)(drv::Result, const char**) = nullptr;
   drv::Result (*host_register_)(void*, size_t, unsigned) = nullptr;
   drv::Result (*host_unregister_)(void*) = nullptr;

@@ -191,8 +191,11 @@ Result<UploadStats> UploadRegistered(Device& dev, const FileMapping& map, const 
         const auto tw = std::chrono::steady_clock::now();
         auto ev = dev.Record(stream);
         Status done = ev.ok() ? dev.Wait(*ev) : ev.status();
+        if (!done.ok()) {
+          fail(done.Prefixed("waiting for a weight copy"));
+          dev.Sync();  // no marker to wait on: wait for everything
+        }
         wait_s[static_cast<size_t>(t)] += Since(tw);
-        if (!done.ok()) fail(done.Prefixed("waiting for a weight copy"));
         Status u = dev.UnregisterHost(map.at(base));
         if (!u.ok()) fail(u.Prefixed("unlocking the weights file at byte " + std::to_string(base)));
         if (!s.ok() || !done.ok() || !u.ok()) break;
@@ -275,7 +278,7 @@ Result<UploadStats> UploadFromFile(Device& dev, int fd, const std::vector<Region
       st.mode = "mmap (register refused: " + r.status().message() + ")";
     }
   }
-  if (st.mode.empty()) st.mode = map.ok() ? (opts.mode == Mode::kMmapPopulate ? "mmap+populate" : "mmap") : "pread";
+  if (st.mode.empty()) st.mode = map.ok() ? (opts.mode == Mode::kMmapPopulate ? "populate" : "mmap") : "pread";
   const bool populate = opts.mode == Mode::kMmapPopulate;
   const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
   auto read_chunk = [&](void* dst, const Chunk& c) -> Status {
@@ -385,6 +388,8 @@ Result<UploadStats> UploadFromFile(Device& dev, int fd, const std::vector<Region
   allocator.join();
   free_buffers.Close();
   for (auto& t : readers) t.join();
+  // A copy whose marker could not be recorded may still read its buffer.
+  if (!failed.ok()) dev.Sync();
   for (void* b : buffers) {
     if (b) dev.FreePinned(b, opts.chunk_bytes);
   }

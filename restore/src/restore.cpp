@@ -2,11 +2,13 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 
 #include <chrono>
 #include <future>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <random>
 #include <set>
@@ -259,6 +261,20 @@ Status CheckPidsFree(const json& manifest) {
                             "or host), or stop the process holding them");
 }
 
+void ReservePids(const json& manifest) {
+  const json process = manifest.value("process", json::object());
+  if (process.value("pid_namespace", true)) return;
+  long top = 0;
+  for (const auto& p : process.value("pids", json::array())) {
+    if (p.is_number_integer()) top = std::max(top, p.get<long>());
+  }
+  long last = 0;
+  std::ifstream("/proc/sys/kernel/ns_last_pid") >> last;
+  // Needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE, which CRIU needs anyway;
+  // without it CheckPidsFree and CRIU still say what collided.
+  if (top > last) std::ofstream("/proc/sys/kernel/ns_last_pid") << top;
+}
+
 Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, const RestoreEvents& ev,
                                      CudaDriver* cuda) {
   auto phase = [&](const std::string& p) {
@@ -274,6 +290,10 @@ Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, con
     return Corrupt(opts.snapshot_path + ": manifest is not a hotboot snapshot manifest");
   }
 
+  // Before this process starts a thread or CRIU: new PIDs are handed out
+  // above the ones the snapshot's tree must get back.
+  ReservePids(manifest);
+
   phase("check");
   auto criu_version = criu.Version();
   auto problems = CheckCompatibility(manifest, ReadHostInfo(), criu_version.ok() ? *criu_version : "");
@@ -281,6 +301,13 @@ Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, con
     return Incompatible("snapshot " + opts.snapshot_path + " cannot be restored on this host:" +
                         DescribeProblems(problems));
   }
+  HB_ASSIGN_OR_RETURN(const int port, ReplicaPort(manifest, opts.port));
+  if (!PortAvailable(opts.host, port)) {
+    return FailedPrecondition("port " + std::to_string(port) + " on " + opts.host + " is already in use; " +
+                              (IsTransparent(manifest) ? "this snapshot's server can only listen there; free it"
+                                                       : "pick a free --port"));
+  }
+  HB_RETURN_IF_ERROR(CheckPidsFree(manifest).Prefixed("snapshot " + opts.snapshot_path + " cannot be restored here"));
   // The GPUs' model, compute capability and count (and the driver branch)
   // are checked now, before anything is touched. Their free memory takes a
   // CUDA context (about 0.2 s on an H100): that check runs beside the unpack
@@ -300,13 +327,6 @@ Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, con
     });
   }
   const int gpu_processes = manifest.contains("gpu") ? manifest["gpu"].value("processes", 0) : 0;
-  HB_ASSIGN_OR_RETURN(const int port, ReplicaPort(manifest, opts.port));
-  if (!PortAvailable(opts.host, port)) {
-    return FailedPrecondition("port " + std::to_string(port) + " on " + opts.host + " is already in use; " +
-                              (IsTransparent(manifest) ? "this snapshot's server can only listen there; free it"
-                                                       : "pick a free --port"));
-  }
-  HB_RETURN_IF_ERROR(CheckPidsFree(manifest).Prefixed("snapshot " + opts.snapshot_path + " cannot be restored here"));
   res.timings_ms["check"] = MsSince(t0);
 
   phase("unpack");

@@ -58,7 +58,6 @@ double MsBetween(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double, std::milli>(b - a).count();
 }
 
-// Open socket fds of this process (a capture must leave none).
 // Inodes of this process's TCP sockets (/proc/self/net/tcp and tcp6).
 std::set<std::string> TcpSocketInodes() {
   std::set<std::string> out;

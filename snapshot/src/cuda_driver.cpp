@@ -184,20 +184,19 @@ class DlCudaDriver final : public CudaDriver {
         continue;
       }
       // Free memory needs a context; the primary one is shared with nothing
-      // in this process and released right away.
+      // in this process and released right away. A GPU that gives none (busy
+      // in exclusive-process mode, say) has nothing free for a restore: it
+      // counts as full, so the plan can still pick another.
       drv::Context ctx = nullptr;
-      if (r = primary_ctx_retain_(&ctx, d); r != drv::kSuccess) {
-        return Internal(Call("cuDevicePrimaryCtxRetain on GPU " + std::to_string(i), r));
-      }
       size_t free_b = 0, total_b = 0;
-      r = ctx_push_(ctx);
-      if (r == drv::kSuccess) {
-        r = mem_get_info_(&free_b, &total_b);
-        drv::Context popped = nullptr;
-        ctx_pop_(&popped);
+      if (primary_ctx_retain_(&ctx, d) == drv::kSuccess) {
+        if (ctx_push_(ctx) == drv::kSuccess) {
+          if (mem_get_info_(&free_b, &total_b) != drv::kSuccess) free_b = 0;
+          drv::Context popped = nullptr;
+          ctx_pop_(&popped);
+        }
+        primary_ctx_release_(d);
       }
-      primary_ctx_release_(d);
-      if (r != drv::kSuccess) return Internal(Call("cuMemGetInfo on GPU " + std::to_string(i), r));
       g.free_bytes = free_b;
       out.push_back(std::move(g));
     }

@@ -69,10 +69,14 @@ Result<std::vector<MappedFile>> MappedFiles(pid_t pid) {
     std::getline(ls >> std::ws, path);
     if (path.empty() || path[0] != '/' || inode == "0") continue;
     // Shared anonymous memory (a MAP_SHARED|MAP_ANONYMOUS mapping shows as
-    // "/dev/zero (deleted)"; the CUDA driver leaves such mappings after its
-    // checkpoint), System V shared memory and memfd files are memory that
-    // CRIU dumps with the process, not files the restoring host must have.
-    if (path.rfind("/dev/zero", 0) == 0 || path.rfind("/SYSV", 0) == 0 || path.rfind("/memfd:", 0) == 0) continue;
+    // "/dev/zero (deleted)", "/anon_hugepage (deleted)" with huge pages; the
+    // CUDA driver leaves such mappings after its checkpoint), System V shared
+    // memory, memfd files and AIO rings are memory that CRIU dumps with the
+    // process, not files the restoring host must have.
+    if (path.rfind("/dev/zero", 0) == 0 || path.rfind("/SYSV", 0) == 0 || path.rfind("/memfd:", 0) == 0 ||
+        path.rfind("/anon_hugepage", 0) == 0 || path.rfind("/[aio]", 0) == 0) {
+      continue;
+    }
     if (path.find(" (deleted)") != std::string::npos) {
       return FailedPrecondition("process " + std::to_string(pid) + " maps a deleted file: " + path);
     }

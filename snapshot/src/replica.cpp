@@ -118,7 +118,10 @@ std::optional<int> Replica::Exited() {
 
 void Replica::Kill() {
   if (Exited()) return;
-  ::kill(pid_, SIGKILL);
+  // The whole process group (the server is a session leader, and so is its
+  // CRIU-restored self): without a PID namespace of its own, killing the
+  // root alone would leave its workers running on the GPU and the port.
+  if (::kill(-pid_, SIGKILL) != 0) ::kill(pid_, SIGKILL);
   Wait();
 }
 

@@ -86,6 +86,7 @@ class FakeDevice : public Device {
   }
   Result<int> Record(int) override { return 0; }
   Status Wait(int) override { return Status(); }
+  Status Sync() override { return Status(); }
   Status CopyToHost(void* dst, DevicePtr src, size_t n) override {
     std::lock_guard l(mu_);
     uint8_t* p = Locate(src, n);

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <fstream>
+
 #include "hotboot/restore.h"
 
 namespace hotboot {
@@ -95,6 +97,26 @@ TEST(Compat, PidsOfASnapshotWithoutPidNamespaceMustBeFree) {
   EXPECT_TRUE(CheckPidsFree(m).ok());
   m["process"] = {{"pid_namespace", false}, {"pids", {"x"}}};
   EXPECT_EQ(CheckPidsFree(m).code(), Code::kCorrupt);
+}
+
+TEST(Compat, ReservePidsMovesThePidCounterPastTheSnapshotsPids) {
+  auto last = [] {
+    long v = -1;
+    std::ifstream("/proc/sys/kernel/ns_last_pid") >> v;
+    return v;
+  };
+  long pid_max = 0;
+  std::ifstream("/proc/sys/kernel/pid_max") >> pid_max;
+  const long target = std::min(last() + 5000, pid_max - 10);
+  json m = {{"process", {{"pid_namespace", false}, {"pids", {target - 3, target}}}}};
+  ReservePids(m);
+  if (::geteuid() != 0) GTEST_SKIP() << "ns_last_pid needs root";
+  EXPECT_GE(last(), target);
+  // A snapshot with a PID namespace of its own leaves the counter alone.
+  const long now = last();
+  m["process"] = {{"pid_namespace", true}, {"pids", {pid_max - 5}}};
+  ReservePids(m);
+  EXPECT_LT(last(), now + 1000);
 }
 
 TEST(Compat, PortAvailable) {

@@ -2,7 +2,13 @@
 // play the server's side of the protocol (server/CONTROL.md).
 #include "hotboot/replica.h"
 
+#include <signal.h>
+#include <unistd.h>
+
 #include <gtest/gtest.h>
+
+#include <fstream>
+#include <string>
 
 namespace hotboot {
 namespace {
@@ -83,6 +89,31 @@ TEST(Replica, RunsInItsOwnPidNamespaceAsSessionLeaderWithOnlyThreeFds) {
   ASSERT_TRUE(keys.ok());
   EXPECT_EQ((*keys)[0].rfind("pipe:[", 0), 0u);
   EXPECT_EQ((*keys)[2].rfind("pipe:[", 0), 0u);
+}
+
+// Without a PID namespace, killing a replica ends its workers too (the
+// process group), not only the root.
+TEST(Replica, KillEndsTheWorkersToo) {
+  auto r = Launch("sleep 30 & echo \"{\\\"event\\\":\\\"state\\\",\\\"state\\\":\\\"warm\\\",\\\"port\\\":$!}\"; wait");
+  ASSERT_TRUE(r);
+  auto warm = r->WaitForState("warm", 10s);
+  ASSERT_TRUE(warm.ok()) << warm.status().ToString();
+  const pid_t worker = (*warm)["port"].get<pid_t>();  // the worker's pid, carried in a field the test reads
+  ASSERT_EQ(::kill(worker, 0), 0);
+  r->Kill();
+  // Dead: gone from /proc, or a zombie waiting for init to reap it.
+  auto alive = [](pid_t p) {
+    std::string stat;
+    std::getline(std::ifstream("/proc/" + std::to_string(p) + "/stat"), stat);
+    const size_t paren = stat.rfind(')');
+    return paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] != 'Z';
+  };
+  bool gone = !alive(worker);
+  for (int i = 0; i < 100 && !gone; ++i) {
+    ::usleep(20 * 1000);
+    gone = !alive(worker);
+  }
+  EXPECT_TRUE(gone) << "worker " << worker << " survived the replica";
 }
 
 TEST(Replica, LogsReachTheSink) {

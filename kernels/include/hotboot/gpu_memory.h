@@ -48,6 +48,9 @@ class Device {
   // A marker after everything queued on `stream` so far; Wait blocks on it.
   virtual Result<int> Record(int stream) = 0;
   virtual Status Wait(int event) = 0;
+  // Blocks until everything queued on every stream is done (error paths:
+  // no buffer is freed or unlocked while a copy may still read it).
+  virtual Status Sync() = 0;
   virtual Status CopyToHost(void* dst, DevicePtr src, size_t n) = 0;  // synchronous
   // Page-locks existing host pages (read-only for the device: a mapping of a
   // file opened read-only) so copies from them need no staging; ranges may
@@ -92,7 +95,7 @@ struct UploadStats {
   double read_seconds = 0;
   double copy_wait_seconds = 0;
   int staging_buffers = 0;
-  std::string mode;  // the read mode used ("pread", "mmap", "mmap+populate", "register")
+  std::string mode;  // the read mode used (ReadModeName), or why another was
   double GBps() const { return seconds > 0 ? static_cast<double>(bytes) / seconds / 1e9 : 0; }
 };
 

@@ -92,6 +92,10 @@ Result<std::vector<GpuPair>> CheckGpuCompatibility(const nlohmann::json& manifes
 // false) comes back with the PIDs in process.pids: kIncompatible naming
 // those in use on this host.
 Status CheckPidsFree(const nlohmann::json& manifest);
+// For such a snapshot: moves the PID counter (ns_last_pid) past its PIDs so
+// that the threads and processes a restore starts do not take them first.
+// Best effort (needs the privilege CRIU needs).
+void ReservePids(const nlohmann::json& manifest);
 
 // Boots the server recorded in the snapshot's manifest cold, on opts.port,
 // and waits until it is warm: the fallback when the snapshot cannot be used.
