@@ -19,24 +19,15 @@ namespace hotboot::kernels::xxh64 {
 constexpr uint64_t kP1 = 0x9E3779B185EBCA87ULL, kP2 = 0xC2B2AE3D27D4EB4FULL, kP3 = 0x165667B19E3779F9ULL,
                    kP4 = 0x85EBCA77C2B2AE63ULL, kP5 = 0x27D4EB2F165667C5ULL;
 
-// Little-endian loads. On the device `p` must be aligned to their size
+// A little-endian load. On the device `p` must be aligned to sizeof(T)
 // (BlockHashes guarantees it); the host takes any address.
-HB_HOST_DEVICE uint64_t Load64(const unsigned char* p) {
+template <typename T>
+HB_HOST_DEVICE T Load(const unsigned char* p) {
 #ifdef __CUDA_ARCH__
-  return *reinterpret_cast<const uint64_t*>(p);
+  return *reinterpret_cast<const T*>(p);
 #else
-  uint64_t v;
-  std::memcpy(&v, p, 8);
-  return v;
-#endif
-}
-
-HB_HOST_DEVICE uint32_t Load32(const unsigned char* p) {
-#ifdef __CUDA_ARCH__
-  return *reinterpret_cast<const uint32_t*>(p);
-#else
-  uint32_t v;
-  std::memcpy(&v, p, 4);
+  T v;
+  std::memcpy(&v, p, sizeof v);
   return v;
 #endif
 }
@@ -54,10 +45,10 @@ HB_HOST_DEVICE uint64_t Hash(const unsigned char* p, uint64_t len) {
     uint64_t v1 = kP1 + kP2, v2 = kP2, v3 = 0, v4 = 0 - kP1;
     const unsigned char* const limit = end - 32;
     do {
-      v1 = Round(v1, Load64(p));
-      v2 = Round(v2, Load64(p + 8));
-      v3 = Round(v3, Load64(p + 16));
-      v4 = Round(v4, Load64(p + 24));
+      v1 = Round(v1, Load<uint64_t>(p));
+      v2 = Round(v2, Load<uint64_t>(p + 8));
+      v3 = Round(v3, Load<uint64_t>(p + 16));
+      v4 = Round(v4, Load<uint64_t>(p + 24));
       p += 32;
     } while (p <= limit);
     h = Rotl(v1, 1) + Rotl(v2, 7) + Rotl(v3, 12) + Rotl(v4, 18);
@@ -66,9 +57,9 @@ HB_HOST_DEVICE uint64_t Hash(const unsigned char* p, uint64_t len) {
     h = kP5;
   }
   h += len;
-  for (; end - p >= 8; p += 8) h = Rotl(h ^ Round(0, Load64(p)), 27) * kP1 + kP4;
+  for (; end - p >= 8; p += 8) h = Rotl(h ^ Round(0, Load<uint64_t>(p)), 27) * kP1 + kP4;
   if (end - p >= 4) {
-    h = Rotl(h ^ static_cast<uint64_t>(Load32(p)) * kP1, 23) * kP2 + kP3;
+    h = Rotl(h ^ static_cast<uint64_t>(Load<uint32_t>(p)) * kP1, 23) * kP2 + kP3;
     p += 4;
   }
   for (; p < end; ++p) h = Rotl(h ^ static_cast<uint64_t>(*p) * kP5, 11) * kP1;
