@@ -87,6 +87,19 @@ double Since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
 
+// The first failure of a pipeline's threads; later ones add nothing. Once
+// set, `stop` tells every thread to finish.
+struct FirstFailure {
+  std::mutex mu;
+  Status status;
+  std::atomic<bool> stop{false};
+  void Fail(Status s) {
+    std::lock_guard l(mu);
+    if (status.ok()) status = std::move(s);
+    stop = true;
+  }
+};
+
 // A read-only shared mapping of the whole weights file.
 struct FileMapping {
   void* p = MAP_FAILED;
@@ -154,14 +167,8 @@ Result<UploadStats> UploadRegistered(Device& dev, const FileMapping& map, const 
     break;
   }
   std::atomic<size_t> next{0};
-  std::atomic<bool> stop{false};
-  std::mutex err_mu;
-  Status failed;
-  auto fail = [&](Status s) {
-    std::lock_guard l(err_mu);
-    if (failed.ok()) failed = std::move(s);
-    stop = true;
-  };
+  FirstFailure failure;
+  auto fail = [&](Status s) { failure.Fail(std::move(s)); };
   const int streams = std::max(1, dev.Streams());
   std::vector<double> lock_s(static_cast<size_t>(opts.readers), 0), wait_s(static_cast<size_t>(opts.readers), 0);
   std::vector<std::thread> readers;
@@ -170,7 +177,7 @@ Result<UploadStats> UploadRegistered(Device& dev, const FileMapping& map, const 
       const int stream = t % streams;
       for (;;) {
         const size_t w = next.fetch_add(1);
-        if (w >= windows.size() || stop) break;
+        if (w >= windows.size() || failure.stop) break;
         if (windows[w].empty()) continue;
         const uint64_t base = w * window;
         const auto tl = std::chrono::steady_clock::now();
@@ -203,7 +210,7 @@ Result<UploadStats> UploadRegistered(Device& dev, const FileMapping& map, const 
     });
   }
   for (auto& t : readers) t.join();
-  if (!failed.ok()) return failed;
+  if (!failure.status.ok()) return failure.status;
   for (double v : lock_s) st.read_seconds += v;
   for (double v : wait_s) st.copy_wait_seconds += v;
   st.seconds = Since(t0);
@@ -223,8 +230,7 @@ const char* ReadModeName(UploadOptions::ReadMode m) {
 }
 
 bool ParseReadMode(const std::string& s, UploadOptions::ReadMode* m) {
-  for (auto c : {UploadOptions::ReadMode::kPread, UploadOptions::ReadMode::kMmap,
-                 UploadOptions::ReadMode::kMmapPopulate, UploadOptions::ReadMode::kRegister}) {
+  for (auto c : kReadModes) {
     if (s == ReadModeName(c)) {
       *m = c;
       return true;
@@ -252,19 +258,13 @@ Result<UploadStats> UploadFromFile(Device& dev, int fd, const std::vector<Region
 
   const int nbuf = static_cast<int>(std::min<size_t>(static_cast<size_t>(opts.buffers), chunks.size()));
   std::vector<void*> buffers(static_cast<size_t>(nbuf), nullptr);
-  Status failed;
   Channel<int> free_buffers;
   Channel<Staged> staged;
   std::atomic<size_t> next{0};
-  std::atomic<bool> stop{false};
   std::atomic<int> allocated{0};
-  std::mutex err_mu;
-  auto fail = [&](Status s) {
-    std::lock_guard l(err_mu);
-    if (failed.ok()) failed = std::move(s);
-    stop = true;
-  };
-  auto since = Since;
+  FirstFailure failure;
+  std::atomic<bool>& stop = failure.stop;
+  auto fail = [&](Status s) { failure.Fail(std::move(s)); };
 
   // Every mode but pread reads through a mapping of the whole file; without
   // one (mmap refused) the readers fall back to pread.
@@ -310,7 +310,7 @@ Result<UploadStats> UploadFromFile(Device& dev, int fd, const std::vector<Region
       allocated.fetch_add(1);
       free_buffers.Push(i);
     }
-    st.staging_seconds = since(ta);
+    st.staging_seconds = Since(ta);
     st.staging_buffers = allocated.load();
     if (allocated.load() == 0) free_buffers.Close();  // nothing will ever come: readers stop
   });
@@ -331,7 +331,7 @@ Result<UploadStats> UploadFromFile(Device& dev, int fd, const std::vector<Region
         }
         const auto tr = std::chrono::steady_clock::now();
         Status s = read_chunk(buffers[static_cast<size_t>(b)], chunks[c]);
-        read_seconds[static_cast<size_t>(t)] += since(tr);
+        read_seconds[static_cast<size_t>(t)] += Since(tr);
         if (!s.ok()) {
           fail(s);
           free_buffers.Push(b);
@@ -357,7 +357,7 @@ Result<UploadStats> UploadFromFile(Device& dev, int fd, const std::vector<Region
     in_flight.pop_front();
     const auto tw = std::chrono::steady_clock::now();
     Status s = dev.Wait(f.event);
-    st.copy_wait_seconds += since(tw);
+    st.copy_wait_seconds += Since(tw);
     if (!s.ok()) fail(s.Prefixed("waiting for a weight copy"));
     free_buffers.Push(f.buffer);
   };
@@ -389,13 +389,13 @@ Result<UploadStats> UploadFromFile(Device& dev, int fd, const std::vector<Region
   free_buffers.Close();
   for (auto& t : readers) t.join();
   // A copy whose marker could not be recorded may still read its buffer.
-  if (!failed.ok()) dev.Sync();
+  if (!failure.status.ok()) dev.Sync();
   for (void* b : buffers) {
     if (b) dev.FreePinned(b, opts.chunk_bytes);
   }
-  if (!failed.ok()) return failed;
+  if (!failure.status.ok()) return failure.status;
   for (double r : read_seconds) st.read_seconds += r;
-  st.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  st.seconds = Since(t0);
   return st;
 }
 

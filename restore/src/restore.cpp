@@ -240,34 +240,46 @@ Result<std::vector<GpuPair>> CheckGpuCompatibility(const json& manifest, CudaDri
   return PlanGpuPairs(captured, devices);
 }
 
+namespace {
+
+// The PIDs a snapshot's tree must get back: empty when it had a PID
+// namespace of its own (any PIDs will do).
+Result<std::vector<long>> RecordedPids(const json& manifest) {
+  const json process = manifest.value("process", json::object());
+  std::vector<long> pids;
+  if (process.value("pid_namespace", true)) return pids;
+  for (const auto& p : process.value("pids", json::array())) {
+    if (!p.is_number_integer()) return Corrupt("manifest: process.pids holds a non-integer");
+    pids.push_back(p.get<long>());
+  }
+  return pids;
+}
+
+}  // namespace
+
 // A tree built without a PID namespace of its own comes back with its PIDs
 // (CRIU restores every thread's ID); one in use here would fail CRIU midway.
 Status CheckPidsFree(const json& manifest) {
-  const json process = manifest.value("process", json::object());
-  if (process.value("pid_namespace", true)) return Status::Ok();
+  HB_ASSIGN_OR_RETURN(std::vector<long> pids, RecordedPids(manifest));
   std::vector<std::string> busy;
-  for (const auto& p : process.value("pids", json::array())) {
-    if (!p.is_number_integer()) return Corrupt("manifest: process.pids holds a non-integer");
+  for (long p : pids) {
     std::error_code ec;
-    if (fs::exists("/proc/" + std::to_string(p.get<long>()), ec)) busy.push_back(std::to_string(p.get<long>()));
+    if (fs::exists("/proc/" + std::to_string(p), ec)) busy.push_back(std::to_string(p));
   }
   if (busy.empty()) return Status::Ok();
   std::string list;
   for (size_t i = 0; i < busy.size() && i < 8; ++i) list += (i ? ", " : "") + busy[i];
   if (busy.size() > 8) list += ", ...";
   return Incompatible(std::to_string(busy.size()) + " of the PIDs its process tree had are in use on this " +
-                            "host (" + list + "); it was built without a PID namespace of its own (--pid-namespace " +
-                            "off, or auto on a GPU host), so restore it where they are free (a fresh container " +
-                            "or host), or stop the process holding them");
+                      "host (" + list + "); it was built without a PID namespace of its own (--pid-namespace " +
+                      "off, or auto on a GPU host), so restore it where they are free (a fresh container " +
+                      "or host), or stop the process holding them");
 }
 
 void ReservePids(const json& manifest) {
-  const json process = manifest.value("process", json::object());
-  if (process.value("pid_namespace", true)) return;
-  long top = 0;
-  for (const auto& p : process.value("pids", json::array())) {
-    if (p.is_number_integer()) top = std::max(top, p.get<long>());
-  }
+  auto pids = RecordedPids(manifest);
+  if (!pids.ok() || pids->empty()) return;  // a bad list is CheckPidsFree's to report
+  const long top = *std::max_element(pids->begin(), pids->end());
   long last = 0;
   std::ifstream("/proc/sys/kernel/ns_last_pid") >> last;
   // Needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE, which CRIU needs anyway;

@@ -450,7 +450,7 @@ json ReplicaServer::Impl::HandleControl(const json& cmd) {
     Status released;
     std::string digest;
     RunOnWorker([&] {
-      digest = model->Digest();  // while the weights are still on the device (a GPU model reads them back)
+      digest = model->Digest();  // while the weights are still on the device (a GPU model hashes them there)
       model->ReleaseScratch();
       released = model->ReleaseDevice();
     });

@@ -106,6 +106,9 @@ struct Region {
   DevicePtr dst = 0;
 };
 
+inline constexpr UploadOptions::ReadMode kReadModes[] = {
+    UploadOptions::ReadMode::kPread, UploadOptions::ReadMode::kMmap, UploadOptions::ReadMode::kMmapPopulate,
+    UploadOptions::ReadMode::kRegister};
 const char* ReadModeName(UploadOptions::ReadMode m);
 // "pread", "mmap", "populate" or "register"; false for anything else.
 bool ParseReadMode(const std::string& s, UploadOptions::ReadMode* m);
