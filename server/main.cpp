@@ -30,6 +30,17 @@ int main(int argc, char** argv) {
   app.add_option("--max-batch", o.max_batch, "Requests decoded together")->check(CLI::Range(1, 8));
   app.add_flag("--control-stdio", control,
                "Take hotboot's control commands as JSON lines on stdin, answer on stdout (server/CONTROL.md)");
+  app.footer(
+      "Environment:\n"
+      "  HOTBOOT_WEIGHTS_DIR  Where the packed weights go: a file mapped shared, so that a snapshot\n"
+      "                       stores it once and restored replicas map it. Default:\n"
+      "                       /dev/shm/hotboot-weights. \"none\": the CPU model keeps its weights in\n"
+      "                       anonymous memory (the GPU model still writes its file, in the default\n"
+      "                       directory). The directory needs room for about the model file's size:\n"
+      "                       loading checks and reserves it first, and fails saying how much is\n"
+      "                       needed and free. A container's default /dev/shm is 64 MiB: give the\n"
+      "                       container more (podman/docker run --shm-size=4g) or set\n"
+      "                       HOTBOOT_WEIGHTS_DIR to a directory with room.");
   CLI11_PARSE(app, argc, argv);
   if (control) {
     o.control_in_fd = 0;

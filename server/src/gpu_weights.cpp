@@ -6,13 +6,12 @@
 #include <unistd.h>
 #include <xxhash.h>
 
-#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
-#include <filesystem>
 
 #include "hotboot/kernels.h"
+#include "weights_file.h"
 
 namespace hotboot {
 
@@ -32,22 +31,13 @@ class MappedOut {
     if (base_) ::munmap(base_, size_);
     if (!tmp_.empty()) ::unlink(tmp_.c_str());
   }
+  // Its space reserved: a full tmpfs is an error here, not a SIGBUS while
+  // writing.
   Status Create(const std::string& dir, size_t size) {
-    static std::atomic<int> seq{0};
-    std::error_code ec;
-    std::filesystem::create_directories(dir, ec);
-    if (ec) return IoError("create " + dir + ": " + ec.message());
-    tmp_ = dir + "/.gpu-loading." + std::to_string(::getpid()) + "." + std::to_string(seq++);
-    const int fd = ::open(tmp_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd < 0) return ErrnoError("create " + tmp_, errno);
-    Status s;
-    if (::ftruncate(fd, static_cast<off_t>(size)) != 0) s = ErrnoError("size " + tmp_, errno);
-    void* p = s.ok() ? ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) : MAP_FAILED;
-    if (s.ok() && p == MAP_FAILED) s = ErrnoError("map " + tmp_, errno);
-    ::close(fd);
-    if (!s.ok()) return s;
-    base_ = static_cast<uint8_t*>(p);
-    size_ = size;
+    HB_ASSIGN_OR_RETURN(MappedTemp t, CreateMappedTemp(dir, ".gpu-loading", size, NoRoomAdvice::kNeedAFile));
+    tmp_ = std::move(t.path);
+    base_ = t.base;
+    size_ = t.size;
     return Status();
   }
   uint8_t* at(uint64_t off) { return base_ + off; }
@@ -108,7 +98,7 @@ Result<GpuWeightsFile> WriteGpuWeightsFile(const SafetensorsFile& f, const Model
   GpuWeightsFile out;
   out.layout = PlanGpuWeights(c);
   MappedOut file;
-  HB_RETURN_IF_ERROR(file.Create(dir, out.layout.file_bytes));
+  HB_RETURN_IF_ERROR(file.Create(dir, out.layout.file_bytes).Prefixed("GPU weights file"));
   const bool fp16 = c.dtype == "fp16";
   const DType want = fp16 ? DType::kF16 : DType::kBF16;
   std::vector<uint16_t> buf;

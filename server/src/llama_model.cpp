@@ -8,10 +8,8 @@
 #include <unistd.h>
 #include <xxhash.h>
 
-#include <atomic>
 #include <cerrno>
 #include <cstring>
-#include <filesystem>
 
 #include <algorithm>
 #include <chrono>
@@ -24,6 +22,7 @@
 #include "hotboot/model.h"
 #include "hotboot/presets.h"
 #include "hotboot/safetensors.h"
+#include "weights_file.h"
 
 namespace hotboot {
 
@@ -66,23 +65,14 @@ class WeightFile {
     }
     if (!tmp_.empty()) ::unlink(tmp_.c_str());
   }
-  // Creates and maps a file of `bytes` in dir; the arena is then active.
+  // Creates and maps a file of `bytes` in dir, its space reserved (a full
+  // tmpfs is an error here, not a SIGBUS while packing); the arena is then
+  // active.
   Status Create(const std::string& dir, size_t bytes) {
-    static std::atomic<int> seq{0};
-    std::error_code ec;
-    std::filesystem::create_directories(dir, ec);
-    if (ec) return IoError("create " + dir + ": " + ec.message());
-    tmp_ = dir + "/.loading." + std::to_string(::getpid()) + "." + std::to_string(seq++);
-    int fd = ::open(tmp_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd < 0) return ErrnoError("create " + tmp_, errno);
-    Status s;
-    if (::ftruncate(fd, static_cast<off_t>(bytes)) != 0) s = ErrnoError("size " + tmp_, errno);
-    void* p = s.ok() ? ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) : MAP_FAILED;
-    if (s.ok() && p == MAP_FAILED) s = ErrnoError("map " + tmp_, errno);
-    ::close(fd);
-    if (!s.ok()) return s;
-    arena_.base = static_cast<uint8_t*>(p);
-    arena_.size = bytes;
+    HB_ASSIGN_OR_RETURN(MappedTemp t, CreateMappedTemp(dir, ".loading", bytes, NoRoomAdvice::kOfferNone));
+    tmp_ = std::move(t.path);
+    arena_.base = t.base;
+    arena_.size = t.size;
     kernels::SetArena(&arena_);
     return Status::Ok();
   }
@@ -212,11 +202,7 @@ Result<std::unique_ptr<Model>> LlamaModel::Load(const std::string& path, const L
   HB_ASSIGN_OR_RETURN(m->tok_, LoadTokenizer(f, c.vocab_size));
 
   // Size the weight file: every matrix big enough to leave the heap.
-  std::string wdir = opts.weights_dir;
-  if (wdir.empty()) {
-    const char* env = std::getenv("HOTBOOT_WEIGHTS_DIR");
-    wdir = env && *env ? env : "/dev/shm/hotboot-weights";
-  }
+  const std::string wdir = ResolveWeightsDir(opts.weights_dir);
   if (wdir != "none") {
     auto mat_bytes = [](int64_t n, int64_t kk) {
       const size_t b = static_cast<size_t>((n + 15) / 16 * 16 * kk * 2);

@@ -58,7 +58,10 @@ struct LoadOptions {
   // snapshot stores them once and restored replicas map them (page cache
   // shared between replicas) instead of copying them through CRIU.
   // Empty: $HOTBOOT_WEIGHTS_DIR or /dev/shm/hotboot-weights; "none":
-  // anonymous memory.
+  // anonymous memory (the CPU model; the GPU model uploads from its file and
+  // writes it in the default directory then). Its space is checked and
+  // reserved before the first write: a directory without room (a container's
+  // 64 MiB /dev/shm) fails the load with a message, instead of a SIGBUS.
   std::string weights_dir;
   // "auto": a CUDA GPU when one is usable (and the build has the CUDA
   // kernels), else the CPU; "cpu"; "cuda" (fails without a GPU).

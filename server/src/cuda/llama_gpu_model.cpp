@@ -26,6 +26,7 @@
 #include "../bpe_tokenizer.h"
 #include "../gpu_model.h"
 #include "../gpu_weights.h"
+#include "../weights_file.h"
 #include "hotboot/gpu_memory.h"
 #include "hotboot/kernels.h"
 #include "hotboot/kernels_gpu.h"
@@ -157,11 +158,11 @@ Result<std::unique_ptr<Model>> GpuLlamaModel::Load(const std::string& path, cons
   m->Specialise(major * 10 + minor);
   HB_ASSIGN_OR_RETURN(m->tok_, LoadTokenizer(f, c.vocab_size));
 
-  std::string dir = opts.weights_dir;
-  if (dir.empty() || dir == "none") {
-    const char* env = std::getenv("HOTBOOT_WEIGHTS_DIR");
-    dir = env && *env ? env : "/dev/shm/hotboot-weights";
-  }
+  // The weights are uploaded from a file and streamed back from it after a
+  // restore, so "none" (from the options or the environment) still writes
+  // one, in the default directory.
+  std::string dir = ResolveWeightsDir(opts.weights_dir == "none" ? "" : opts.weights_dir);
+  if (dir == "none") dir = kDefaultWeightsDir;
   HB_ASSIGN_OR_RETURN(m->file_, WriteGpuWeightsFile(f, c, dir));
   lt.read_ms = m->file_.read_ms;
   lt.convert_ms = m->file_.convert_ms;
