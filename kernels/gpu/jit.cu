@@ -143,6 +143,23 @@ struct Nvrtc {
   decltype(&nvrtcDestroyProgram) destroy = nullptr;
 };
 
+// NVRTC opens its builtins (libnvrtc-builtins.so.MAJOR.MINOR) by name when it
+// compiles, so a toolkit that is not on the loader's path (a CUDA toolkit at
+// /usr/local/cuda without an ld.so.conf entry, as when a container or a CI root
+// has it bound in) fails there with NVRTC_ERROR_BUILTIN_OPERATION_FAILURE even
+// though NVRTC itself was found. Loading the builtins from NVRTC's own directory
+// first lets that lookup find them by their soname. Best effort: when they are
+// not there, the compile still reports NVRTC's own error.
+void PreloadBuiltins(const void* nvrtc_symbol, const std::string& version) {
+  Dl_info info{};
+  if (version.empty() || ::dladdr(nvrtc_symbol, &info) == 0 || info.dli_fname == nullptr) return;
+  std::string dir = info.dli_fname;
+  const size_t slash = dir.rfind('/');
+  if (slash == std::string::npos) return;
+  dir.resize(slash + 1);
+  (void)::dlopen((dir + "libnvrtc-builtins.so." + version).c_str(), RTLD_NOW | RTLD_LOCAL);
+}
+
 Result<Nvrtc> OpenNvrtc(const std::string& library) {
   std::vector<std::string> names;
   const char* env = std::getenv("HOTBOOT_NVRTC");
@@ -189,6 +206,7 @@ Result<Nvrtc> OpenNvrtc(const std::string& library) {
                     "11.1 or later needed)");
   int major = 0, minor = 0;
   if (version(&major, &minor) == NVRTC_SUCCESS) r.version = std::to_string(major) + "." + std::to_string(minor);
+  PreloadBuiltins(reinterpret_cast<const void*>(r.compile), r.version);
   return r;
 }
 
