@@ -38,7 +38,7 @@ int main(int argc, char** argv) {
   add("inspect", "Show what a snapshot holds: sections, sizes, host, versions, timings, canary", AddInspect);
   add("verify", "Check every chunk checksum and the whole-file digest of a snapshot", AddVerify);
   add("demo", "Generate a model, cold-boot it, snapshot it, restore it, and compare", AddDemo);
-  add("bench", "Benchmarks; `bench format`: the snapshot container vs tar+zstd and the copy/decompress floor; `bench gpu`: weight upload vs pinned H2D", AddBench);
+  add("bench", "Benchmarks; `bench format`: the snapshot container vs tar+zstd, the write floor and a plain-zstd reference; `bench gpu`: weight upload vs the pinned H2D ceiling", AddBench);
 
   try {
     app.parse(argc, argv);
