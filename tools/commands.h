@@ -2,6 +2,7 @@
 // returns the function that runs it once argv is parsed.
 #pragma once
 
+#include <chrono>
 #include <functional>
 
 #include <CLI/CLI.hpp>
@@ -9,6 +10,19 @@
 namespace hotboot::cli {
 
 using Runner = std::function<int()>;
+
+// When this process started, for times that count what a user waits for
+// (`hotboot restore`'s time to ready): the kernel's record of the process's
+// start (/proc/self/stat, in clock ticks of 10 ms, rounded down: an interval
+// from it reads at most one tick long, never short), so exec, dynamic linking
+// and option parsing count. The kernel records the fork, not the exec: when
+// that was over a second before main (a script that ran, then exec'd us),
+// or /proc cannot say, main's first instant is used instead.
+struct ProcessStart {
+  std::chrono::steady_clock::time_point at;
+  const char* from;  // "process start" or "main"
+};
+ProcessStart StartOfProcess();
 
 Runner AddBuild(CLI::App& app);
 Runner AddRestore(CLI::App& app);

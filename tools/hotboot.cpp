@@ -1,14 +1,75 @@
 // hotboot: build a snapshot of a warm inference server, restore it as a ready
 // replica, inspect and verify snapshots.
 #include <signal.h>
+#include <time.h>
+#include <unistd.h>
 
+#include <cstdint>
+#include <cstdlib>
+#include <fstream>
+#include <iterator>
 #include <map>
+#include <string>
 
 #include "cli_common.h"
 #include "commands.h"
 
+namespace hotboot::cli {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+Clock::time_point g_main_entry = Clock::now();  // main sets it first thing; this is a fallback
+
+// Nanoseconds since boot at which this process started: field 22 of
+// /proc/self/stat (clock ticks on CLOCK_BOOTTIME), or -1 when unreadable.
+int64_t StartBootNs() {
+  std::ifstream in("/proc/self/stat");
+  const std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  // Field 2, the command name, is in parentheses and may hold spaces and
+  // ')': the fields after it are counted from the last ')'.
+  size_t at = stat.rfind(')');
+  if (at == std::string::npos) return -1;
+  ++at;
+  for (int field = 3; field < 22; ++field) {
+    at = stat.find(' ', at + 1);
+    if (at == std::string::npos) return -1;
+  }
+  char* end = nullptr;
+  const unsigned long long ticks = std::strtoull(stat.c_str() + at + 1, &end, 10);
+  const long hz = ::sysconf(_SC_CLK_TCK);
+  if (end == stat.c_str() + at + 1 || (*end != ' ' && *end != '\0') || hz <= 0 ||
+      ticks > static_cast<unsigned long long>(INT64_MAX / 1000000000)) {
+    return -1;
+  }
+  return static_cast<int64_t>(ticks) * (1000000000 / hz);
+}
+
+}  // namespace
+
+ProcessStart StartOfProcess() {
+  static const ProcessStart start = [] {
+    const ProcessStart from_main{g_main_entry, "main"};
+    const int64_t started = StartBootNs();
+    timespec boot{};
+    if (started < 0 || ::clock_gettime(CLOCK_BOOTTIME, &boot) != 0) return from_main;
+    const auto now = Clock::now();
+    const int64_t age_ns = static_cast<int64_t>(boot.tv_sec) * 1000000000 + boot.tv_nsec - started;
+    if (age_ns < 0) return from_main;
+    const auto at = now - std::chrono::nanoseconds(age_ns);
+    if (at > g_main_entry) return from_main;  // the two clocks disagree: trust neither
+    if (g_main_entry - at > std::chrono::seconds(1)) return from_main;  // forked long before it exec'd us
+    return ProcessStart{at, "process start"};
+  }();
+  return start;
+}
+
+}  // namespace hotboot::cli
+
 int main(int argc, char** argv) {
   using namespace hotboot::cli;
+  g_main_entry = std::chrono::steady_clock::now();
   ::signal(SIGPIPE, SIG_IGN);
   CLI::App app{
       "hotboot " HOTBOOT_VERSION

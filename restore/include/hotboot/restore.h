@@ -10,6 +10,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -51,6 +52,11 @@ struct RestoreOptions {
   std::string instance;       // empty: generated
   int threads = 0;            // unpack threads; 0: all cores
   bool skip_latency_check = false;
+  // The instant the restore is timed from: what the caller waited for before
+  // RestoreReplica began (for `hotboot restore`, its process start: exec,
+  // dynamic linking, option parsing, loading the CUDA driver) counts as the
+  // phase "startup", and time_to_ready_ms includes it. Unset: from the call.
+  std::optional<std::chrono::steady_clock::time_point> started;
 };
 
 struct RestoreEvents {
@@ -63,8 +69,11 @@ struct RestoreResult {
   int port = 0;
   std::string instance;
   std::string digest;
-  double time_to_ready_ms = 0;
+  double time_to_ready_ms = 0;  // from opts.started (or the call) to verified ready
   double canary_latency_ms = 0;
+  // Phases in milliseconds, one after another: they add up to at most
+  // "total" (= time_to_ready_ms; the rest is the gaps between them). A key
+  // ending in "_overlapped" ran beside the others and is not part of that sum.
   nlohmann::json timings_ms = nlohmann::json::object();
   bool cold = false;  // true when this is a cold boot fallback
   // False for a transparent server: no control channel, so detaching is
