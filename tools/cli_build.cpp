@@ -18,7 +18,8 @@ struct BuildArgs {
   std::string preset = "small";
   std::string spec_path;
   std::string server_log;
-  int zstd_level = 3;
+  int zstd_level = kDefaultZstdLevel;
+  bool zstd_level_given = false;  // --zstd-level overrides the spec's zstd_level only when given
   std::string base;
   std::string cuda_lib;
   std::string pid_namespace;
@@ -67,7 +68,7 @@ int RunBuild(const BuildArgs& a) {
     spec.command = {*server, "--model", *model, "--port", "0", "--control-stdio"};
     spec.labels["model"] = *model;
   }
-  spec.zstd_level = a.zstd_level;
+  if (a.zstd_level_given) spec.zstd_level = a.zstd_level;
   if (!a.base.empty()) spec.base_snapshot = a.base;
   if (a.ready_timeout_s > 0) spec.ready_timeout = std::chrono::seconds(a.ready_timeout_s);
   if (!a.pid_namespace.empty()) spec.pid_namespace = a.pid_namespace;
@@ -156,7 +157,7 @@ Runner AddBuild(CLI::App& app) {
   app.add_option("-m,--model", a->model, "Model file (safetensors) for the reference server");
   app.add_option("--preset", a->preset, "Default model preset when --model is not given")
       ->check(CLI::IsMember({"tiny", "small", "1b"}));
-  app.add_option("--spec", a->spec_path, "Build spec (JSON: command, warmup, canary, timeouts)");
+  app.add_option("--spec", a->spec_path, "Build spec (JSON: command, warmup, canary, timeouts, zstd_level)");
   app.add_option("--cuda-lib", a->cuda_lib,
                  "CUDA driver library for GPU capture (default: libcuda.so.1 when the host has one)");
   app.add_option("--pid-namespace", a->pid_namespace,
@@ -167,7 +168,11 @@ Runner AddBuild(CLI::App& app) {
   app.add_option("--base", a->base,
                  "Base snapshot: sections it already holds (same content) are referenced, not stored; "
                  "restore then needs the base next to the snapshot or --base");
-  app.add_option("--zstd-level", a->zstd_level, "zstd level for the snapshot chunks")->check(CLI::Range(1, 19));
+  CLI::Option* zstd_level =
+      app.add_option("--zstd-level", a->zstd_level,
+                     "zstd level for the snapshot chunks (default: the spec's zstd_level, else " +
+                         std::to_string(kDefaultZstdLevel) + ")")
+          ->check(CLI::Range(kMinZstdLevel, kMaxZstdLevel));
   app.add_option("--ready-timeout", a->ready_timeout_s, "Seconds to wait for the server to become warm");
   app.add_option("--server-log", a->server_log, "Append the server's log here instead of stderr");
   app.add_flag("--json", a->json_out, "Print the result as JSON");
@@ -182,7 +187,10 @@ Runner AddBuild(CLI::App& app) {
   http->add_option("--canary-compare", a->canary_compare,
                    "JSON pointer to the part of its answer that must repeat (e.g. /tokens; default: the whole body)");
   app.add_option("command", a->command, "Server command (after --)");
-  return [a] { return RunBuild(*a); };
+  return [a, zstd_level] {
+    a->zstd_level_given = zstd_level->count() > 0;
+    return RunBuild(*a);
+  };
 }
 
 }  // namespace hotboot::cli

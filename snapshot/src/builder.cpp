@@ -330,6 +330,10 @@ Result<BuildSpec> BuildSpec::FromJson(const json& j) {
   if (s.mode != "cooperative" && s.mode != "transparent") {
     return InvalidArgument("build spec: mode must be \"cooperative\" or \"transparent\", not \"" + s.mode + "\"");
   }
+  if (s.zstd_level < kMinZstdLevel || s.zstd_level > kMaxZstdLevel) {
+    return InvalidArgument("build spec: zstd_level must be " + std::to_string(kMinZstdLevel) + ".." +
+                           std::to_string(kMaxZstdLevel) + ", not " + std::to_string(s.zstd_level));
+  }
   if (s.pid_namespace != "auto" && s.pid_namespace != "on" && s.pid_namespace != "off") {
     return InvalidArgument("build spec: pid_namespace must be \"auto\", \"on\" or \"off\", not \"" +
                            s.pid_namespace + "\"");

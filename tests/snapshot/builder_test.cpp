@@ -31,6 +31,21 @@ TEST(BuildSpec, ParsesAndValidates) {
   EXPECT_FALSE(BuildSpec::FromJson({{"canary", {{"prompt", "c"}, {"iterations", 1}}}}).ok());
 }
 
+// Issue 11: the spec's zstd_level is the build's level (`hotboot build
+// --zstd-level` overrides it only when given), so it is checked like a flag.
+TEST(BuildSpec, ZstdLevelFromTheSpecIsKeptAndChecked) {
+  EXPECT_EQ(BuildSpec::FromJson({{"command", {"x"}}})->zstd_level, kDefaultZstdLevel);
+  auto s = BuildSpec::FromJson({{"command", {"x"}}, {"zstd_level", 19}});
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  EXPECT_EQ(s->zstd_level, 19);
+  for (int bad : {0, -1, 20, 22}) {
+    auto r = BuildSpec::FromJson({{"command", {"x"}}, {"zstd_level", bad}});
+    ASSERT_FALSE(r.ok()) << bad;
+    EXPECT_NE(r.status().message().find("zstd_level must be 1..19"), std::string::npos) << r.status().message();
+  }
+  EXPECT_FALSE(BuildSpec::FromJson({{"command", {"x"}}, {"zstd_level", "high"}}).ok());
+}
+
 TEST(BuildSpec, TransparentServersAreDescribedByTheirHttpApi) {
   auto s = BuildSpec::FromJson(
       {{"command", {"python3", "server.py"}},

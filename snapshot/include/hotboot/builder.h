@@ -36,6 +36,12 @@ struct TransparentSpec {
   std::optional<HttpCall> before_capture, after_restore;  // optional hooks
 };
 
+// zstd levels a build accepts (its spec's "zstd_level", `hotboot build
+// --zstd-level`): zstd's ordinary ones, without the memory-hungry "ultra" ones.
+inline constexpr int kDefaultZstdLevel = 3;
+inline constexpr int kMinZstdLevel = 1;
+inline constexpr int kMaxZstdLevel = 19;
+
 struct BuildSpec {
   // The server command. In "cooperative" mode it speaks the control protocol
   // on stdio (server/CONTROL.md), e.g. hotboot-server ... --control-stdio;
@@ -54,7 +60,7 @@ struct BuildSpec {
   // its own warmup before it reports warm).
   std::vector<PromptSpec> warmup;
   PromptSpec canary{"The quick brown fox", 8, 3};
-  int zstd_level = 3;
+  int zstd_level = kDefaultZstdLevel;  // kMinZstdLevel..kMaxZstdLevel
   // A snapshot whose sections (e.g. the same model's weights) the new one
   // refers to instead of storing them again (formats/SPEC.md "Base snapshots").
   std::string base_snapshot;
