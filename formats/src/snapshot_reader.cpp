@@ -10,8 +10,10 @@
 #define XXH_STATIC_LINKING_ONLY
 #include <xxhash.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <condition_variable>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -50,6 +52,139 @@ class Hasher128 {
 
  private:
   XXH3_state_t st_;
+};
+
+// Zero chunks reach a parallel sink undecoded; their bytes still count.
+void HashZeros(Hasher128* h, uint64_t n) {
+  static const char kZeros[64 << 10] = {};
+  while (n > 0) {
+    const size_t k = static_cast<size_t>(std::min<uint64_t>(n, sizeof kZeros));
+    h->Update(kZeros, k);
+    n -= k;
+  }
+}
+
+Status ContentMismatch(const std::string& path, const SectionInfo& s, const Digest128& got) {
+  return Corrupt(path + ": section '" + s.name + "': content hash mismatch: the index records " + s.content_hash.Hex() +
+                 ", the decoded bytes hash to " + got.Hex() + " (every chunk passed its own checks; section record at byte " +
+                 std::to_string(s.offset) + ")");
+}
+
+struct ChunkTask {
+  const SectionInfo* s;
+  size_t chunk;
+  uint64_t raw_offset;
+};
+
+// The content hashes of sections whose chunks are decoded on many workers in
+// any order (SPEC.md "Section end record"). XXH3-128 streams, so chunks are
+// hashed in file order: the worker that finishes the chunk next in turn hashes
+// it at once, then any later chunks that finished early and were parked. A
+// worker does not start a chunk more than `window` ahead of the hash, which
+// bounds the parked bytes to about `window` chunks.
+class OrderedContentHash {
+ public:
+  OrderedContentHash(const std::string& path, const std::vector<ChunkTask>& tasks, size_t window)
+      : path_(path), tasks_(tasks), window_(window) {}
+
+  // Before decoding task k; false: stop, an earlier task failed or a content
+  // hash did not match.
+  bool Admit(size_t k) {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [&] { return stopped_ || failed_ < k || k < next_ + window_; });
+    return !stopped_ && !(failed_ < k);
+  }
+
+  // Decoding task k failed: the hash cannot pass it, so later tasks must not wait for it.
+  void Fail(size_t k) {
+    std::lock_guard lock(mu_);
+    failed_ = std::min(failed_, k);
+    cv_.notify_all();
+  }
+
+  // Task k decoded into *buf (untouched for a zero chunk). When k is not next
+  // in turn, its bytes are parked and *buf gets a spare buffer.
+  Status Done(size_t k, std::string* buf) {
+    const bool zero = Chunk(k).method == Method::kZero;
+    std::unique_lock lock(mu_);
+    if (stopped_) return Stopped();
+    if (k != next_ || hashing_) {
+      std::string& parked = parked_[k];
+      if (!zero) {
+        parked.swap(*buf);
+        if (!spare_.empty()) {
+          buf->swap(spare_.back());
+          spare_.pop_back();
+        }
+      }
+      return Status::Ok();
+    }
+    hashing_ = true;
+    lock.unlock();
+    Status st = Hash(k, zero ? nullptr : buf->data());
+    lock.lock();
+    for (;;) {
+      if (!st.ok()) {
+        error_ = st;
+        stopped_ = true;
+        hashing_ = false;
+        cv_.notify_all();
+        return st;
+      }
+      ++next_;
+      cv_.notify_all();
+      auto it = parked_.find(next_);
+      if (it == parked_.end()) break;
+      std::string bytes = std::move(it->second);
+      parked_.erase(it);
+      lock.unlock();
+      st = Hash(next_, Chunk(next_).method == Method::kZero ? nullptr : bytes.data());
+      lock.lock();
+      if (!bytes.empty()) spare_.push_back(std::move(bytes));
+    }
+    hashing_ = false;
+    return Status::Ok();
+  }
+
+  // The first content hash mismatch, which precedes in file order any other
+  // failure the workers saw.
+  Status error() const {
+    std::lock_guard lock(mu_);
+    return error_;
+  }
+
+ private:
+  const ChunkInfo& Chunk(size_t k) const { return tasks_[k].s->chunks[tasks_[k].chunk]; }
+  Status Stopped() const { return Corrupt(path_ + ": stopped after a content hash mismatch"); }
+
+  // Runs only on the worker holding hashing_, one task at a time, in order.
+  Status Hash(size_t k, const char* bytes) {
+    const ChunkTask& t = tasks_[k];
+    const ChunkInfo& c = Chunk(k);
+    if (bytes) {
+      content_.Update(bytes, c.raw_size);
+    } else {
+      HashZeros(&content_, c.raw_size);
+    }
+    if (t.chunk + 1 < t.s->chunks.size()) return Status::Ok();
+    const Digest128 got = content_.Get();
+    content_ = Hasher128();
+    return got == t.s->content_hash ? Status::Ok() : ContentMismatch(path_, *t.s, got);
+  }
+
+  const std::string& path_;
+  const std::vector<ChunkTask>& tasks_;
+  const size_t window_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  size_t next_ = 0;              // the next task to hash
+  size_t failed_ = SIZE_MAX;     // the lowest task that failed to decode
+  bool hashing_ = false;         // a worker is hashing (outside the lock)
+  bool stopped_ = false;         // a content hash did not match
+  Status error_;
+  std::map<size_t, std::string> parked_;
+  std::vector<std::string> spare_;
+  Hasher128 content_;
 };
 
 }  // namespace
@@ -248,11 +383,7 @@ Status SnapshotReader::DecodeSections(const std::vector<const SectionInfo*>& whi
     std::lock_guard lock(progress_mu);
     progress(d, total);
   };
-  struct Task {
-    const SectionInfo* s;
-    size_t chunk;
-    uint64_t raw_offset;
-  };
+  using Task = ChunkTask;
   threads = ResolveThreads(threads);
   std::vector<ChunkDecoder> decoders(threads);
   std::vector<std::string> scratch(threads);
@@ -292,20 +423,34 @@ Status SnapshotReader::DecodeSections(const std::vector<const SectionInfo*>& whi
       }
     }
     if (order == Order::kParallel) {
+      // Sections without chunks hold no bytes: their hash is that of nothing.
+      const Digest128 empty = Hasher128().Get();
+      for (const SectionInfo* s : run) {
+        if (s->chunks.empty() && !(s->content_hash == empty)) return ContentMismatch(path_, *s, empty);
+      }
+      OrderedContentHash content(path_, tasks, static_cast<size_t>(threads) * 2);
       std::vector<std::string> out(threads);
-      HB_RETURN_IF_ERROR(ParallelFor(tasks.size(), threads, [&](size_t k, int w) {
+      Status st = ParallelFor(tasks.size(), threads, [&](size_t k, int w) {
+        if (!content.Admit(k)) return Corrupt(path_ + ": stopped after an earlier failure");
         const Task& t = tasks[k];
         const ChunkInfo& c = t.s->chunks[t.chunk];
         std::string_view bytes;
+        Status cs;
         if (c.method != Method::kZero) {
           if (out[w].size() < c.raw_size) out[w].resize(c.raw_size);
-          HB_RETURN_IF_ERROR(ReadChunkInto(*t.s, t.chunk, &scratch[w], &decoders[w], out[w].data()));
+          cs = ReadChunkInto(*t.s, t.chunk, &scratch[w], &decoders[w], out[w].data());
           bytes = std::string_view(out[w].data(), c.raw_size);
         }
-        HB_RETURN_IF_ERROR(sink(*t.s, c, t.raw_offset, bytes));
+        if (cs.ok()) cs = sink(*t.s, c, t.raw_offset, bytes);
+        if (!cs.ok()) {
+          content.Fail(k);
+          return cs;
+        }
         report(c.raw_size);
-        return Status::Ok();
-      }));
+        return content.Done(k, &out[w]);
+      });
+      HB_RETURN_IF_ERROR(content.error());
+      HB_RETURN_IF_ERROR(st);
       continue;
     }
     size_t run_at = 0;
@@ -313,11 +458,7 @@ Status SnapshotReader::DecodeSections(const std::vector<const SectionInfo*>& whi
     // Closes every section of the run before `upto`, checking its content hash.
     auto close_until = [&](const SectionInfo* upto) -> Status {
       while (run_at < run.size() && run[run_at] != upto) {
-        if (!(content.Get() == run[run_at]->content_hash)) {
-          return Corrupt(path_ + ": section '" + run[run_at]->name +
-                         "': content hash mismatch (its chunks are intact; the section record at byte " +
-                         std::to_string(run[run_at]->offset) + " or its end record is wrong)");
-        }
+        if (!(content.Get() == run[run_at]->content_hash)) return ContentMismatch(path_, *run[run_at], content.Get());
         content = Hasher128();
         ++run_at;
       }
@@ -444,26 +585,46 @@ Status SnapshotReader::DecodeIntoFiles(const std::vector<const SectionInfo*>& wh
                         });
 }
 
+// Each section goes to a temporary beside its final path, renamed into place
+// only once every section extracted has passed its chunk and content checks:
+// on failure no unchecked file is left and files already there are untouched.
 Status SnapshotReader::ExtractTo(const std::string& dir, const std::string& prefix, int threads,
                                  ProgressFn progress) const {
   std::vector<const SectionInfo*> which;
   std::vector<int> fds;
+  std::vector<std::string> temps, finals;
+  const std::string suffix = ".hotboot-extract." + std::to_string(::getpid());
   Status st;
   for (const auto& s : sections_) {
     if (s.name.rfind(prefix, 0) != 0) continue;
     fs::path p = fs::path(dir) / s.name.substr(prefix.size());
     std::error_code ec;
     fs::create_directories(p.parent_path(), ec);
-    auto fd = CreateSized(p.string(), s.mode, s.raw_size);
+    // A short name of its own: a temporary named after a long file name
+    // could pass NAME_MAX.
+    const std::string tmp = (p.parent_path() / ("." + std::to_string(which.size()) + suffix)).string();
+    auto fd = CreateSized(tmp, s.mode, s.raw_size);
     if (!fd.ok()) {
       st = fd.status();
       break;
     }
     fds.push_back(*fd);
+    temps.push_back(tmp);
+    finals.push_back(p.string());
     which.push_back(&s);
   }
   if (st.ok()) st = DecodeIntoFiles(which, fds, threads, progress);
-  for (int fd : fds) ::close(fd);
+  for (size_t i = 0; i < fds.size(); ++i) {
+    if (::close(fds[i]) != 0 && st.ok()) st = ErrnoError("close " + temps[i], errno);
+  }
+  size_t renamed = 0;
+  for (; st.ok() && renamed < temps.size(); ++renamed) {
+    if (::rename(temps[renamed].c_str(), finals[renamed].c_str()) != 0) {
+      st = ErrnoError("rename to " + finals[renamed], errno);
+      break;
+    }
+  }
+  for (size_t i = renamed; i < temps.size(); ++i) ::unlink(temps[i].c_str());
   return st;
 }
 

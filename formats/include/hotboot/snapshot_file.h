@@ -129,11 +129,13 @@ class SnapshotReader {
   // and file offset. Ref sections are checked in the base.
   Status Verify(int threads = 0, ProgressFn progress = nullptr) const;
   // Sections whose name starts with prefix, into dir (prefix stripped); each
-  // chunk is verified before its bytes are written, each file's content hash
-  // once it is complete.
+  // chunk is verified before its bytes are written, each section's content
+  // hash as its bytes complete. Files are written as temporaries and renamed
+  // into place only when every section passed: on failure none is left.
   Status ExtractTo(const std::string& dir, const std::string& prefix, int threads = 0,
                    ProgressFn progress = nullptr) const;
-  // One section's bytes into a file (created or truncated).
+  // One section's bytes into a file (replaced), checked as by ExtractTo; on
+  // failure out_path is untouched.
   Status ExtractSection(std::string_view name, const std::string& out_path, int threads = 0,
                         ProgressFn progress = nullptr) const;
   // A whole section in memory; refuses sections larger than max_bytes.
@@ -143,10 +145,12 @@ class SnapshotReader {
 
  private:
   using Sink = std::function<Status(const SectionInfo&, const ChunkInfo&, uint64_t raw_offset, std::string_view)>;
-  // kOrdered: the sink runs on the calling thread in file order and content
-  // hashes are checked. kParallel: the sink runs on the workers in any order
-  // (it must be thread-safe), zero chunks reach it undecoded (empty bytes),
-  // and only the chunk checks apply (for extraction at full speed).
+  // Both check every chunk and every section's content hash. kOrdered: the
+  // sink runs on the calling thread in file order. kParallel (extraction at
+  // full speed): the sink runs on the workers in any order (it must be
+  // thread-safe) and zero chunks reach it undecoded (empty bytes); the content
+  // hash is streamed in order behind it, so a section's bytes have all reached
+  // the sink before its mismatch is reported, and the caller must discard them.
   enum class Order { kOrdered, kParallel };
   SnapshotReader() = default;
   static Result<std::unique_ptr<SnapshotReader>> OpenAt(const std::string& path, const OpenOptions& opts, int depth);
