@@ -113,7 +113,8 @@ Status ColdBoot(const std::string& server, const std::string& model, int port, c
 // dies, the kernel sends it SIGTERM.
 class RestoreProcess {
  public:
-  static Result<std::unique_ptr<RestoreProcess>> Start(std::vector<std::string> argv) {
+  // Execs `program` with `argv` (argv[0] is what the process sees as its name).
+  static Result<std::unique_ptr<RestoreProcess>> Start(const std::string& program, std::vector<std::string> argv) {
     std::vector<char*> args;
     for (auto& s : argv) args.push_back(s.data());
     args.push_back(nullptr);
@@ -140,7 +141,7 @@ class RestoreProcess {
       if (in < 0 || ::dup2(in, STDIN_FILENO) < 0 || ::dup2(out[1], STDOUT_FILENO) < 0) ::_exit(127);
       ::close_range(3, ~0u, 0);  // nothing of the demo's leaks into the restore
       ::sigprocmask(SIG_SETMASK, &none, nullptr);
-      ::execv(args[0], args.data());
+      ::execv(program.c_str(), args.data());
       ::_exit(127);
     }
     ::close(out[1]);
@@ -256,7 +257,10 @@ int RestoreAndMeasure(const std::string& self, const std::string& snap, int port
     argv.push_back(s);
   }
   const auto t0 = Clock::now();
-  auto child = RestoreProcess::Start(argv);
+  // This very executable, through /proc/self/exe rather than its path: a
+  // rebuild while the demo runs replaces the file at the path (exec would
+  // fail, or run another build than the one that built the snapshot).
+  auto child = RestoreProcess::Start("/proc/self/exe", argv);
   if (!child.ok()) return Fail(child.status().Prefixed("start hotboot restore"));
   auto restored = (*child)->WaitReady();
   out->m.ready_ms = MsSince(t0);
