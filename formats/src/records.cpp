@@ -2,7 +2,6 @@
 #include "records.h"
 
 #include <emmintrin.h>
-#include <xxhash.h>
 
 #include <algorithm>
 #include <cinttypes>
@@ -10,6 +9,8 @@
 #include <cstdio>
 #include <cstring>
 #include <unordered_set>
+
+#include "xxh3_fast.h"
 
 namespace hotboot::snapfile {
 

@@ -7,8 +7,6 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#define XXH_STATIC_LINKING_ONLY
-#include <xxhash.h>
 
 #include <algorithm>
 #include <atomic>
@@ -23,6 +21,7 @@
 #include "io_util.h"
 #include "pipeline.h"
 #include "records.h"
+#include "xxh3_fast.h"
 
 namespace hotboot::snapfile {
 

@@ -5,8 +5,6 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#define XXH_STATIC_LINKING_ONLY  // XXH3_state_t on the stack
-#include <xxhash.h>
 
 #include <cerrno>
 #include <filesystem>
@@ -17,6 +15,7 @@
 #include "io_util.h"
 #include "pipeline.h"
 #include "records.h"
+#include "xxh3_fast.h"
 
 namespace hotboot::snapfile {
 

@@ -4,8 +4,6 @@
 // It never buffers more than the record it is in, and a record's size is
 // checked against the format's caps before its bytes are awaited.
 #include <unistd.h>
-#define XXH_STATIC_LINKING_ONLY
-#include <xxhash.h>
 
 #include <cerrno>
 #include <condition_variable>
@@ -18,6 +16,7 @@
 #include "hotboot/snapshot_file.h"
 #include "pipeline.h"
 #include "records.h"
+#include "xxh3_fast.h"
 
 namespace hotboot::snapfile {
 
