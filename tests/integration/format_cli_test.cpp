@@ -3,6 +3,8 @@
 // pipe, and a second build against the first as its base, restored.
 #include <signal.h>
 
+#include <filesystem>
+
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -46,6 +48,18 @@ TEST(FormatCli, OneSectionInspectedAndExtracted) {
   CmdResult missing = RunCmd({Bin("hotboot"), "inspect", TinySnapshot(), "--section", "nope"});
   EXPECT_NE(missing.exit_code, 0);
   EXPECT_NE(missing.err.find("no section 'nope'"), std::string::npos) << missing.err;
+}
+
+// Issue 11: a section whose chunks are each intact but whose content hash
+// does not match (the golden file of that damage) is refused, and no file is
+// left where it was to go.
+TEST(FormatCli, ExtractRefusesASectionWhoseContentHashDoesNotMatch) {
+  const std::string bad = std::string(HOTBOOT_SOURCE_DIR) + "/tests/formats/golden/bad-content-hash.hbsnap";
+  const std::string out = ScratchDir() + "/bad-content.extracted";
+  CmdResult x = RunCmd({Bin("hotboot"), "inspect", bad, "--section", "meta/a", "--extract", out});
+  EXPECT_NE(x.exit_code, 0);
+  EXPECT_NE(x.err.find("section 'meta/a': content hash mismatch"), std::string::npos) << x.err;
+  EXPECT_FALSE(std::filesystem::exists(out));
 }
 
 TEST(FormatCli, VerifiesFromAPipe) {
