@@ -29,6 +29,7 @@ int ExitCodeFor(const Status& s) {
     case Code::kTruncated:
     case Code::kUnsupported: return kExitCorrupt;
     case Code::kTimeout: return kExitTimeout;
+    case Code::kUntrusted: return kExitUntrusted;
     default: return kExitFailure;
   }
 }

@@ -22,6 +22,7 @@ enum Exit : int {
   kExitCorrupt = 4,       // the snapshot file is corrupt, truncated or not a snapshot
   kExitNotReady = 5,      // the replica never became ready / verification failed
   kExitTimeout = 6,
+  kExitUntrusted = 7,  // a trust policy is in force: unsigned, unknown key or bad signature (nothing written)
 };
 
 int ExitCodeFor(const Status& s);

@@ -82,7 +82,8 @@ int main(int argc, char** argv) {
       "  hotboot bench format [--json]                                  the container vs tar+zstd, MB/s\n"
       "  hotboot bench gpu [--json]                                     weight upload vs pinned H2D GB/s\n\n"
       "Exit codes: 0 ok, 1 failed, 2 usage, 3 snapshot incompatible with this host,\n"
-      "4 snapshot corrupt/truncated/not a snapshot, 5 replica not ready, 6 timeout.",
+      "4 snapshot corrupt/truncated/not a snapshot, 5 replica not ready, 6 timeout,\n"
+      "7 untrusted (a trust policy is in force: unsigned, unknown key or bad signature).",
       "hotboot"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "hotboot " HOTBOOT_VERSION);

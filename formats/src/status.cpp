@@ -18,6 +18,7 @@ const char* CodeName(Code c) {
     case Code::kTimeout: return "timeout";
     case Code::kFailedPrecondition: return "failed precondition";
     case Code::kInternal: return "internal error";
+    case Code::kUntrusted: return "untrusted";
   }
   return "unknown";
 }

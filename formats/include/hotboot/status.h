@@ -24,6 +24,7 @@ enum class Code {
   kTimeout,
   kFailedPrecondition,
   kInternal,
+  kUntrusted,        // a trust policy is in force and the snapshot does not meet it
 };
 
 const char* CodeName(Code c);
@@ -65,6 +66,7 @@ inline Status Unsupported(std::string m) { return {Code::kUnsupported, std::move
 inline Status Incompatible(std::string m) { return {Code::kIncompatible, std::move(m)}; }
 inline Status Timeout(std::string m) { return {Code::kTimeout, std::move(m)}; }
 inline Status FailedPrecondition(std::string m) { return {Code::kFailedPrecondition, std::move(m)}; }
+inline Status Untrusted(std::string m) { return {Code::kUntrusted, std::move(m)}; }
 inline Status Internal(std::string m) { return {Code::kInternal, std::move(m)}; }
 // IoError with strerror(errno) appended: "open /x: No such file or directory".
 Status ErrnoError(const std::string& what, int err);
