@@ -124,10 +124,54 @@ std::vector<WarmShape> WarmShapes(int max_seq_len) {
   return shapes;
 }
 
+int HexDigit(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+// Eight words from the kernel (std::random_device reads getrandom(2) here).
+std::vector<uint32_t> KernelSeedWords() {
+  std::random_device rd;
+  std::vector<uint32_t> w(8);
+  for (auto& x : w) x = rd();
+  return w;
+}
+
+// What a restored replica's RNGs start from (CONTROL.md "Uniqueness"): the
+// restorer's "entropy" (32 bytes, 64 hex digits); from a restorer that
+// predates it, its "seed"; with neither, the kernel's. Never the state the
+// snapshot captured, which every replica of it would share.
+Result<std::vector<uint32_t>> RestoreSeedWords(const json& cmd) {
+  if (cmd.contains("entropy")) {
+    const json& e = cmd["entropy"];
+    if (!e.is_string() || e.get_ref<const std::string&>().size() != 64) {
+      return InvalidArgument("after_restore: \"entropy\" must be a string of 64 hex digits (32 bytes)");
+    }
+    const std::string& hex = e.get_ref<const std::string&>();
+    std::vector<uint32_t> w(8, 0);
+    for (size_t i = 0; i < hex.size(); ++i) {
+      const int v = HexDigit(hex[i]);
+      if (v < 0) return InvalidArgument("after_restore: \"entropy\" must be a string of 64 hex digits (32 bytes)");
+      w[i / 8] = w[i / 8] << 4 | static_cast<uint32_t>(v);
+    }
+    return w;
+  }
+  if (cmd.contains("seed")) {
+    if (!cmd["seed"].is_number_unsigned()) return InvalidArgument("after_restore: \"seed\" must be an unsigned integer");
+    const uint64_t seed = cmd["seed"].get<uint64_t>();
+    return std::vector<uint32_t>{static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32)};
+  }
+  return KernelSeedWords();
+}
+
 }  // namespace
 
 ReplicaServer::Impl::Impl(ServerOptions o, Logger l) : opts(std::move(o)), log(std::move(l)) {
-  rng.seed(std::random_device{}());
+  const std::vector<uint32_t> words = KernelSeedWords();
+  std::seed_seq seq(words.begin(), words.end());
+  rng.seed(seq);
   instance = "c-" + NewRequestId().substr(0, 12);
 }
 
@@ -484,13 +528,21 @@ json ReplicaServer::Impl::HandleControl(const json& cmd) {
       return fail(std::string("after_restore needs state frozen, not ") + StateName(st));
     }
     if (!cmd.contains("port") || !cmd["port"].is_number_integer()) return fail("after_restore needs an integer \"port\"");
+    if (cmd.contains("instance") && (!cmd["instance"].is_string() || cmd["instance"].get_ref<const std::string&>().empty())) {
+      return fail("after_restore: \"instance\" must be a non-empty string");
+    }
+    auto words = RestoreSeedWords(cmd);
+    if (!words.ok()) return fail(words.status().message());
     const auto t_restore = Clock::now();
     SetState(ReplicaState::kRestored);
     {
+      // A new identity and new random state: everything else this process
+      // holds is a copy of the build's, shared with every other replica.
       std::lock_guard lock(state_mu);
       boot_kind = "restored";
-      if (cmd.contains("instance") && cmd["instance"].is_string()) instance = cmd["instance"].get<std::string>();
-      rng.seed(cmd.value("seed", uint64_t{0}) ^ 0x9e3779b97f4a7c15ULL);
+      if (cmd.contains("instance")) instance = cmd["instance"].get<std::string>();
+      std::seed_seq seq(words->begin(), words->end());
+      rng.seed(seq);
       detached = false;
     }
     // Device memory first: nothing is served before the weights are back.

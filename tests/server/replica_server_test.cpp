@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <map>
 
 #include <utility>  // before Boost 1.74 asio: it uses std::exchange
@@ -305,6 +306,91 @@ TEST_F(ServerFixture, CaptureCycle) {
   EXPECT_TRUE(Call({{"cmd", "mark_ready"}})["ok"].get<bool>());
   EXPECT_EQ(Http(new_port, http::verb::get, "/readyz").status, 200);
   EXPECT_NE(Http(new_port, http::verb::get, "/metrics").body.find("boot=\"restored\""), std::string::npos);
+}
+
+// Uniqueness (CONTROL.md): a restored replica's request ids come from the
+// entropy after_restore hands it, not from the state the snapshot froze.
+class UniqueFixture : public ServerFixture {
+ protected:
+  // One capture cycle with `extra` merged into after_restore; the request ids
+  // of `n` generate calls right after it.
+  std::vector<std::string> CycleIds(const json& extra, int n = 3) {
+    std::vector<std::string> ids;
+    json frozen = Call({{"cmd", "before_capture"}});
+    EXPECT_TRUE(frozen["ok"].get<bool>()) << frozen.dump();
+    asio::io_context ioc;
+    asio::ip::tcp::acceptor probe(ioc, asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
+    const int new_port = probe.local_endpoint().port();
+    probe.close();
+    json cmd = {{"cmd", "after_restore"}, {"port", new_port}};
+    cmd.update(extra);
+    json ok = Call(cmd);
+    EXPECT_TRUE(ok["ok"].get<bool>()) << ok.dump();
+    for (int i = 0; i < n; ++i) ids.push_back(GenerateId(new_port));
+    GenerateId(new_port);  // one more draw: the state the next capture freezes moved on
+    EXPECT_TRUE(Call({{"cmd", "mark_ready"}})["ok"].get<bool>());
+    return ids;
+  }
+  static std::string GenerateId(int port) {
+    Resp g = Http(port, http::verb::post, "/v1/generate", R"({"prompt":"hi","max_tokens":2})");
+    EXPECT_EQ(g.status, 200) << g.body;
+    json j = json::parse(g.body, nullptr, false);
+    return j.is_object() ? j.value("id", "") : "";
+  }
+};
+
+const std::string kEntropyA(64, 'a');
+const std::string kEntropyB = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+TEST_F(UniqueFixture, AfterRestoreEntropyReseedsTheRequestIds) {
+  Start();
+  WaitState("warm");
+  std::vector<std::string> before = {GenerateId(port()), GenerateId(port())};
+  const auto a1 = CycleIds({{"instance", "r-one"}, {"entropy", kEntropyA}});
+  // The same entropy, after other draws and another cycle: the same ids. The
+  // state is replaced whole; nothing of what the process drew before is left.
+  const auto a2 = CycleIds({{"instance", "r-two"}, {"entropy", kEntropyA}});
+  const auto b = CycleIds({{"instance", "r-three"}, {"entropy", kEntropyB}});
+  ASSERT_EQ(a1.size(), 3u);
+  for (const auto& id : a1) EXPECT_EQ(id.size(), 16u) << id;
+  EXPECT_EQ(a1, a2);  // determinism given the input
+  EXPECT_NE(a1, b);   // other entropy, other ids
+  for (const auto& id : before) {
+    EXPECT_EQ(std::count(a1.begin(), a1.end(), id), 0) << id;
+    EXPECT_EQ(std::count(b.begin(), b.end(), id), 0) << id;
+  }
+  EXPECT_EQ(json::parse(Http(server_->port(), http::verb::get, "/readyz").body)["instance"], "r-three");
+}
+
+TEST_F(UniqueFixture, SeedOnlyFromAnOlderRestorerAndNeitherFromTheKernel) {
+  Start();
+  WaitState("warm");
+  const auto s1 = CycleIds({{"instance", "r-s"}, {"seed", 5}});
+  const auto s2 = CycleIds({{"instance", "r-s"}, {"seed", 5}});
+  EXPECT_EQ(s1, s2);
+  // Without entropy or seed the server draws its own: never the frozen state.
+  const auto k1 = CycleIds({{"instance", "r-k"}});
+  const auto k2 = CycleIds({{"instance", "r-k"}});
+  EXPECT_NE(k1, k2);
+  EXPECT_NE(k1, s1);
+}
+
+TEST_F(UniqueFixture, BadEntropyIsRefusedAndLeavesTheReplicaRestorable) {
+  Start();
+  WaitState("warm");
+  ASSERT_TRUE(Call({{"cmd", "before_capture"}})["ok"].get<bool>());
+  for (const json& bad : {json(std::string(63, 'a')), json(std::string(63, 'a') + "g"), json(12345),
+                          json(std::string(64, 'a') + "00")}) {
+    json r = Call({{"cmd", "after_restore"}, {"port", 0}, {"entropy", bad}});
+    EXPECT_FALSE(r["ok"].get<bool>()) << bad.dump();
+    EXPECT_NE(r.value("error", "").find("64 hex digits"), std::string::npos) << r.dump();
+  }
+  EXPECT_FALSE(Call({{"cmd", "after_restore"}, {"port", 0}, {"seed", -1}})["ok"].get<bool>());
+  EXPECT_FALSE(Call({{"cmd", "after_restore"}, {"port", 0}, {"instance", 7}})["ok"].get<bool>());
+  EXPECT_EQ(Call({{"cmd", "status"}})["state"], "frozen");
+  json ok = Call({{"cmd", "after_restore"}, {"port", 0}, {"instance", "r-ok"}, {"entropy", kEntropyB}});
+  EXPECT_TRUE(ok["ok"].get<bool>()) << ok.dump();
+  EXPECT_EQ(ok["instance"], "r-ok");
 }
 
 TEST_F(ServerFixture, ResumeAfterAFailedBuild) {
