@@ -7,7 +7,8 @@ builds and restores on a GPU machine:
 
     hotboot build -o torch.hbsnap --port 8000 --canary-path /generate \\
         --canary-body '{"prompt":"The quick brown fox","max_tokens":16}' \\
-        --canary-compare /tokens -- python3 tools/examples/torch_server.py --port 8000
+        --canary-compare /tokens --after-restore /after-restore \\
+        -- python3 tools/examples/torch_server.py --port 8000
 
 A decoder-only transformer (RMSNorm, rotary attention with a KV cache,
 SwiGLU) with seeded random weights, bf16 on CUDA (fp32 on CPU). Its cold
@@ -17,16 +18,47 @@ several shapes, and CUDA graphs captured per decode batch size. Until that
 is done GET /health answers 503. POST /generate {"prompt", "max_tokens"}
 decodes greedily (deterministic on one GPU model) and answers
 {"tokens", "text", "latency_ms"}.
+
+Every replica restored from one snapshot starts as a copy of the build's
+process: torch's CPU and CUDA generators, Python's `random`, NumPy's and the
+boot id would repeat in each (server/CONTROL.md "Uniqueness"). Hence:
+
+  POST /after-restore  the replica's identity from the headers
+      Hotboot-Instance and Hotboot-Entropy (64 hex digits: 32 bytes of the
+      restoring host's getrandom), or the JSON body's "instance"/"entropy";
+      reseeds `random` (all 32 bytes), NumPy's global generator when NumPy is
+      importable, and torch: torch.manual_seed (the CPU generator and every
+      CUDA device's default generator) with the entropy's first 8 bytes;
+      derives a new boot id; answers {"instance", "boot_id"}. Bad or missing
+      entropy: 400 (the replica is not ready).
+  POST /before-capture  changes nothing: logs and answers the next values the
+      frozen state would give (what replicas replay without /after-restore).
+  GET /random  {"boot_id", "instance", "random", "numpy", "torch_cpu",
+      "torch_device"}: a few values from each generator.
+
+Build it with `--after-restore /after-restore` (or the spec's
+http.after_restore). Generator objects a server makes itself
+(torch.Generator, numpy.random.default_rng) must be re-created from the
+entropy too; PYTHONHASHSEED cannot be changed in-process.
 """
 import argparse
+import hashlib
 import json
+import random
+import re
 import sys
 import threading
 import time
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import torch
 import torch.nn.functional as F
+
+try:
+    import numpy
+except ImportError:
+    numpy = None
 
 
 class Block(torch.nn.Module):
@@ -157,6 +189,58 @@ class Engine:
         self.timings["graphs_s"] = time.perf_counter() - t
 
 
+class Identity:
+    """What makes this process one replica and not a copy of another."""
+
+    def __init__(self, device):
+        self.lock = threading.Lock()
+        self.device = device
+        self.boot_id = str(uuid.uuid4())  # drawn at start: frozen into a snapshot
+        self.instance = None
+
+    def after_restore(self, instance, entropy_hex):
+        if not isinstance(entropy_hex, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", entropy_hex):
+            raise ValueError("entropy must be 64 hex digits (header Hotboot-Entropy or body \"entropy\")")
+        if not isinstance(instance, str) or not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", instance):
+            raise ValueError("instance must be 1..64 of [A-Za-z0-9._-] (header Hotboot-Instance or body \"instance\")")
+        entropy = bytes.fromhex(entropy_hex)
+        with self.lock:
+            random.seed(entropy)
+            if numpy is not None:
+                numpy.random.seed(numpy.frombuffer(entropy, dtype=numpy.uint32))
+            seed = int.from_bytes(entropy[:8], "little")
+            torch.manual_seed(seed)  # CPU, and every CUDA device's default generator
+            if self.device.type == "cuda":
+                torch.cuda.manual_seed_all(seed)  # explicit: the same, should manual_seed's reach change
+            self.boot_id = str(uuid.UUID(bytes=hashlib.sha256(b"boot-id:" + entropy).digest()[:16], version=4))
+            self.instance = instance
+            return {"instance": self.instance, "boot_id": self.boot_id}
+
+    def _values(self):
+        return {"boot_id": self.boot_id, "instance": self.instance,
+                "random": [random.random() for _ in range(3)],
+                "numpy": numpy.random.random(3).tolist() if numpy is not None else None,
+                "torch_cpu": torch.rand(3).tolist(),
+                "torch_device": torch.rand(3, device=self.device).tolist()}
+
+    def draw(self):
+        with self.lock:
+            return self._values()
+
+    def peek(self):
+        """The next values the current state gives, without drawing them."""
+        with self.lock:
+            state = random.getstate()
+            np_state = numpy.random.get_state() if numpy is not None else None
+            devices = [self.device] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):  # puts the torch generators back
+                values = self._values()
+            random.setstate(state)
+            if np_state is not None:
+                numpy.random.set_state(np_state)
+            return values
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--port", type=int, default=8000)
@@ -171,7 +255,7 @@ def main():
     ap.add_argument("--cpu", action="store_true", help="stay on the CPU even with a GPU")
     args = ap.parse_args()
 
-    state = {"ready": False, "engine": None}
+    state = {"ready": False, "engine": None, "identity": None}
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -191,17 +275,39 @@ def main():
                 e = state["engine"]
                 self._send(200 if state["ready"] else 503,
                            {"ready": state["ready"], "timings": e.timings if e else {}})
+            elif self.path == "/random" and state["ready"]:
+                self._send(200, state["identity"].draw())
             else:
                 self._send(404, {"error": "not found"})
 
+        def _body(self):
+            n = int(self.headers.get("Content-Length", "0"))
+            return json.loads(self.rfile.read(n) or b"{}")
+
         def do_POST(self):
+            if self.path in ("/after-restore", "/before-capture") and not state["ready"]:
+                return self._send(503, {"error": "warming up"})
+            if self.path == "/after-restore":
+                try:
+                    body = self._body()
+                    if not isinstance(body, dict):
+                        body = {}
+                    got = state["identity"].after_restore(self.headers.get("Hotboot-Instance", body.get("instance")),
+                                                          self.headers.get("Hotboot-Entropy", body.get("entropy")))
+                except ValueError as e:  # json.JSONDecodeError included
+                    return self._send(400, {"error": str(e)})
+                print(f"torch_server: restored as {got['instance']}, boot id {got['boot_id']}", flush=True)
+                return self._send(200, got)
+            if self.path == "/before-capture":
+                frozen = state["identity"].peek()
+                print("torch_server: before capture: " + json.dumps(frozen), flush=True)
+                return self._send(200, frozen)
             if self.path != "/generate":
                 return self._send(404, {"error": "not found"})
             if not state["ready"]:
                 return self._send(503, {"error": "warming up"})
             try:
-                n = int(self.headers.get("Content-Length", "0"))
-                req = json.loads(self.rfile.read(n) or b"{}")
+                req = self._body()
                 prompt, max_tokens = str(req["prompt"]), int(req.get("max_tokens", 16))
                 if not 1 <= max_tokens <= 128:
                     raise ValueError("max_tokens must be 1..128")
@@ -220,10 +326,12 @@ def main():
     engine = Engine(args)
     state["engine"] = engine
     engine.warmup()
+    state["identity"] = Identity(engine.device)
     state["ready"] = True
     params = sum(p.numel() for p in engine.model.parameters())
     print(f"torch_server: {params / 1e6:.0f}M params on {engine.device}, warm after "
-          f"{time.perf_counter() - t0:.2f} s {json.dumps(engine.timings)}", flush=True)
+          f"{time.perf_counter() - t0:.2f} s {json.dumps(engine.timings)}, boot id {state['identity'].boot_id}",
+          flush=True)
     server.serve_forever()
 
 
