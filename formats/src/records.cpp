@@ -420,6 +420,76 @@ Status DecodeTrailer(const char* p, Trailer* t) {
   return Status::Ok();
 }
 
+// ---- Trust record (format 1.1) ----
+
+uint64_t TrustRecordSize(uint64_t chunks, uint64_t signatures) {
+  return kTrustFixed + 32 * chunks + kTrustSignatureSize * signatures + 8;
+}
+
+std::string EncodeTrustRecord(const TrustRecord& t) {
+  std::string b(kTagTrust, 4);
+  PutU8(b, t.hash_alg);
+  PutU8(b, static_cast<uint8_t>(t.signatures.size()));
+  PutU16(b, 0);
+  PutU64(b, t.chunk_hashes.size());
+  b.append(reinterpret_cast<const char*>(t.base_root.data()), 32);
+  b.reserve(TrustRecordSize(t.chunk_hashes.size(), t.signatures.size()));
+  for (const auto& h : t.chunk_hashes) b.append(reinterpret_cast<const char*>(h.data()), 32);
+  for (const auto& s : t.signatures) {
+    PutU8(b, s.alg);
+    PutZeros(b, 3);
+    b.append(reinterpret_cast<const char*>(s.public_key.data()), 32);
+    b.append(reinterpret_cast<const char*>(s.signature.data()), 64);
+  }
+  PutU64(b, Hash64(b.data(), b.size()));
+  return b;
+}
+
+Status DecodeTrustRecord(const char* p, size_t n, uint64_t expect_chunks, TrustRecord* t) {
+  if (n < kTrustFixed + 8) return Corrupt("trust record: " + std::to_string(n) + " bytes is too short");
+  if (std::memcmp(p, kTagTrust, 4) != 0) return Corrupt("expected the trust record (tag HBTS)");
+  if (Get(p, n - 8, 8) != Hash64(p, n - 8)) return Corrupt("trust record checksum mismatch");
+  t->hash_alg = static_cast<uint8_t>(Get(p, 4, 1));
+  const uint64_t sigs = Get(p, 5, 1), chunks = Get(p, 8, 8);
+  if (t->hash_alg != kHashSha256) return Corrupt("trust record: unknown hash algorithm " + std::to_string(t->hash_alg));
+  if (Get(p, 6, 2) != 0) return Corrupt("trust record reserved bytes must be zero");
+  if (sigs > kMaxSignatures) {
+    return Corrupt("trust record: " + std::to_string(sigs) + " signatures, more than " + std::to_string(kMaxSignatures));
+  }
+  if (chunks != expect_chunks) {
+    return Corrupt("trust record lists " + std::to_string(chunks) + " chunk hashes, the index " +
+                   std::to_string(expect_chunks) + " chunks");
+  }
+  // chunks is bounded by the index (at most 256 MiB / 36 entries): no overflow.
+  if (TrustRecordSize(chunks, sigs) != n) {
+    return Corrupt("trust record is " + std::to_string(n) + " bytes, its counts make it " +
+                   std::to_string(TrustRecordSize(chunks, sigs)));
+  }
+  std::memcpy(t->base_root.data(), p + 16, 32);
+  const char* at = p + kTrustFixed;
+  t->chunk_hashes.resize(chunks);
+  for (auto& h : t->chunk_hashes) {
+    std::memcpy(h.data(), at, 32);
+    at += 32;
+  }
+  t->signatures.resize(sigs);
+  for (uint64_t i = 0; i < sigs; ++i) {
+    TrustSignature& s = t->signatures[i];
+    s.alg = static_cast<uint8_t>(Get(at, 0, 1));
+    if (s.alg != kSignatureEd25519) {
+      return Corrupt("trust record: signature " + std::to_string(i) + " has unknown algorithm " + std::to_string(s.alg));
+    }
+    if (!AllZero(at + 1, 3)) return Corrupt("trust record reserved bytes must be zero");
+    std::memcpy(s.public_key.data(), at + 4, 32);
+    std::memcpy(s.signature.data(), at + 36, 64);
+    for (uint64_t k = 0; k < i; ++k) {
+      if (t->signatures[k].public_key == s.public_key) return Corrupt("trust record: two signatures by one key");
+    }
+    at += kTrustSignatureSize;
+  }
+  return Status::Ok();
+}
+
 // ---- Byte planes (SPEC.md "Byte planes") ----
 
 int PlaneWidth(Transform t) {

@@ -61,6 +61,26 @@ struct Trailer {
 std::string EncodeTrailer(const Trailer& t);
 Status DecodeTrailer(const char* p, Trailer* t);
 
+// Trust record (SPEC.md "Trust record", format 1.1).
+struct TrustSignature {
+  uint8_t alg = kSignatureEd25519;
+  Hash256 public_key{};
+  std::array<uint8_t, 64> signature{};
+};
+struct TrustRecord {
+  uint8_t hash_alg = kHashSha256;
+  Hash256 base_root{};
+  std::vector<Hash256> chunk_hashes;  // index order
+  std::vector<TrustSignature> signatures;
+};
+std::string EncodeTrustRecord(const TrustRecord& t);
+// The record's size for these counts.
+uint64_t TrustRecordSize(uint64_t chunks, uint64_t signatures);
+// The whole record (n bytes, exactly the record): checks the record hash,
+// the tag, reserved bytes, algorithms, counts (chunk hashes must number
+// expect_chunks) and that the sizes add up to n.
+Status DecodeTrustRecord(const char* p, size_t n, uint64_t expect_chunks, TrustRecord* t);
+
 // Chunk payloads (SPEC.md "Chunk record", "Byte planes").
 struct EncodedChunk {
   Method method = Method::kRaw;

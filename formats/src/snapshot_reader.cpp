@@ -17,6 +17,7 @@
 #include <map>
 #include <mutex>
 
+#include "crypto.h"
 #include "hotboot/snapshot_file.h"
 #include "io_util.h"
 #include "pipeline.h"
@@ -209,6 +210,7 @@ Result<std::unique_ptr<SnapshotReader>> SnapshotReader::OpenAt(const std::string
   std::unique_ptr<SnapshotReader> r(new SnapshotReader());
   r->path_ = path;
   r->depth_ = depth;
+  r->check_hashes_ = opts.check_chunk_hashes;
   r->fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (r->fd_ < 0) return ErrnoError("open " + path, errno);
   struct stat st{};
@@ -223,8 +225,9 @@ Result<std::unique_ptr<SnapshotReader>> SnapshotReader::OpenAt(const std::string
   HB_RETURN_IF_ERROR(PreadAll(r->fd_, hb, hlen, 0, path));
   Header h;
   HB_RETURN_IF_ERROR(fail(DecodeHeader(hb, hlen, &h)));
-  r->major_ = h.major;
-  r->minor_ = h.minor;
+  r->major_ = r->trust_.version_major = h.major;
+  r->minor_ = r->trust_.version_minor = h.minor;
+  const bool has_trust = (h.flags & kFlagTrustRecord) != 0;
   if (h.file_size != 0 && size < h.file_size) {
     return Truncated(path + ": truncated: the file has " + std::to_string(size) + " bytes, the header says " +
                      std::to_string(h.file_size));
@@ -246,15 +249,20 @@ Result<std::unique_ptr<SnapshotReader>> SnapshotReader::OpenAt(const std::string
     if (h.file_size == 0) return Truncated(path + ": no trailer at the end: the snapshot is unfinished or truncated");
     return Corrupt(path + ": " + ts.message() + " (trailer at byte " + std::to_string(trailer_at) + ")");
   }
+  // 1.0: the index ends where the trailer starts. 1.1 (trust record flag):
+  // the trust record fills the bytes between them (SPEC.md "Trust record").
+  const uint64_t trust_min = has_trust ? kTrustFixed + 8 : 0;
   if (tr.index_size < kIndexFixed + 8 || tr.index_size > kIndexFixed + kMaxIndexBody ||
       tr.index_offset < kHeaderSize + kManifestFixed + 8 || tr.index_offset > trailer_at ||
-      tr.index_size != trailer_at - tr.index_offset) {
+      tr.index_size > trailer_at - tr.index_offset || trailer_at - tr.index_offset - tr.index_size < trust_min ||
+      (!has_trust && tr.index_size != trailer_at - tr.index_offset)) {
     return Corrupt(path + ": the trailer points the index outside the file (offset " + std::to_string(tr.index_offset) +
                    ", size " + std::to_string(tr.index_size) + ")");
   }
+  const uint64_t index_end = tr.index_offset + tr.index_size;
   r->digest_ = tr.digest;
   r->digest_begin_ = kHeaderSize;
-  r->digest_end_ = trailer_at;
+  r->digest_end_ = index_end;  // 1.1: the file digest ends where the trust record starts
 
   // Manifest record (SPEC.md "Manifest record").
   char mf[kManifestFixed];
@@ -291,6 +299,8 @@ Result<std::unique_ptr<SnapshotReader>> SnapshotReader::OpenAt(const std::string
   }
   HB_RETURN_IF_ERROR(at(tr.index_offset, DecodeIndexBody(index.data() + kIndexFixed, index.size() - kIndexFixed,
                                                          records_at, tr.index_offset, h.max_chunk_raw, &r->sections_)));
+  r->trust_.has_base = !r->base_.digest.zero();
+  if (has_trust) HB_RETURN_IF_ERROR(r->ReadTrustRecord(index_end, trailer_at - index_end, rec, index));
   bool has_refs = false;
   for (const auto& s : r->sections_) has_refs |= s.is_ref;
   if (has_refs && r->base_.digest.zero()) return Corrupt(path + ": ref sections but no base snapshot recorded");
@@ -312,7 +322,10 @@ void SnapshotReader::OpenBase(const OpenOptions& opts) {
     base_error_ = Unsupported(path_ + ": more than " + std::to_string(kMaxBaseDepth) + " levels of base snapshots");
     return;
   }
-  auto b = OpenAt(where, {}, depth_ + 1);
+  trust_.base_check = TrustInfo::BaseCheck::kNotOpened;
+  OpenOptions base_opts;
+  base_opts.check_chunk_hashes = opts.check_chunk_hashes;
+  auto b = OpenAt(where, base_opts, depth_ + 1);
   if (!b.ok()) {
     base_error_ = FailedPrecondition(path_ + " refers to " + want + ", which could not be opened at " + where + ": " +
                                      b.status().message() + "; pass its path with --base");
@@ -322,6 +335,20 @@ void SnapshotReader::OpenBase(const OpenOptions& opts) {
     base_error_ = FailedPrecondition(path_ + " refers to " + want + ", but " + where + " has digest " +
                                      (*b)->file_digest().Hex() + "; pass the right one with --base");
     return;
+  }
+  // The root recorded for the base covers its manifest, index and chunk
+  // hashes: a base with the right XXH3 digest but other content fails here.
+  if (!IsZero(trust_.base_root)) {
+    const TrustInfo& bt = (*b)->trust();
+    if (!bt.has_chunk_hashes || bt.root != trust_.base_root) {
+      trust_.base_check = TrustInfo::BaseCheck::kMismatched;
+      base_error_ = FailedPrecondition(
+          path_ + " refers to " + want + " with root " + HexOf(trust_.base_root) + ", but " + where +
+          (bt.has_chunk_hashes ? " has root " + HexOf(bt.root) : std::string(" is a format 1.0 file without one")) +
+          "; pass the right one with --base");
+      return;
+    }
+    trust_.base_check = TrustInfo::BaseCheck::kMatched;
   }
   base_reader_ = std::move(b).value();
 }
@@ -350,6 +377,16 @@ Status SnapshotReader::ReadChunkInto(const SectionInfo& s, size_t i, std::string
   ChunkInfo rec;
   st = DecodeChunkHeader(rec_bytes, static_cast<uint32_t>(kMaxChunkRaw), &rec);
   if (st.ok() && !SameChunk(rec, c)) st = Corrupt("chunk record disagrees with the index");
+  // Format 1.1: the stored bytes must be the ones the trust record (and so
+  // the root a signature covers) names, before any of them is decoded.
+  if (st.ok() && check_hashes_ && trust_.has_chunk_hashes) {
+    const Hash256 got = crypto::Sha256(rec_bytes + kChunkHeaderSize, c.stored_size);
+    if (got != c.sha256) {
+      st = Corrupt("stored checksum mismatch: the stored bytes have SHA-256 " + HexOf(got) + ", not " +
+                   HexOf(c.sha256) + ", the hash the snapshot's signed hash list names: these are not the bytes " +
+                   "it was built with");
+    }
+  }
   if (st.ok()) st = dec->Decode(c, rec_bytes + kChunkHeaderSize, out);
   if (!st.ok()) return Status(st.code(), path_ + ": " + Where(s, i, c.offset) + ": " + st.message());
   return Status::Ok();
@@ -491,6 +528,41 @@ Status SnapshotReader::DecodeSections(const std::vector<const SectionInfo*>& whi
           return Status::Ok();
         }));
     HB_RETURN_IF_ERROR(close_until(nullptr));
+  }
+  return Status::Ok();
+}
+
+// The trust record (SPEC.md "Trust record"): its hash list goes onto the
+// chunks, its root is computed, its signatures verified.
+Status SnapshotReader::ReadTrustRecord(uint64_t at, uint64_t size, const std::string& manifest_record,
+                                       const std::string& index) {
+  uint64_t chunks = 0;
+  for (const auto& s : sections_) chunks += s.chunks.size();
+  auto bad = [&](const Status& st) {
+    return st.ok() ? st : Status(st.code(), path_ + ": " + st.message() + " (trust record at byte " + std::to_string(at) + ")");
+  };
+  // Bounded by the index before anything is allocated.
+  if (size > TrustRecordSize(chunks, kMaxSignatures)) {
+    return bad(Corrupt("trust record of " + std::to_string(size) + " bytes is larger than " +
+                       std::to_string(chunks) + " chunk hashes and " + std::to_string(kMaxSignatures) +
+                       " signatures take"));
+  }
+  std::string b(size, '\0');
+  HB_RETURN_IF_ERROR(PreadAll(fd_, b.data(), size, at, path_));
+  TrustRecord t;
+  HB_RETURN_IF_ERROR(bad(DecodeTrustRecord(b.data(), size, chunks, &t)));
+  if (!IsZero(t.base_root) && base_.digest.zero()) return bad(Corrupt("a base root but no base snapshot"));
+  size_t k = 0;
+  for (auto& s : sections_) {
+    for (auto& c : s.chunks) c.sha256 = t.chunk_hashes[k++];
+  }
+  trust_.has_chunk_hashes = true;
+  trust_.chunk_count = chunks;
+  trust_.base_root = t.base_root;
+  trust_.root = crypto::SnapshotRoot(manifest_record, manifest_, index, t.chunk_hashes, t.base_root);
+  for (const auto& sig : t.signatures) {
+    trust_.signatures.push_back(
+        {sig.public_key, crypto::Fingerprint(sig.public_key), crypto::VerifyRoot(sig.public_key, sig.signature, trust_.root)});
   }
   return Status::Ok();
 }
@@ -638,6 +710,15 @@ Status SnapshotReader::ExtractSection(std::string_view name, const std::string& 
   if (st.ok() && ::rename(tmp.c_str(), out_path.c_str()) != 0) st = ErrnoError("rename to " + out_path, errno);
   if (!st.ok()) ::unlink(tmp.c_str());
   return st;
+}
+
+Status SnapshotReader::ExtractSectionToFd(std::string_view name, int fd, int threads, ProgressFn progress) const {
+  const SectionInfo* s = FindSection(name);
+  if (!s) return NotFound(path_ + ": no section '" + std::string(name) + "'");
+  if (::ftruncate(fd, static_cast<off_t>(s->raw_size)) != 0) {
+    return ErrnoError("size the file for section '" + s->name + "'", errno);
+  }
+  return DecodeIntoFiles({s}, {fd}, threads, progress);
 }
 
 Result<std::string> SnapshotReader::ReadSection(std::string_view name, uint64_t max_bytes) const {

@@ -11,10 +11,13 @@
 #include <map>
 #include <set>
 
+#include "crypto.h"
+#include "hotboot/signing.h"
 #include "hotboot/snapshot_file.h"
 #include "io_util.h"
 #include "pipeline.h"
 #include "records.h"
+#include "temp_files.h"
 #include "xxh3_fast.h"
 
 namespace hotboot::snapfile {
@@ -32,6 +35,7 @@ struct Task {
 struct Encoded {
   std::string raw;  // kept for the section's content hash, taken in order
   EncodedChunk chunk;
+  Hash256 sha256{};  // of chunk.stored, taken on the worker (SPEC.md "Trust record")
 };
 
 class FdCloser {
@@ -97,16 +101,20 @@ class Writer {
     HB_RETURN_IF_ERROR(Plan(sections));
     HB_RETURN_IF_ERROR(OpenBase(sections));
     Header h;
+    h.flags = kFlagTrustRecord;
     h.max_chunk_raw = static_cast<uint32_t>(opts_.chunk_size);
     HB_RETURN_IF_ERROR(out_.Write(EncodeHeader(h), /*digested=*/false));
-    HB_RETURN_IF_ERROR(out_.Write(EncodeManifestRecord(manifest, base_)));
+    const std::string manifest_record = EncodeManifestRecord(manifest, base_);
+    HB_RETURN_IF_ERROR(out_.Write(manifest_record));
 
     std::vector<ChunkEncoder> encoders(ResolveThreads(opts_.threads));
     auto produce = [&](size_t i, int worker, Encoded* e) {
       const Task& t = tasks_[i];
       HB_RETURN_IF_ERROR(ReadRange(sections[t.section], fds_[t.section]->fd, t.raw_offset, t.raw_size, &e->raw));
-      return encoders[worker].Encode(e->raw.data(), e->raw.size(), sections[t.section].elem, opts_.zstd_level,
-                                     opts_.transforms, &e->chunk);
+      HB_RETURN_IF_ERROR(encoders[worker].Encode(e->raw.data(), e->raw.size(), sections[t.section].elem,
+                                                 opts_.zstd_level, opts_.transforms, &e->chunk));
+      e->sha256 = crypto::Sha256(e->chunk.stored.data(), e->chunk.stored.size());
+      return Status::Ok();
     };
     auto consume = [&](size_t i, Encoded& e) { return WriteChunk(tasks_[i], e); };
     HB_RETURN_IF_ERROR(RunOrdered<Encoded>(tasks_.size(), opts_.threads, produce, consume));
@@ -119,7 +127,8 @@ class Writer {
     HB_RETURN_IF_ERROR(out_.Write(index));
     tr.index_size = index.size();
     tr.index_hash = XXH3_64bits(index.data(), index.size());
-    tr.digest = out_.digest();
+    tr.digest = out_.digest();  // ends where the trust record starts
+    HB_RETURN_IF_ERROR(WriteTrust(manifest_record, index));
     HB_RETURN_IF_ERROR(out_.Write(EncodeTrailer(tr), false));
     // The header records the final size, so a reader tells truncation apart.
     h.file_size = out_.pos();
@@ -166,12 +175,33 @@ class Writer {
     return Status::Ok();
   }
 
+  // SPEC.md "Trust record": the chunk hashes in index order, the base's
+  // root, and a signature when a key was given.
+  Status WriteTrust(const std::string& manifest_record, const std::string& index) {
+    TrustRecord t;
+    t.base_root = base_root_;
+    for (const auto& s : infos_) {
+      for (const auto& c : s.chunks) t.chunk_hashes.push_back(c.sha256);
+    }
+    if (opts_.signing_key) {
+      const Hash256 root = crypto::SnapshotRoot(manifest_record, {}, index, t.chunk_hashes, t.base_root);
+      TrustSignature sig;
+      sig.public_key = opts_.signing_key->public_key().raw;
+      HB_ASSIGN_OR_RETURN(sig.signature, opts_.signing_key->SignRoot(root));
+      t.signatures.push_back(sig);
+    }
+    return out_.Write(EncodeTrustRecord(t), /*digested=*/false);
+  }
+
   // Sections whose size and content hash the base holds become refs.
   Status OpenBase(const std::vector<SectionSource>& sections) {
     if (opts_.base_path.empty()) return MakeTasks();
     auto base = SnapshotReader::Open(opts_.base_path);
     if (!base.ok()) return base.status().Prefixed("base snapshot");
     base_.digest = (*base)->file_digest();
+    // A 1.0 base has no root: the snapshot records zero and a trust policy
+    // will not accept it (its base is not covered).
+    if ((*base)->trust().has_chunk_hashes) base_root_ = (*base)->trust().root;
     base_.name = fs::path(opts_.base_path).filename().string();
     std::multimap<uint64_t, Digest128> by_size;
     for (const auto& s : (*base)->sections()) {
@@ -239,6 +269,7 @@ class Writer {
     c.transform = e.chunk.transform;
     c.stored_hash = e.chunk.stored_hash;
     c.raw_hash = e.chunk.raw_hash;
+    c.sha256 = e.sha256;
     HB_RETURN_IF_ERROR(out_.Write(EncodeChunkHeader(c)));
     HB_RETURN_IF_ERROR(out_.Write(e.chunk.stored));
     XXH3_128bits_update(&content_, e.raw.data(), e.raw.size());
@@ -258,6 +289,7 @@ class Writer {
   std::vector<SectionInfo> infos_;
   std::vector<Task> tasks_;
   BaseRef base_;
+  Hash256 base_root_{};
   uint64_t total_ = 0, done_ = 0;
   size_t next_ = 0;  // the first section whose record is not written yet
   bool open_ = false;  // section next_ - 1 awaits its end record
@@ -288,9 +320,11 @@ Result<std::vector<SectionSource>> SectionsFromDirectory(const std::string& dir,
 Status WriteSnapshot(const std::string& out_path, const std::string& manifest_json,
                      const std::vector<SectionSource>& sections, const WriteOptions& opts, ProgressFn progress) {
   if (manifest_json.size() > kMaxManifestSize) return InvalidArgument("the manifest is larger than 16 MiB");
-  const std::string tmp = out_path + ".tmp." + std::to_string(::getpid());
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return ErrnoError("create " + tmp, errno);
+  const std::string tmp = TempPathFor(out_path);
+  // Exclusive, no symlink followed; stale temporaries of dead writers (and signers) go first.
+  auto created = CreateTemporary(out_path, 0644);
+  if (!created.ok()) return created.status().Prefixed("writing snapshot " + out_path);
+  const int fd = *created;
   Status s = Writer(fd, opts, progress).Run(manifest_json, sections);
   if (::close(fd) != 0 && s.ok()) s = ErrnoError("close " + tmp, errno);
   if (s.ok() && ::rename(tmp.c_str(), out_path.c_str()) != 0) s = ErrnoError("rename " + tmp + " to " + out_path, errno);
@@ -298,12 +332,7 @@ Status WriteSnapshot(const std::string& out_path, const std::string& manifest_js
     ::unlink(tmp.c_str());
     return s.Prefixed("writing snapshot " + out_path);
   }
-  fs::path parent = fs::path(out_path).has_parent_path() ? fs::path(out_path).parent_path() : fs::path(".");
-  int dfd = ::open(parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
+  SyncParentDir(out_path);
   return Status::Ok();
 }
 

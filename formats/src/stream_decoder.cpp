@@ -13,6 +13,7 @@
 #include <thread>
 #include <unordered_set>
 
+#include "crypto.h"
 #include "hotboot/snapshot_file.h"
 #include "pipeline.h"
 #include "records.h"
@@ -24,7 +25,7 @@ namespace {
 
 enum class State {
   kHeader, kManifestFixed, kManifestTail, kManifestBody, kRecordTag, kSectionFixed, kSectionTail,
-  kChunkHeader, kChunkBody, kSectionEnd, kIndexFixed, kIndexBody, kTrailer, kDone, kFailed
+  kChunkHeader, kChunkBody, kSectionEnd, kIndexFixed, kIndexBody, kTrustFixed, kTrustBody, kTrailer, kDone, kFailed
 };
 
 const char* StateName(State s) {
@@ -41,6 +42,8 @@ const char* StateName(State s) {
     case State::kSectionEnd: return "a section end record";
     case State::kIndexFixed:
     case State::kIndexBody: return "the index";
+    case State::kTrustFixed:
+    case State::kTrustBody: return "the trust record";
     case State::kTrailer: return "the trailer";
     default: return "the end";
   }
@@ -51,9 +54,17 @@ struct Job {
   ChunkInfo chunk;
   std::string stored;
   std::string raw;
+  Hash256 sha256{};  // of the stored bytes, taken by the decoding worker
   Status status;
   bool done = false;
 };
+
+// Hashes the stored bytes (format 1.1), then decodes them.
+Status HashAndDecode(ChunkDecoder* dec, Job* j, bool hash) {
+  if (hash) j->sha256 = crypto::Sha256(j->stored.data(), j->stored.size());
+  j->raw.resize(j->chunk.raw_size);
+  return dec->Decode(j->chunk, j->stored.data(), j->raw.data());
+}
 
 // A section start, a chunk or a section end, in file order.
 struct Item {
@@ -78,6 +89,10 @@ struct StreamDecoder::Impl {
   Header header;
   ManifestFixed manifest;
   std::string manifest_fixed;  // fixed part + base name, for the record hash
+  std::string manifest_record;  // the whole record, manifest included (for the root)
+  std::vector<Hash256> chunk_sha;  // each delivered chunk's SHA-256, in file order
+  TrustInfo trust;
+  bool hash_chunks = false;  // the header announces a trust record
   std::vector<SectionInfo> sections;
   uint32_t chunks_left = 0;
   uint64_t raw_seen = 0;
@@ -124,8 +139,7 @@ struct StreamDecoder::Impl {
         j = std::move(todo.front());
         todo.pop_front();
       }
-      j->raw.resize(j->chunk.raw_size);
-      Status s = dec.Decode(j->chunk, j->stored.data(), j->raw.data());
+      Status s = HashAndDecode(&dec, j.get(), hash_chunks);
       std::string().swap(j->stored);
       std::lock_guard lock(mu);
       j->status = s;
@@ -172,6 +186,7 @@ struct StreamDecoder::Impl {
                                                      std::to_string(it.job->chunk.offset) + ": " + it.job->status.message());
           }
           XXH3_128bits_update(&content, it.job->raw.data(), it.job->raw.size());
+          if (hash_chunks) chunk_sha.push_back(it.job->sha256);
           if (ev.on_data) HB_RETURN_IF_ERROR(ev.on_data(s, it.raw_offset, it.job->raw));
           break;
         }
@@ -190,7 +205,8 @@ struct StreamDecoder::Impl {
   }
 
   void Expect(State s, size_t n) {
-    if (s == State::kChunkHeader || s == State::kSectionEnd || s == State::kRecordTag || s == State::kTrailer) {
+    if (s == State::kChunkHeader || s == State::kSectionEnd || s == State::kRecordTag || s == State::kTrailer ||
+        s == State::kTrustFixed) {
       record_at = pos;
     }
     state = s;
@@ -205,6 +221,9 @@ struct StreamDecoder::Impl {
       case State::kHeader: {
         Status s = DecodeHeader(p, buf.size(), &header);
         if (!s.ok()) return Status(s.code(), name + ": " + s.message());
+        hash_chunks = (header.flags & kFlagTrustRecord) != 0;
+        trust.version_major = header.major;
+        trust.version_minor = header.minor;
         record_at = pos;
         Expect(State::kManifestFixed, kManifestFixed);
         return Status::Ok();
@@ -220,11 +239,15 @@ struct StreamDecoder::Impl {
         manifest_fixed.append(buf, 0, manifest.base_name_len);
         Status s = CheckManifestTail(manifest_fixed.data(), manifest_fixed.size(), p + manifest.base_name_len, &manifest);
         if (!s.ok()) return Bad(s.code(), s.message());
+        manifest_record = manifest_fixed;
+        manifest_record.append(p + manifest.base_name_len, 8);
         Expect(State::kManifestBody, manifest.manifest_len);
         return manifest.manifest_len == 0 ? Step() : Status::Ok();
       }
       case State::kManifestBody: {
         if (XXH3_64bits(p, buf.size()) != manifest.manifest_hash) return Bad(Code::kCorrupt, "manifest checksum mismatch");
+        if (hash_chunks) manifest_record += buf;
+        trust.has_base = !manifest.base.digest.zero();
         if (ev.on_manifest) HB_RETURN_IF_ERROR(ev.on_manifest(buf, manifest.base));
         NextRecord();
         return Status::Ok();
@@ -305,8 +328,7 @@ struct StreamDecoder::Impl {
         raw_seen += pending->chunk.raw_size;
         if (pool.empty()) {
           if (!inline_dec) inline_dec = std::make_unique<ChunkDecoder>();
-          pending->raw.resize(pending->chunk.raw_size);
-          pending->status = inline_dec->Decode(pending->chunk, pending->stored.data(), pending->raw.data());
+          pending->status = HashAndDecode(inline_dec.get(), pending.get(), hash_chunks);
           std::string().swap(pending->stored);
           pending->done = true;
         } else {
@@ -351,6 +373,58 @@ struct StreamDecoder::Impl {
         index += buf;
         HB_RETURN_IF_ERROR(Deliver(true));
         if (index != EncodeIndex(sections)) return Bad(Code::kCorrupt, "the index disagrees with the records before it");
+        if (hash_chunks) {
+          Expect(State::kTrustFixed, kTrustFixed);
+        } else {
+          Expect(State::kTrailer, kTrailerSize);
+        }
+        return Status::Ok();
+      }
+      case State::kTrustFixed: {
+        // Bound the record by its counts before awaiting its bytes.
+        if (std::memcmp(p, kTagTrust, 4) != 0) return Bad(Code::kCorrupt, "expected the trust record (tag HBTS)");
+        const auto* u = reinterpret_cast<const unsigned char*>(p);
+        const uint64_t sigs = GetLE(u + 5, 1), chunks = GetLE(u + 8, 8);
+        if (sigs > kMaxSignatures || chunks != chunk_sha.size()) {
+          return Bad(Code::kCorrupt, "trust record: " + std::to_string(chunks) + " chunk hashes and " +
+                                         std::to_string(sigs) + " signatures for " + std::to_string(chunk_sha.size()) +
+                                         " chunks");
+        }
+        need = TrustRecordSize(chunks, sigs);
+        if (header.file_size != 0 && record_at + need + kTrailerSize != header.file_size) {
+          return Bad(Code::kCorrupt, "trust record: its counts make it " + std::to_string(need) +
+                                         " bytes, which does not end where the header's file size puts the trailer");
+        }
+        state = State::kTrustBody;
+        return Status::Ok();
+      }
+      case State::kTrustBody: {
+        TrustRecord t;
+        Status st = DecodeTrustRecord(p, buf.size(), chunk_sha.size(), &t);
+        if (!st.ok()) return Bad(st.code(), st.message());
+        if (!IsZero(t.base_root) && manifest.base.digest.zero()) return Bad(Code::kCorrupt, "a base root but no base snapshot");
+        size_t k = 0;
+        for (const auto& s : sections) {
+          for (size_t i = 0; i < s.chunks.size(); ++i, ++k) {
+            if (t.chunk_hashes[k] != chunk_sha[k]) {
+              return Bad(Code::kCorrupt, "section '" + s.name + "' chunk " + std::to_string(i) + " (file offset " +
+                                             std::to_string(s.chunks[i].offset) + "): stored checksum mismatch: the stored bytes have SHA-256 " +
+                                             HexOf(chunk_sha[k]) + ", not " + HexOf(t.chunk_hashes[k]) +
+                                             ", the hash the snapshot's signed hash list names");
+            }
+          }
+        }
+        trust.has_chunk_hashes = true;
+        trust.chunk_count = chunk_sha.size();
+        trust.base_root = t.base_root;
+        trust.root = crypto::SnapshotRoot(manifest_record, {}, index, t.chunk_hashes, t.base_root);
+        for (const auto& sig : t.signatures) {
+          trust.signatures.push_back({sig.public_key, crypto::Fingerprint(sig.public_key),
+                                      crypto::VerifyRoot(sig.public_key, sig.signature, trust.root)});
+        }
+        std::string().swap(manifest_record);
+        std::vector<Hash256>().swap(chunk_sha);
+        if (ev.on_trust) HB_RETURN_IF_ERROR(ev.on_trust(trust));
         Expect(State::kTrailer, kTrailerSize);
         return Status::Ok();
       }
@@ -393,7 +467,12 @@ struct StreamDecoder::Impl {
       }
       const size_t take = std::min(n, need - buf.size());
       buf.append(data, take);
-      if (state != State::kHeader && state != State::kTrailer) XXH3_128bits_update(&digest, data, take);
+      // The file digest covers everything between header and trailer, but
+      // the trust record (format 1.1), so that signing keeps it.
+      if (state != State::kHeader && state != State::kTrailer && state != State::kTrustFixed &&
+          state != State::kTrustBody) {
+        XXH3_128bits_update(&digest, data, take);
+      }
       pos += take;
       data += take;
       n -= take;
@@ -423,6 +502,7 @@ Status StreamDecoder::Finish() { return impl_->Finish(); }
 uint64_t StreamDecoder::consumed() const { return impl_->pos; }
 bool StreamDecoder::done() const { return impl_->state == State::kDone; }
 void StreamDecoder::set_max_raw_bytes(uint64_t n) { impl_->max_raw = n; }
+const TrustInfo& StreamDecoder::trust() const { return impl_->trust; }
 
 Status DecodeStream(int fd, const StreamEvents& events, int threads, const std::string& name, ProgressFn progress) {
   StreamDecoder dec(events, threads, name);

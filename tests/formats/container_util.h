@@ -16,6 +16,7 @@
 
 #include "hotboot/snapshot_file.h"
 #include "hotboot/snapshot_format.h"
+#include "crypto.h"
 #include "records.h"
 #include <xxhash.h>
 
@@ -165,9 +166,11 @@ inline uint64_t GetAt(const std::string& f, size_t at, int n) {
 }
 
 // Re-derives every checksum that covers structure from the records as they
-// now are: chunk record hashes, section record hashes, the index, the trailer.
-// What a damaged payload then fails on is what the reader checks last.
-inline void FixChecksums(std::string& f) {
+// now are: chunk record hashes, section record hashes, the index, the trailer,
+// and (format 1.1) the trust record's hash and, unless told not to, its
+// SHA-256 list. What a damaged payload then fails on is what the reader
+// checks last. (Re-hashing the list changes the root: signatures go bad.)
+inline void FixChecksums(std::string& f, bool fix_chunk_sha256 = true) {
   Header h;
   if (!DecodeHeader(f.data(), f.size(), &h).ok()) {
       ADD_FAILURE() << "FixChecksums: cannot parse";
@@ -212,14 +215,38 @@ inline void FixChecksums(std::string& f) {
     secs.push_back(s);
   }
   const std::string index = EncodeIndex(secs);
-  if (at + index.size() + kTrailerSize != f.size()) {
+  // Format 1.1: the trust record between index and trailer stays as it is
+  // (its own hash is refreshed); the digest ends where it starts.
+  const size_t trust = (h.flags & kFlagTrustRecord) ? f.size() - kTrailerSize - at - index.size() : 0;
+  if (at + index.size() + trust + kTrailerSize != f.size()) {
     ADD_FAILURE() << "FixChecksums: the index changed size";
     return;
   }
   f.replace(at, index.size(), index);
+  if (trust >= kTrustFixed + 8 && fix_chunk_sha256) {
+    size_t k = at + index.size() + kTrustFixed;
+    for (const auto& s : secs) {
+      for (const auto& c : s.chunks) {
+        const Hash256 h = crypto::Sha256(f.data() + c.offset + kChunkHeaderSize, c.stored_size);
+        if (k + 32 <= f.size()) f.replace(k, 32, reinterpret_cast<const char*>(h.data()), 32);
+        k += 32;
+      }
+    }
+  }
+  if (trust >= kTrustFixed + 8) {
+    const size_t end = at + index.size() + trust - 8;
+    PutAt(f, end, XXH3_64bits(f.data() + at + index.size(), trust - 8), 8);
+  }
   XXH128_hash_t d = XXH3_128bits(f.data() + 64, at + index.size() - 64);
   Trailer t{at, index.size(), XXH3_64bits(index.data(), index.size()), {d.high64, d.low64}};
-  f.replace(at + index.size(), kTrailerSize, EncodeTrailer(t));
+  f.replace(at + index.size() + trust, kTrailerSize, EncodeTrailer(t));
+}
+
+// Where the trust record of a 1.1 file is: [first, second).
+inline std::pair<size_t, size_t> TrustRange(const std::string& f) {
+  Trailer t;
+  if (!DecodeTrailer(f.data() + f.size() - kTrailerSize, &t).ok()) return {0, 0};
+  return {t.index_offset + t.index_size, f.size() - kTrailerSize};
 }
 
 }  // namespace hotboot::snapfile::testutil

@@ -132,7 +132,9 @@ TEST_F(Damage, EveryRegionIsChecked) {
       {s.offset + 1, "expected a section record"},
       {s.chunks[2].offset + 2, "expected a chunk record"},
       {s.chunks[2].offset + 9, "chunk record checksum"},
-      {n - 64 - 20, "index checksum"},
+      {TrustRange(good_).first - 20, "index checksum"},
+      {TrustRange(good_).first + 5, "trust record checksum"},
+      {TrustRange(good_).second - 3, "trust record checksum"},
       {n - 40, "digest"},
       {n - 3, "trailer magic"},
   };
@@ -200,14 +202,14 @@ TEST_F(Damage, VersionsAndFlagsFollowTheCompatibilityRules) {
   };
   Status s = open(WithHeader(good_, 8, 2, 2));
   EXPECT_EQ(s.code(), Code::kUnsupported);
-  EXPECT_NE(s.message().find("version 2.0 is newer than this hotboot reads (1.0, any 1.x); upgrade hotboot"),
+  EXPECT_NE(s.message().find("version 2.1 is newer than this hotboot reads (1.1, any 1.x); upgrade hotboot"),
             std::string::npos) << s.message();
   EXPECT_EQ(StreamDecode(WithHeader(good_, 8, 2, 2), 1).status.code(), Code::kUnsupported);
   s = open(WithHeader(good_, 8, 0, 2));
   EXPECT_EQ(s.code(), Code::kUnsupported);
   EXPECT_NE(s.message().find("older"), std::string::npos) << s.message();
   EXPECT_TRUE(open(WithHeader(good_, 10, 7, 2)).ok()) << "a newer minor is readable";
-  EXPECT_TRUE(open(WithHeader(good_, 12, 0x0004, 4)).ok()) << "unknown compatible flags are ignored";
+  EXPECT_TRUE(open(WithHeader(good_, 12, kFlagTrustRecord | 0x0004, 4)).ok()) << "unknown compatible flags are ignored";
   s = open(WithHeader(good_, 12, 0x00040000, 4));
   EXPECT_EQ(s.code(), Code::kUnsupported);
   EXPECT_NE(s.message().find("header flags 0x00040000"), std::string::npos) << s.message();

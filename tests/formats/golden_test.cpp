@@ -8,6 +8,7 @@
 #include <cstdlib>
 
 #include "container_util.h"
+#include "hotboot/signing.h"
 
 namespace hotboot::snapfile {
 namespace {
@@ -52,76 +53,49 @@ void WriteBad(const std::string& name, const std::string& bytes, const char* out
   Spit((kDir / (name + ".expect")).string(), std::string(outcome) + "\n" + message + "\n");
 }
 
-void Regenerate() {
-  for (const auto& e : fs::directory_iterator(kDir)) {
-    if (e.path().extension() != ".md") fs::remove(e.path());
-  }
-  std::vector<SectionSource> small(1);
-  small[0] = {"meta/a", "", "0123456789"};
-  WriteGood("ok-small", "{}", small);
-  WriteOptions o;
-  o.chunk_size = 128u << 10;
-  WriteGood("ok-kinds", R"({"format":"hotboot-snapshot-manifest","golden":true})", GoldenKinds(), o);
-  std::vector<SectionSource> base(1), delta(2);
-  base[0] = {"weights/w", "", RandomFloats(1000, ElemType::kBf16, 8), 0644, ElemType::kBf16};
-  delta[0] = base[0];
-  delta[1] = {"criu/x.img", "", "new"};
-  WriteGood("ok-base", "{}", base);
-  o = {};
-  o.base_path = (kDir / "ok-base.hbsnap").string();
-  WriteGood("ok-delta", "{}", delta, o);
+// The 1.0 files (ok-small, ok-kinds, ok-base, ok-delta and the bad-* made
+// from them) were written by hotboot's 1.0 writer and are frozen: a 1.1
+// writer cannot make them again, and they must keep decoding. What this
+// regenerates: the 1.1 files, and bad-required-flag (from the frozen
+// ok-small, with bit 17: bit 16 is the trust record since 1.1).
+const fs::path kTestKey = kDir / "test-signing-key.pem";  // a test key, public in this repository
 
-  const std::string good = Slurp((kDir / "ok-small.hbsnap").string());
-  auto r = SnapshotReader::Open((kDir / "ok-small.hbsnap").string());
-  ASSERT_TRUE(r.ok());
-  const ChunkInfo& rc = (*r)->FindSection("meta/a")->chunks[0];
+void Regenerate() {
   auto header = [](std::string b, size_t at, uint64_t v, int n) {
     PutAt(b, at, v, n);
     PutAt(b, kHeaderHashAt, XXH3_64bits(b.data(), kHeaderHashAt), 8);
     return b;
   };
+  const std::string small10 = Slurp((kDir / "ok-small.hbsnap").string());
+  WriteBad("bad-required-flag", header(small10, 12, 0x20000, 4), "unsupported", "header flags 0x00020000");
+
+  // ok-signed: every kind of chunk, signed at write time by the test key.
+  auto key = LoadPrivateKey(kTestKey.string());
+  ASSERT_TRUE(key.ok()) << key.status().ToString();
+  WriteOptions o;
+  o.chunk_size = 128u << 10;
+  o.signing_key = &*key;
+  WriteGood("ok-signed", R"({"format":"hotboot-snapshot-manifest","golden":"1.1"})", GoldenKinds(), o);
+  const std::string good = Slurp((kDir / "ok-signed.hbsnap").string());
+  auto r = SnapshotReader::Open((kDir / "ok-signed.hbsnap").string());
+  ASSERT_TRUE(r.ok());
+  // A chunk's stored bytes replaced by other bytes of the same size, every
+  // XXH3 fixed, the signed SHA-256 list left alone: only the list catches it.
+  const SectionInfo& rnd = *(*r)->FindSection("criu/random.img");
+  const ChunkInfo& c = rnd.chunks[0];
+  ASSERT_EQ(c.method, Method::kRaw);
   std::string b = good;
-  b[0] = 'X';
-  WriteBad("bad-magic", b, "corrupt", "not a hotboot snapshot (bad magic)");
-  WriteBad("bad-newer-major", header(good, 8, 2, 2), "unsupported",
-           "snapshot format version 2.0 is newer than this hotboot reads (1.0, any 1.x); upgrade hotboot");
-  WriteBad("bad-required-flag", header(good, 12, 0x10000, 4), "unsupported", "header flags 0x00010000");
-  WriteBad("bad-header-reserved", header(good, 30, 1, 1), "corrupt", "header reserved bytes 28-55 must be zero");
+  const std::string other = RandomBytes(c.stored_size, 99);
+  b.replace(c.offset + kChunkHeaderSize, c.stored_size, other);
+  PutAt(b, c.offset + 16, XXH3_64bits(other.data(), other.size()), 8);
+  PutAt(b, c.offset + 24, XXH3_64bits(other.data(), other.size()), 8);
+  FixChecksums(b, /*fix_chunk_sha256=*/false);
+  WriteBad("bad-swapped-chunk", b, "corrupt",
+           "section 'criu/random.img' chunk 0 (file offset " + std::to_string(c.offset) +
+               "): stored checksum mismatch: the stored bytes have SHA-256");
   b = good;
-  b[20] ^= 1;
-  WriteBad("bad-header-checksum", b, "corrupt", "header checksum mismatch");
-  WriteBad("bad-truncated-in-chunk", good.substr(0, rc.offset + 45), "truncated", "truncated");
-  WriteBad("bad-trailing-bytes", good + "\n", "corrupt", "unexpected bytes after the end");
-  b = good;
-  b[rc.offset + kChunkHeaderSize + 5] ^= 4;
-  WriteBad("bad-stored-checksum", b, "corrupt",
-           "section 'meta/a' chunk 0 (file offset " + std::to_string(rc.offset) + "): stored checksum mismatch");
-  b = good;  // a raw byte changed and its stored hash fixed: the decoded hash catches it
-  b[rc.offset + kChunkHeaderSize + 3] ^= 4;
-  PutAt(b, rc.offset + 16, XXH3_64bits(b.data() + rc.offset + kChunkHeaderSize, rc.stored_size), 8);
-  FixChecksums(b);
-  WriteBad("bad-decoded-checksum", b, "corrupt", "section 'meta/a' chunk 0 (file offset " + std::to_string(rc.offset) + "): decoded checksum mismatch");
-  PutAt(b, rc.offset + 24, XXH3_64bits(b.data() + rc.offset + kChunkHeaderSize, rc.stored_size), 8);
-  FixChecksums(b);  // ... and with the decoded hash fixed too: the content hash
-  WriteBad("bad-content-hash", b, "corrupt", "section 'meta/a': content hash mismatch");
-  b = good;
-  b[good.size() - 64 - 10] ^= 1;
-  WriteBad("bad-index-checksum", b, "corrupt", "index checksum mismatch");
-  b = good;
-  b[good.size() - 1] = 'X';
-  WriteBad("bad-trailer-magic", b, "corrupt", "bad trailer magic");
-  b = good;  // the section renamed to an escaping path, every checksum fixed
-  const size_t name_at = 64 + kManifestFixed + 8 + 2 + kSectionFixed;
-  b.replace(name_at, 6, "../../");
-  FixChecksums(b);
-  WriteBad("bad-unsafe-name", b, "corrupt", "unsafe section name '../../'");
-  // A delta whose base is nowhere to be found.
-  const fs::path gone = fs::temp_directory_path() / "gone-base.hbsnap";
-  ASSERT_TRUE(WriteSnapshot(gone.string(), "{}", base).ok());
-  o.base_path = gone.string();
-  ASSERT_TRUE(WriteSnapshot((kDir / "bad-ref-without-base.hbsnap").string(), "{}", delta, o).ok());
-  fs::remove(gone);
-  Spit((kDir / "bad-ref-without-base.expect").string(), "failed precondition\nbase snapshot 'gone-base.hbsnap'\n");
+  b[TrustRange(good).first + kTrustFixed + 7] ^= 1;  // a byte of the hash list, record hash not fixed
+  WriteBad("bad-trust-checksum", b, "corrupt", "trust record checksum mismatch");
 }
 
 struct Golden {

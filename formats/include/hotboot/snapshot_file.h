@@ -1,7 +1,11 @@
-// The snapshot container, version 1.0 (formats/SPEC.md): a header; a
+// The snapshot container, version 1.1 (formats/SPEC.md): a header; a
 // manifest record; named sections, each a run of independently compressed,
 // checksummed chunk records closed by a content hash; an index for random
-// access; a trailer with the whole-file digest.
+// access; a trust record (the SHA-256 of every chunk's stored bytes and
+// Ed25519 signatures over the snapshot's root); a trailer with the whole-file
+// digest. Version 1.0 files (no trust record) still read, as unsigned.
+//
+// Keys, signing and trust policies: hotboot/signing.h.
 //
 // Seekable: SnapshotReader::Open reads only the header, the manifest, the
 // index and the trailer; one chunk can be read without the rest.
@@ -10,6 +14,7 @@
 // may refer to sections of a base snapshot instead of storing them again.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -28,6 +33,13 @@ enum class ElemType : uint8_t { kBytes = 0, kBf16 = 1, kFp16 = 2, kFp32 = 3 };
 enum class Method : uint8_t { kRaw = 0, kZstd = 1, kZero = 2 };
 enum class Transform : uint8_t { kNone = 0, kBytePlanes2 = 1, kBytePlanes4 = 2 };
 
+// A SHA-256 digest, a root, or a raw Ed25519 public key (32 bytes each).
+using Hash256 = std::array<uint8_t, 32>;
+std::string HexOf(const Hash256& h);
+bool IsZero(const Hash256& h);
+
+class PrivateKey;  // hotboot/signing.h
+
 const char* ElemTypeName(ElemType e);
 const char* MethodName(Method m);
 const char* TransformName(Transform t);
@@ -41,6 +53,9 @@ struct WriteOptions {
   // A base snapshot: sections whose content (size and XXH3-128) the base
   // already holds are written as references to it, not stored again.
   std::string base_path;
+  // Sign at write time with this key (hotboot/signing.h); null: the trust
+  // record carries no signature (`hotboot sign` adds one later).
+  const PrivateKey* signing_key = nullptr;
 };
 
 using ProgressFn = std::function<void(uint64_t done_raw_bytes, uint64_t total_raw_bytes)>;
@@ -61,6 +76,9 @@ struct ChunkInfo {
   Transform transform = Transform::kNone;
   uint64_t stored_hash = 0;
   uint64_t raw_hash = 0;
+  // SHA-256 of the stored bytes, from the trust record (format 1.1; zero in
+  // 1.0 files). Not part of the chunk record or the index.
+  Hash256 sha256{};
 };
 
 struct Digest128 {
@@ -104,6 +122,37 @@ struct OpenOptions {
   // Where the base snapshot is, for snapshots with ref sections; empty: the
   // base's recorded file name, next to the snapshot.
   std::string base_path;
+  // Check each chunk's stored bytes against its SHA-256 in the trust record
+  // before decoding it. For measurement only (bench format compares the cost
+  // in one run): anything that uses the bytes leaves it on.
+  bool check_chunk_hashes = true;
+};
+
+// One signature of the trust record, checked by the reader.
+struct SignatureInfo {
+  Hash256 public_key{};     // raw Ed25519 public key
+  std::string fingerprint;  // "ed25519:" + 16 hex digits of SHA-256(public_key)
+  bool valid = false;       // it verifies over this snapshot's root
+};
+
+// What a reader learnt from the trust record (SPEC.md "Trust record",
+// "Root and signatures"), checked when the snapshot was opened (seekable) or
+// when the trust record arrived (stream).
+struct TrustInfo {
+  uint16_t version_major = 0, version_minor = 0;
+  // False for format 1.0 files: no chunk hashes, no root, no signatures.
+  bool has_chunk_hashes = false;
+  uint64_t chunk_count = 0;  // SHA-256s listed (= chunks stored in this file)
+  Hash256 root{};            // SHA-256 root over manifest, index, chunk hashes, base root
+  // The snapshot's base, when it has one: the root it records for it (zero
+  // when the base is a 1.0 file) and whether the opened base had that root.
+  bool has_base = false;
+  Hash256 base_root{};
+  enum class BaseCheck { kNone, kMatched, kMismatched, kNotOpened };
+  BaseCheck base_check = BaseCheck::kNone;
+  std::vector<SignatureInfo> signatures;
+  std::string root_hex() const { return HexOf(root); }
+  bool signed_validly() const;  // at least one valid signature
 };
 
 class SnapshotReader {
@@ -123,6 +172,11 @@ class SnapshotReader {
   const BaseRef& base() const { return base_; }
   // The opened base snapshot, when this one has ref sections.
   const SnapshotReader* base_reader() const { return base_reader_.get(); }
+  // Chunk hashes, root and signatures, checked by Open (cheap: hashes the
+  // manifest, the index and the hash list, verifies at most 16 signatures).
+  // Every chunk read through this reader is checked against its SHA-256
+  // before it is decoded. A trust policy: CheckTrust in hotboot/signing.h.
+  const TrustInfo& trust() const { return trust_; }
 
   // Every chunk (stored hash, decoding, raw hash), every section's content
   // hash and the whole-file digest; the first problem names section, chunk
@@ -138,6 +192,10 @@ class SnapshotReader {
   // failure out_path is untouched.
   Status ExtractSection(std::string_view name, const std::string& out_path, int threads = 0,
                         ProgressFn progress = nullptr) const;
+  // One section's bytes into `fd`, an empty regular file open read-write
+  // (sized here; zero chunks stay holes), checked as by ExtractTo. On failure
+  // the file may hold part of the section: the caller discards it.
+  Status ExtractSectionToFd(std::string_view name, int fd, int threads = 0, ProgressFn progress = nullptr) const;
   // A whole section in memory; refuses sections larger than max_bytes.
   Result<std::string> ReadSection(std::string_view name, uint64_t max_bytes = 1ull << 30) const;
   // One chunk's decoded bytes, checked (random access).
@@ -166,6 +224,7 @@ class SnapshotReader {
                          const ProgressFn& progress) const;
   const SectionInfo* ResolveRef(const SectionInfo& s) const;
   Status CheckSectionRecords(const SectionInfo& s) const;
+  Status ReadTrustRecord(uint64_t at, uint64_t size, const std::string& manifest_record, const std::string& index);
 
   std::string path_;
   int fd_ = -1;
@@ -180,6 +239,8 @@ class SnapshotReader {
   Status base_error_;  // why the base could not be used, when it could not
   std::vector<SectionInfo> sections_;
   int depth_ = 0;
+  TrustInfo trust_;
+  bool check_hashes_ = true;
 };
 
 // What a StreamDecoder reports, in file order. Any callback may return an
@@ -190,6 +251,11 @@ struct StreamEvents {
   std::function<Status(const SectionInfo& section, uint64_t raw_offset, const std::string& bytes)> on_data;
   // After the content hash matched (for a ref section: the recorded hash).
   std::function<Status(const SectionInfo& section)> on_section_end;
+  // Format 1.1: once the trust record arrived and every chunk's SHA-256 (taken
+  // as it was decoded) matched it; signatures are checked, a policy is the
+  // caller's (CheckTrust). The list comes last, so a stream reader cannot
+  // check a chunk before its bytes are delivered: the seekable reader can.
+  std::function<Status(const TrustInfo& trust)> on_trust;
 };
 
 // Decodes a snapshot front to back from bytes fed in any pieces; chunks are
@@ -214,6 +280,8 @@ class StreamDecoder {
   // Refuse input that decodes to more than n bytes (a guard for untrusted
   // input; 0: no limit).
   void set_max_raw_bytes(uint64_t n);
+  // The trust record's findings, once done (has_chunk_hashes false for 1.0).
+  const TrustInfo& trust() const;
 
  private:
   struct Impl;

@@ -1,4 +1,4 @@
-// Constants and field codecs of the snapshot container, version 1.0. Every
+// Constants and field codecs of the snapshot container, version 1.1. Every
 // number here is defined in formats/SPEC.md, section named in the comment;
 // change the spec first. Fields are encoded and decoded one by one,
 // little-endian, never by copying structs.
@@ -12,7 +12,7 @@ namespace hotboot::snapfile {
 
 // SPEC.md "Versions".
 inline constexpr uint16_t kVersionMajor = 1;
-inline constexpr uint16_t kVersionMinor = 0;
+inline constexpr uint16_t kVersionMinor = 1;  // 1.1: the trust record; 1.0 files still read
 
 // SPEC.md "Header".
 inline constexpr char kMagic[8] = {'H', 'O', 'T', 'B', 'O', 'O', 'T', '\0'};
@@ -21,7 +21,10 @@ inline constexpr size_t kHeaderHashAt = 56;  // XXH3-64 of bytes 0..55
 // Header flags: bits 0-15 may be ignored by a reader that does not know
 // them; a set bit in 16-31 that a reader does not know makes it refuse.
 inline constexpr uint32_t kFlagsCompatibleMask = 0x0000ffffu;
-inline constexpr uint32_t kFlagsKnown = 0;  // none defined in 1.0
+// SPEC.md "Header" flags, bit 16 (required, 1.1): a trust record sits between
+// the index and the trailer, and the file digest ends where it starts.
+inline constexpr uint32_t kFlagTrustRecord = 0x00010000u;
+inline constexpr uint32_t kFlagsKnown = kFlagTrustRecord;
 
 // SPEC.md "Records": every record starts with a 4-byte tag.
 inline constexpr char kTagManifest[4] = {'H', 'B', 'M', 'F'};
@@ -29,6 +32,7 @@ inline constexpr char kTagSection[4] = {'H', 'B', 'S', 'C'};
 inline constexpr char kTagChunk[4] = {'H', 'B', 'C', 'K'};
 inline constexpr char kTagSectionEnd[4] = {'H', 'B', 'S', 'E'};
 inline constexpr char kTagIndex[4] = {'H', 'B', 'I', 'X'};
+inline constexpr char kTagTrust[4] = {'H', 'B', 'T', 'S'};  // 1.1
 inline constexpr char kTrailerMagic[8] = {'H', 'B', 'T', 'R', 'A', 'I', 'L', 'R'};
 
 // Fixed parts of the records (SPEC.md, one table each).
@@ -40,6 +44,17 @@ inline constexpr size_t kIndexFixed = 16;       // then the index body
 inline constexpr size_t kTrailerSize = 64;
 inline constexpr size_t kIndexSectionFixed = 48;  // then name, chunk entries
 inline constexpr size_t kIndexChunkSize = 36;
+
+// SPEC.md "Trust record (1.1)": a fixed part, 32 bytes per chunk hash, 100
+// bytes per signature, then the 8-byte record hash.
+inline constexpr size_t kTrustFixed = 48;
+inline constexpr size_t kTrustSignatureSize = 100;
+inline constexpr uint32_t kMaxSignatures = 16;
+inline constexpr uint8_t kHashSha256 = 1;
+inline constexpr uint8_t kSignatureEd25519 = 1;
+// SPEC.md "Root and signatures": domain strings, their final NUL included.
+inline constexpr char kRootDomain[] = "hotboot snapshot root v1";
+inline constexpr char kSignatureDomain[] = "hotboot snapshot signature v1";
 
 // Section flags (SPEC.md "Section record").
 inline constexpr uint8_t kSectionRef = 0x01;
