@@ -374,12 +374,10 @@ Status SnapshotReader::ReadChunkInto(const SectionInfo& s, size_t i, std::string
     if (!st.ok()) return st.Prefixed(Where(s, i, c.offset));
     rec_bytes = scratch->data();
   }
-  ChunkInfo rec;
-  st = DecodeChunkHeader(rec_bytes, static_cast<uint32_t>(kMaxChunkRaw), &rec);
-  if (st.ok() && !SameChunk(rec, c)) st = Corrupt("chunk record disagrees with the index");
-  // Format 1.1: the stored bytes must be the ones the trust record (and so
-  // the root a signature covers) names, before any of them is decoded.
-  if (st.ok() && check_hashes_ && trust_.has_chunk_hashes) {
+  // Format 1.1: first of all, the stored bytes must be the ones the trust
+  // record (and so the root a signature covers) names -- whatever the chunk
+  // record's own XXH3s say, which whoever swapped the bytes could recompute.
+  if (check_hashes_ && trust_.has_chunk_hashes) {
     const Hash256 got = crypto::Sha256(rec_bytes + kChunkHeaderSize, c.stored_size);
     if (got != c.sha256) {
       st = Corrupt("stored checksum mismatch: the stored bytes have SHA-256 " + HexOf(got) + ", not " +
@@ -387,6 +385,9 @@ Status SnapshotReader::ReadChunkInto(const SectionInfo& s, size_t i, std::string
                    "it was built with");
     }
   }
+  ChunkInfo rec;
+  if (st.ok()) st = DecodeChunkHeader(rec_bytes, static_cast<uint32_t>(kMaxChunkRaw), &rec);
+  if (st.ok() && !SameChunk(rec, c)) st = Corrupt("chunk record disagrees with the index");
   if (st.ok()) st = dec->Decode(c, rec_bytes + kChunkHeaderSize, out);
   if (!st.ok()) return Status(st.code(), path_ + ": " + Where(s, i, c.offset) + ": " + st.message());
   return Status::Ok();
