@@ -4,6 +4,7 @@
 
 #include "cli_common.h"
 #include "commands.h"
+#include "cli_trust.h"
 #include "hotboot/snapshot_file.h"
 
 namespace hotboot::cli {
@@ -127,6 +128,7 @@ int RunInspect(const InspectArgs& a) {
                                                   : json{{"name", rd.base().name}, {"digest", rd.base().digest.Hex()},
                                                          {"found", rd.base_reader() != nullptr}}},
                 {"sections", secs},
+                {"trust", TrustJson(rd.trust(), nullptr)},
                 {"manifest", m}};
     std::printf("%s\n", out.dump(2).c_str());
     return kExitOk;
@@ -137,6 +139,7 @@ int RunInspect(const InspectArgs& a) {
   std::printf("snapshot      %s\n", a.snapshot.c_str());
   std::printf("format        v%u.%u, %s, digest %s\n", rd.version_major(), rd.version_minor(),
               HumanBytes(rd.file_size()).c_str(), rd.file_digest_hex().c_str());
+  for (const auto& line : TrustLines(rd.trust(), nullptr)) std::printf("trust         %s\n", line.c_str());
   if (!rd.base().digest.zero()) {
     std::printf("base          %s (digest %s)%s\n", rd.base().name.c_str(), rd.base().digest.Hex().c_str(),
                 rd.base_reader() ? "" : " NOT FOUND: pass --base");
@@ -223,6 +226,7 @@ struct VerifyArgs {
   std::string path;
   std::string base;
   bool json_out = false;
+  TrustArgs trust;
 };
 
 struct Checked {
@@ -230,6 +234,8 @@ struct Checked {
   size_t sections = 0, chunks = 0;
   uint64_t bytes = 0;
   std::string digest;
+  snapfile::TrustInfo trust;
+  bool trust_read = false;          // the trust record (or its absence) is known
 };
 
 // "-": front to back from stdin, as it arrives (a pipe, a download).
@@ -242,6 +248,11 @@ Checked VerifyStream(const VerifyArgs& a, Progress& p) {
   };
   ev.on_data = [&](const snapfile::SectionInfo&, uint64_t, const std::string&) {
     ++c.chunks;
+    return Status::Ok();
+  };
+  c.trust.version_major = 1;  // a stream without a trust record is 1.0
+  ev.on_trust = [&](const snapfile::TrustInfo& t) {
+    c.trust = t;
     return Status::Ok();
   };
   c.status = snapfile::DecodeStream(0, ev, 0, "<stdin>", [&](uint64_t d, uint64_t) {
@@ -263,20 +274,34 @@ Checked VerifyFile(const VerifyArgs& a, Progress& p) {
   for (const auto& sec : (*r)->sections()) c.chunks += sec.chunks.size();
   c.bytes = (*r)->file_size();
   c.digest = (*r)->file_digest_hex();
+  c.trust = (*r)->trust();
+  c.trust_read = true;
   return c;
 }
 
 int RunVerify(const VerifyArgs& a) {
   Progress p("verifying");
   const auto t0 = std::chrono::steady_clock::now();
-  Checked c = a.path == "-" ? VerifyStream(a, p) : VerifyFile(a, p);
+  // The policy first: a trust directory that cannot be trusted is an error
+  // before any byte is read.
+  auto policy = LoadPolicy(a.trust);
+  Checked c;
+  if (policy.ok()) {
+    c = a.path == "-" ? VerifyStream(a, p) : VerifyFile(a, p);
+    c.trust_read |= a.path == "-" && c.status.ok();
+  } else {
+    c.status = policy.status();
+  }
   p.Finish();
   const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-  const Status& s = c.status;
+  Status s = c.status;
+  // Intact; now whether the policy in force (if any) accepts its signatures.
+  if (s.ok()) s = snapfile::CheckTrust(a.path, c.trust, *policy);
   if (a.json_out) {
     json out = {{"path", a.path}, {"ok", s.ok()}, {"sections", c.sections}, {"chunks", c.chunks},
                 {"bytes", c.bytes}, {"elapsed_ms", ms}};
     if (!c.digest.empty()) out["file_digest"] = c.digest;
+    if (c.trust_read) out["trust"] = TrustJson(c.trust, policy.ok() ? &*policy : nullptr);
     if (!s.ok()) {
       out["error"] = s.message();
       out["outcome"] = CodeName(s.code());
@@ -284,9 +309,15 @@ int RunVerify(const VerifyArgs& a) {
     std::printf("%s\n", out.dump().c_str());
     return s.ok() ? kExitOk : ExitCodeFor(s);
   }
-  if (!s.ok()) return Fail(s);
+  if (!s.ok()) {
+    if (c.trust_read && s.code() == Code::kUntrusted) {
+      for (const auto& line : TrustLines(c.trust, &*policy)) std::fprintf(stderr, "  %s\n", line.c_str());
+    }
+    return Fail(s);
+  }
   std::printf("%s: OK (%zu sections, %zu chunks, %s%s%s, checked in %s)\n", a.path.c_str(), c.sections, c.chunks,
               HumanBytes(c.bytes).c_str(), c.digest.empty() ? "" : ", digest ", c.digest.c_str(), Ms(ms).c_str());
+  for (const auto& line : TrustLines(c.trust, &*policy)) std::printf("  %s\n", line.c_str());
   return kExitOk;
 }
 
@@ -308,10 +339,17 @@ Runner AddVerify(CLI::App& app) {
   app.footer("Check every record, chunk checksum, section content hash and the whole-file digest;\n"
              "report the first bad section, chunk and byte offset. SNAP '-' reads the snapshot\n"
              "front to back from stdin (e.g. curl ... | hotboot verify -).\n"
-             "Exit 0 when intact, 4 when corrupt or truncated, 1 on other errors.");
+             "Format 1.1: every chunk's SHA-256 against the trust record, and each signature over the\n"
+             "root, reported as 'signed by ed25519:... (trusted by the policy | no policy in force |\n"
+             "not trusted)' or 'unsigned'. With a trust policy in force (--trust, or *.pub files in\n"
+             "--trust-dir, default /etc/hotboot/trust.d, when it exists) a snapshot not signed by a\n"
+             "trusted key is refused.\n"
+             "Exit 0 when intact (and trusted), 4 when corrupt or truncated, 7 when the policy refuses\n"
+             "it, 1 on other errors.");
   app.add_option("snapshot", a->path, "Snapshot file, or - for stdin")->required();
   app.add_option("--base", a->base, "The base snapshot, for snapshots built with --base (default: next to it)");
-  app.add_flag("--json", a->json_out, "Print the result as JSON (ok, outcome, error, counts)");
+  app.add_flag("--json", a->json_out, "Print the result as JSON (ok, outcome, error, counts, trust)");
+  AddTrustOptions(app, &a->trust);
   return [a] { return RunVerify(*a); };
 }
 

@@ -28,9 +28,13 @@ Runner AddBuild(CLI::App& app);
 Runner AddRestore(CLI::App& app);
 Runner AddInspect(CLI::App& app);
 Runner AddVerify(CLI::App& app);
+Runner AddKeygen(CLI::App& app);  // cli_trust.cpp
+Runner AddSign(CLI::App& app);
 Runner AddDemo(CLI::App& app);
 Runner AddBench(CLI::App& app);
 // `bench gpu`, registered by AddBench; *run answers -1 when not chosen.
 void AddBenchGpu(CLI::App& bench, Runner* run);
+// `bench trust`, likewise: what signature and chunk SHA-256 checks cost a restore.
+void AddBenchTrust(CLI::App& bench, Runner* run);
 
 }  // namespace hotboot::cli

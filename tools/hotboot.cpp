@@ -77,10 +77,13 @@ int main(int argc, char** argv) {
       "  hotboot build --out SNAP [--model PATH] [-- COMMAND ARGS...]   capture a warm server\n"
       "  hotboot restore SNAP --port N [--detach] [--json]             revive it, ready-checked\n"
       "  hotboot inspect SNAP [--json]                                  what a snapshot holds\n"
-      "  hotboot verify SNAP                                            check every checksum\n"
+      "  hotboot verify SNAP [--trust KEY.pub]                          check every checksum and signature\n"
+      "  hotboot keygen --out KEY                                       an Ed25519 key pair to sign with\n"
+      "  hotboot sign SNAP --key KEY                                    sign a snapshot\n"
       "  hotboot demo                                                   cold boot vs restore, side by side\n"
       "  hotboot bench format [--json]                                  the container vs tar+zstd, MB/s\n"
-      "  hotboot bench gpu [--json]                                     weight upload vs pinned H2D GB/s\n\n"
+      "  hotboot bench gpu [--json]                                     weight upload vs pinned H2D GB/s\n"
+      "  hotboot bench trust --snapshot SNAP                            what signature checks cost a restore\n\n"
       "Exit codes: 0 ok, 1 failed, 2 usage, 3 snapshot incompatible with this host,\n"
       "4 snapshot corrupt/truncated/not a snapshot, 5 replica not ready, 6 timeout,\n"
       "7 untrusted (a trust policy is in force: unsigned, unknown key or bad signature).",
@@ -98,9 +101,11 @@ int main(int argc, char** argv) {
   add("build", "Boot a server, wait until warm, capture it into one snapshot file", AddBuild);
   add("restore", "Restore a snapshot as a replica; returns once it passed the readiness check", AddRestore);
   add("inspect", "Show what a snapshot holds: sections, sizes, host, versions, timings, canary", AddInspect);
-  add("verify", "Check every chunk checksum and the whole-file digest of a snapshot", AddVerify);
+  add("verify", "Check every chunk checksum and SHA-256, the whole-file digest and the signatures of a snapshot; with a trust policy, refuse one it does not accept (exit 7)", AddVerify);
+  add("keygen", "Create an Ed25519 key pair (KEY, KEY.pub) for signing snapshots", AddKeygen);
+  add("sign", "Sign a snapshot with an Ed25519 key (atomically; its digest does not change)", AddSign);
   add("demo", "Generate a model, cold-boot it, snapshot it, restore it, and compare", AddDemo);
-  add("bench", "Benchmarks; `bench format`: the snapshot container vs tar+zstd, the write floor and a plain-zstd reference; `bench gpu`: weight upload vs the pinned H2D ceiling", AddBench);
+  add("bench", "Benchmarks; `bench format`: the snapshot container vs tar+zstd, the write floor and a plain-zstd reference; `bench gpu`: weight upload vs the pinned H2D ceiling; `bench trust`: what signature and chunk SHA-256 checks cost a restore", AddBench);
 
   try {
     app.parse(argc, argv);
