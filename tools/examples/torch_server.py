@@ -232,7 +232,7 @@ class Identity:
         with self.lock:
             state = random.getstate()
             np_state = numpy.random.get_state() if numpy is not None else None
-            devices = [self.device] if self.device.type == "cuda" else []
+            devices = [torch.cuda.current_device()] if self.device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices):  # puts the torch generators back
                 values = self._values()
             random.setstate(state)
@@ -275,7 +275,9 @@ def main():
                 e = state["engine"]
                 self._send(200 if state["ready"] else 503,
                            {"ready": state["ready"], "timings": e.timings if e else {}})
-            elif self.path == "/random" and state["ready"]:
+            elif self.path == "/random":
+                if not state["ready"]:
+                    return self._send(503, {"error": "warming up"})
                 self._send(200, state["identity"].draw())
             else:
                 self._send(404, {"error": "not found"})
