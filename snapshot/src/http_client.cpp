@@ -17,7 +17,7 @@ using tcp = asio::ip::tcp;
 
 Result<HttpResponse> HttpRequest(const std::string& host, int port, const std::string& method,
                                  const std::string& target, const std::string& body,
-                                 std::chrono::milliseconds timeout) {
+                                 std::chrono::milliseconds timeout, const HttpHeaders& headers) {
   const auto start = std::chrono::steady_clock::now();
   asio::io_context ioc;
   beast::tcp_stream stream(ioc);
@@ -30,6 +30,7 @@ Result<HttpResponse> HttpRequest(const std::string& host, int port, const std::s
   req.set(http::field::host, host + ":" + std::to_string(port));
   req.set(http::field::user_agent, "hotboot/" HOTBOOT_VERSION);
   req.set(http::field::connection, "close");
+  for (const auto& [name, value] : headers) req.set(name, value);
   if (!body.empty()) {
     req.set(http::field::content_type, "application/json");
     req.body() = body;
@@ -92,8 +93,8 @@ Result<HttpCall> HttpCall::FromJson(const nlohmann::json& j) {
 nlohmann::json HttpCall::ToJson() const { return {{"method", method}, {"path", path}, {"body", body}}; }
 
 Result<HttpResponse> Send(const std::string& host, int port, const HttpCall& call,
-                          std::chrono::milliseconds timeout) {
-  return HttpRequest(host, port, call.method, call.path, call.body, timeout);
+                          std::chrono::milliseconds timeout, const HttpHeaders& headers) {
+  return HttpRequest(host, port, call.method, call.path, call.body, timeout, headers);
 }
 
 Status WaitHttpReady(const std::string& host, int port, const std::string& path,

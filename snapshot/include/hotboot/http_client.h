@@ -5,6 +5,8 @@
 #include <chrono>
 #include <functional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -18,11 +20,15 @@ struct HttpResponse {
   double elapsed_ms = 0;
 };
 
+// Extra request headers, name and value, sent as given (callers pass only
+// values they made: no CR or LF).
+using HttpHeaders = std::vector<std::pair<std::string, std::string>>;
+
 // Connects to host:port, sends one request, reads the whole response, closes.
 // A transport failure or the deadline is an error; any HTTP status is a value.
 Result<HttpResponse> HttpRequest(const std::string& host, int port, const std::string& method,
                                  const std::string& target, const std::string& body,
-                                 std::chrono::milliseconds timeout);
+                                 std::chrono::milliseconds timeout, const HttpHeaders& headers = {});
 
 // One request a build spec names for a server hotboot knows only by its
 // HTTP API (transparent mode): readiness probe, warmup, canary, hooks.
@@ -35,7 +41,7 @@ struct HttpCall {
   nlohmann::json ToJson() const;
 };
 Result<HttpResponse> Send(const std::string& host, int port, const HttpCall& call,
-                          std::chrono::milliseconds timeout);
+                          std::chrono::milliseconds timeout, const HttpHeaders& headers = {});
 
 // Polls GET `path` until it answers 200. `gone` is asked between tries and
 // returns why to stop waiting (the server exited), or "" to go on.
