@@ -25,8 +25,9 @@ replica. So it has the hooks hotboot's transparent mode calls (README
   POST /before-capture  changes nothing: logs (stdout) and answers the boot
       id and the next random values the frozen state would produce, i.e. what
       every replica would replay without /after-restore.
-  GET /random  {"boot_id", "instance", "random": [3 floats], "numpy": [3
-      floats] or null}: uniqueness made observable.
+  GET /random  {"boot_id", "instance", "identity_from" (["headers",
+      "body"]: what carried it), "random": [3 floats], "numpy": [3 floats] or
+      null}: uniqueness made observable.
 
     python3 http_model_server.py --port 8000 [--vocab 512 --dim 64]
     hotboot build -o py.hbsnap --port 8000 --canary-path /generate \\
@@ -61,6 +62,7 @@ class Identity:
         self.lock = threading.Lock()
         self.boot_id = str(uuid.uuid4())  # drawn at start: frozen into a snapshot
         self.instance = None
+        self.source = []  # where after_restore found the identity: "headers", "body"
 
     def after_restore(self, instance, entropy_hex):
         if not isinstance(entropy_hex, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", entropy_hex):
@@ -91,7 +93,7 @@ class Identity:
 
     def draw(self):
         with self.lock:
-            return {"boot_id": self.boot_id, "instance": self.instance,
+            return {"boot_id": self.boot_id, "instance": self.instance, "identity_from": self.source,
                     "random": [random.random() for _ in range(3)],
                     "numpy": numpy.random.random(3).tolist() if numpy is not None else None}
 
@@ -181,8 +183,13 @@ def main():
                     body = self._body()
                     if not isinstance(body, dict):
                         body = {}
-                    got = identity.after_restore(self.headers.get("Hotboot-Instance", body.get("instance")),
-                                                 self.headers.get("Hotboot-Entropy", body.get("entropy")))
+                    header = (self.headers.get("Hotboot-Instance"), self.headers.get("Hotboot-Entropy"))
+                    fields = (body.get("instance"), body.get("entropy"))
+                    if None not in header and None not in fields and header != fields:
+                        raise ValueError("the Hotboot-* headers and the body's instance/entropy differ")
+                    got = identity.after_restore(header[0] or fields[0], header[1] or fields[1])
+                    got["from"] = [k for k, v in (("headers", header), ("body", fields)) if None not in v]
+                    identity.source = got["from"]
                 except ValueError as e:  # json.JSONDecodeError included
                     return self._send(400, {"error": str(e)})
                 print(f"http_model_server: restored as {got['instance']}, boot id {got['boot_id']}", flush=True)

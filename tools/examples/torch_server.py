@@ -294,8 +294,11 @@ def main():
                     body = self._body()
                     if not isinstance(body, dict):
                         body = {}
-                    got = state["identity"].after_restore(self.headers.get("Hotboot-Instance", body.get("instance")),
-                                                          self.headers.get("Hotboot-Entropy", body.get("entropy")))
+                    header = (self.headers.get("Hotboot-Instance"), self.headers.get("Hotboot-Entropy"))
+                    fields = (body.get("instance"), body.get("entropy"))
+                    if None not in header and None not in fields and header != fields:
+                        raise ValueError("the Hotboot-* headers and the body's instance/entropy differ")
+                    got = state["identity"].after_restore(header[0] or fields[0], header[1] or fields[1])
                 except ValueError as e:  # json.JSONDecodeError included
                     return self._send(400, {"error": str(e)})
                 print(f"torch_server: restored as {got['instance']}, boot id {got['boot_id']}", flush=True)
