@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 
 #include "crypto.h"
 #include "io_util.h"
@@ -21,6 +22,8 @@
 #include "temp_files.h"
 
 namespace hotboot::snapfile {
+
+namespace fs = std::filesystem;
 
 namespace {
 
@@ -106,6 +109,34 @@ std::string BioString(BIO* b) {
 }
 
 bool OwnerOk(const struct stat& st) { return st.st_uid == 0 || st.st_uid == ::geteuid(); }
+
+std::string Mode(mode_t m) {
+  char b[8];
+  std::snprintf(b, sizeof b, "%04o", static_cast<unsigned>(m & 07777));
+  return b;
+}
+
+// Whoever can rename an ancestor of the trust directory can swap in another
+// one: every ancestor must be owned by root (or this user) and not writable
+// by group or others, unless sticky (as /tmp: others cannot rename what they
+// do not own there).
+Status CheckAncestors(const std::string& dir) {
+  std::error_code ec;
+  fs::path p = fs::absolute(dir, ec).lexically_normal();
+  if (ec) return IoError("resolve " + dir + ": " + ec.message());
+  for (p = p.parent_path(); !p.empty(); p = p.parent_path()) {
+    struct stat st{};
+    if (::stat(p.c_str(), &st) != 0) return ErrnoError("stat " + p.string(), errno);
+    if (!OwnerOk(st) || ((st.st_mode & 022) != 0 && (st.st_mode & S_ISVTX) == 0)) {
+      return FailedPrecondition("trust directory " + dir + ": its parent " + p.string() + " (uid " +
+                                std::to_string(st.st_uid) + ", mode " + Mode(st.st_mode) +
+                                ") must be owned by root and not writable by group or others: whoever can write "
+                                "it can replace the trust directory");
+    }
+    if (p == p.root_path()) break;
+  }
+  return Status::Ok();
+}
 
 }  // namespace
 
@@ -342,12 +373,11 @@ Result<TrustPolicy> LoadTrustPolicy(const std::vector<std::string>& key_files, c
     ::close(dfd);
     return FailedPrecondition("trust directory " + trust_dir + " must be owned by root (or this user) and not " +
                               "writable by group or others (it is uid " + std::to_string(st.st_uid) + ", mode " +
-                              [&] {
-                                char m[8];
-                                std::snprintf(m, sizeof m, "%04o", st.st_mode & 07777);
-                                return std::string(m);
-                              }() +
-                              "): anyone who can write it can add keys");
+                              Mode(st.st_mode) + "): anyone who can write it can add keys");
+  }
+  if (Status a = CheckAncestors(trust_dir); !a.ok()) {
+    ::close(dfd);
+    return a;
   }
   p.dir_present = true;
   p.trust_dir = trust_dir;

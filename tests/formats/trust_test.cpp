@@ -58,12 +58,9 @@ class Trust : public TempDirTest {
   template <typename Fn>
   std::string EditTrust(std::string b, Fn fn) {
     auto [at, end] = TrustRange(b);
-    Header h;
-    EXPECT_TRUE(DecodeHeader(b.data(), b.size(), &h).ok());
     TrustRecord t;
-    const uint64_t chunks = (end - at - kTrustFixed - 8) / 32;  // right when unsigned; fixed below
     Status s = DecodeTrustRecord(b.data() + at, end - at, GetAt(b, at + 8, 8), &t);
-    EXPECT_TRUE(s.ok()) << s.ToString() << " " << chunks;
+    EXPECT_TRUE(s.ok()) << s.ToString();
     fn(t);
     const std::string rec = EncodeTrustRecord(t);
     b.replace(at, end - at, rec);
@@ -474,6 +471,16 @@ TEST_F(Trust, TrustDirectoryLoadsItsKeysAndRefusesWhatCouldBePlanted) {
       << link.status().message();
   fs::remove(dir + "/b.pub");
 
+  // A parent others can write (and not sticky): they could swap the directory.
+  fs::create_directories(P("open/sub"));
+  ::chmod(P("open").c_str(), 0777);
+  ::chmod(P("open/sub").c_str(), 0755);
+  auto parent = LoadTrustPolicy({}, P("open/sub"));
+  ASSERT_FALSE(parent.ok());
+  EXPECT_NE(parent.status().message().find("its parent " + P("open")), std::string::npos) << parent.status().message();
+  ::chmod(P("open").c_str(), 01777);  // sticky, as /tmp: accepted
+  EXPECT_TRUE(LoadTrustPolicy({}, P("open/sub")).ok());
+
   // The directory itself as a symlink: refused.
   fs::create_directory_symlink(dir, P("trust-link"));
   EXPECT_FALSE(LoadTrustPolicy({}, P("trust-link")).ok());
@@ -502,7 +509,9 @@ TEST_F(Trust, SigningLeavesTheOriginalIntactWhenTheTemporaryCannotBeWritten) {
   const std::string before = Slurp(snap);
   auto s = SignSnapshot(snap, key_a_);
   EXPECT_FALSE(s.ok());
-  if (!s.ok()) EXPECT_NE(s.status().message().find("No space left"), std::string::npos) << s.status().ToString();
+  if (!s.ok()) {
+    EXPECT_NE(s.status().message().find("No space left"), std::string::npos) << s.status().ToString();
+  }
   EXPECT_EQ(Slurp(snap), before) << "the original is untouched";
   std::vector<std::string> left;
   for (const auto& e : fs::directory_iterator(mnt)) left.push_back(e.path().filename().string());

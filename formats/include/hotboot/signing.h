@@ -96,7 +96,8 @@ struct TrustPolicy {
 // every "*.pub" in it when it exists (other names are ignored, dot files
 // too); empty: none. The directory must be a real directory (not a symlink),
 // owned by root or by this process's user and not writable by group or
-// others (FailedPrecondition otherwise: whoever can write it can add keys).
+// others (FailedPrecondition otherwise: whoever can write it can add keys),
+// and so must each directory above it (sticky ones, as /tmp, excepted).
 // Each key file there is opened with O_NOFOLLOW (a symlink is refused), must
 // be a regular file owned by root or this user, not group/other-writable, and
 // a valid Ed25519 public key: any other is an error naming it.
