@@ -122,6 +122,14 @@ int RunRestore(const RestoreArgs& a, const ProcessStart& start) {
   Status cuda_failed;
   auto cuda = CudaDriverIfPresent(a.cuda_lib, &cuda_failed);
   if (!cuda_failed.ok()) return Fail(cuda_failed);
+  // Said once, before anything starts: without a cgroup of its own, what the
+  // replica forks and setsid()s can outlive this process.
+  std::string containment = host::ContainmentProblem();
+  if (!containment.empty()) {
+    containment = "containment reduced: the replica gets no cgroup of its own here (" + containment +
+                  "); only its process group is ended with hotboot, so what it setsid()s can outlive it";
+    Note("warning: " + containment);
+  }
   auto criu = MakeLibCriu();
   auto r = RestoreReplica(o, *criu, ev, cuda.get());
   if (!r.ok()) {
@@ -148,6 +156,7 @@ int RunRestore(const RestoreArgs& a, const ProcessStart& start) {
     if (!r.ok()) return Fail(r.status());
   }
   RestoreResult& res = *r;
+  std::string handed_over;
   if (a.detach) {
     if (res.control_channel) {
       auto d = res.replica->Call({{"cmd", "detach"}}, std::chrono::seconds(10));
@@ -155,7 +164,9 @@ int RunRestore(const RestoreArgs& a, const ProcessStart& start) {
         return Fail(d.status().Prefixed("detach"));  // the replica dies with us: never half-detached
       }
     }
-    res.replica->Release();
+    // Its cgroup is handed over, not ended: recorded where an operator (or
+    // a later hotboot) finds it (host/job.h).
+    handed_over = res.replica->Release();
     res.replica->CloseChannel();
   }
   if (a.json_out) {
@@ -171,12 +182,17 @@ int RunRestore(const RestoreArgs& a, const ProcessStart& start) {
                 {"timings_ms", res.timings_ms},
                 {"detached", a.detach}};
     if (a.detach) out["log_file"] = o.log_file;
+    if (a.detach && !handed_over.empty()) out["cgroup_record"] = handed_over;
+    if (const host::Cgroup* cg = res.replica->cgroup()) out["cgroup"] = cg->path();
+    if (!containment.empty()) out["warning"] = containment;
     std::printf("%s\n", out.dump().c_str());
   } else {
     std::printf("replica %s ready on http://%s:%d (pid %d, %s in %s from %s)%s\n", res.instance.c_str(),
                 a.host.c_str(), res.port, res.replica->pid(), res.cold ? "cold boot" : "restored",
                 Ms(res.time_to_ready_ms).c_str(), start.from,
-                a.detach ? (", detached; log: " + o.log_file).c_str() : "");
+                a.detach ? (", detached; log: " + o.log_file +
+                            (handed_over.empty() ? "" : "; its cgroup: " + handed_over)).c_str()
+                         : "");
   }
   std::fflush(stdout);
   if (a.detach) return kExitOk;

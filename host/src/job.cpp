@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -180,6 +181,30 @@ SweepReport SweepStale(const std::string& state_dir, const std::string& cgroup_p
     }
   }
   return rep;
+}
+
+int SweepNamedTemporaries(const std::string& dir) {
+  int removed = 0;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    std::string pid_part;
+    if (name.rfind("hotboot-restore.", 0) == 0) {
+      pid_part = name.substr(16, name.find('.', 16) - 16);
+    } else if (name.rfind(".hotboot-build.", 0) == 0) {
+      pid_part = name.substr(name.rfind('.') + 1);
+    } else {
+      continue;
+    }
+    char* end = nullptr;
+    const long pid = std::strtol(pid_part.c_str(), &end, 10);
+    if (end == pid_part.c_str() || *end != '\0' || pid <= 0) continue;
+    // Without a recorded start time a live pid may be a recycled one: leave
+    // those (the journal covers what current versions make).
+    if (::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;
+    if (internal::RemoveTree(e.path().c_str()) == 0) ++removed;
+  }
+  return removed;
 }
 
 Result<std::shared_ptr<Job>> Job::Start(const JobOptions& opts) {

@@ -1,4 +1,5 @@
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
@@ -50,7 +51,8 @@ class TempDir {
  public:
   // Unpacked images are read once by CRIU and deleted: memory-backed /dev/shm
   // spares the disk a write of the whole image when it has room.
-  static Result<TempDir> Make(const std::string& root, uint64_t need_bytes) {
+  // Registered with the job before it exists: removed if this restore dies.
+  static Result<TempDir> Make(const std::string& root, uint64_t need_bytes, host::Job& job) {
     std::string base = root;
     if (base.empty()) {
       struct statvfs vfs{};
@@ -62,12 +64,17 @@ class TempDir {
         base = t && *t ? t : "/tmp";
       }
     }
-    RemoveStale(base);
-    std::string tmpl = base + "/hotboot-restore." + std::to_string(::getpid()) + ".XXXXXX";
-    std::vector<char> buf(tmpl.begin(), tmpl.end());
-    buf.push_back('\0');
-    if (!::mkdtemp(buf.data())) return ErrnoError("mkdtemp " + tmpl, errno);
-    return TempDir(buf.data());
+    host::SweepNamedTemporaries(base);
+    // mkdir, never an existing directory (one planted there is skipped).
+    for (int i = 0; i < 64; ++i) {
+      const std::string path = base + "/hotboot-restore." + std::to_string(::getpid()) + "." + std::to_string(i);
+      HB_RETURN_IF_ERROR(job.AddTemporary(path));
+      if (::mkdir(path.c_str(), 0700) == 0) return TempDir(path);
+      const int e = errno;
+      job.DropTemporary(path);
+      if (e != EEXIST) return ErrnoError("mkdir " + path, e);
+    }
+    return FailedPrecondition("no free work directory name in " + base);
   }
   TempDir(TempDir&& o) noexcept : path_(std::move(o.path_)) { o.path_.clear(); }
   ~TempDir() {
@@ -78,16 +85,6 @@ class TempDir {
   const std::string& path() const { return path_; }
 
  private:
-  // Work dirs of restores that were killed (their PID is gone).
-  static void RemoveStale(const std::string& base) {
-    std::error_code ec;
-    for (const auto& e : fs::directory_iterator(base, ec)) {
-      std::string name = e.path().filename().string();
-      if (name.rfind("hotboot-restore.", 0) != 0) continue;
-      long pid = std::strtol(name.c_str() + 16, nullptr, 10);
-      if (pid > 0 && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) fs::remove_all(e.path(), ec);
-    }
-  }
   explicit TempDir(std::string p) : path_(std::move(p)) {}
   std::string path_;
 };
@@ -307,6 +304,12 @@ Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, con
   RestoreResult res;
   if (opts.started) res.timings_ms["startup"] = MsBetween(origin, t0);
 
+  // This restore's job (host/job.h): the restored tree's cgroup and the work
+  // dir are ended/removed by a janitor if this process dies, whatever kills
+  // it (a supervised replica dies with its supervisor); starting it sweeps
+  // what dead builds and restores left.
+  HB_ASSIGN_OR_RETURN(std::shared_ptr<host::Job> job, host::Job::Start({.kind = "restore"}));
+
   phase("open");
   HB_ASSIGN_OR_RETURN(auto reader, snapfile::SnapshotReader::Open(opts.snapshot_path, {opts.base_path}));
   json manifest = json::parse(reader->manifest_json(), nullptr, false);
@@ -359,7 +362,7 @@ Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, con
   for (const auto& sec : reader->sections()) {
     if (sec.name.rfind("criu/", 0) == 0) raw_bytes += sec.raw_size;
   }
-  HB_ASSIGN_OR_RETURN(TempDir work, TempDir::Make(opts.work_root, raw_bytes));
+  HB_ASSIGN_OR_RETURN(TempDir work, TempDir::Make(opts.work_root, raw_bytes, *job));
   const std::string images = work.path() + "/images";
   fs::create_directories(images);
   HB_RETURN_IF_ERROR(reader->ExtractTo(images, "criu/", opts.threads));
@@ -399,6 +402,9 @@ Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, con
   CriuRestoreOptions ro;
   ro.images_dir = images;
   ro.work_dir = work.path();
+  // The restored tree starts in a cgroup of its own (CRIU runs in it).
+  HB_ASSIGN_OR_RETURN(std::shared_ptr<host::Cgroup> cgroup, job->NewCgroup());
+  if (cgroup) ro.cgroup = cgroup->path();
   // One pipe behind two fds (a transparent server's stdout and stderr both
   // go to the log) is inherited once, by the higher fd: the log.
   std::set<std::string> inherited;
@@ -415,6 +421,7 @@ Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, con
   }
   auto replica = std::make_unique<Replica>(*pid, pipes.control_write, pipes.control_read,
                                            pipes.log_read, ev.on_server_log);
+  replica->Contain(job, std::move(cgroup));  // from here a failure ends the whole tree
   res.timings_ms["criu_restore"] = MsSince(tr);
 
   if (gpu_check.valid()) {
@@ -468,6 +475,8 @@ Result<RestoreResult> ColdBootFromManifest(const json& manifest, const RestoreOp
   lo.log_file = opts.log_file;
   lo.new_pid_namespace = false;
   lo.stdout_to_log = transparent;
+  // In a cgroup of its own, ended with its driver like a restored one.
+  HB_ASSIGN_OR_RETURN(lo.job, host::Job::Start({.kind = "restore"}));
   HB_ASSIGN_OR_RETURN(auto replica, LaunchReplica(lo, ev.on_server_log));
   RestoreResult res;
   if (transparent) {

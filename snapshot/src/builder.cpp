@@ -389,9 +389,15 @@ Result<BuildResult> BuildSnapshot(const BuildSpec& spec, const std::string& out_
   HB_ASSIGN_OR_RETURN(std::string criu_version, criu.Version());
 
   RemoveStaleBuildFiles(out_path);
+  // This build's job (host/job.h): the server's cgroup and every temporary
+  // are ended/removed by a janitor if this process dies, whatever kills it;
+  // starting it sweeps what dead builds and restores left.
+  HB_ASSIGN_OR_RETURN(std::shared_ptr<host::Job> job, host::Job::Start({.kind = "build"}));
+  if (!job->contained()) phase("warning: " + job->warning());
 
   phase("launch");
   LaunchOptions lo;
+  lo.job = job;
   lo.argv = spec.command;
   lo.stdout_to_log = spec.transparent();
   lo.cwd = !spec.cwd.empty() ? spec.cwd : spec.transparent() ? fs::current_path().string() : "/";
@@ -428,6 +434,7 @@ Result<BuildResult> BuildSnapshot(const BuildSpec& spec, const std::string& out_
   const std::vector<pid_t> tids = lo.new_pid_namespace ? std::vector<pid_t>{} : ThreadIds(tree);
   HB_ASSIGN_OR_RETURN(std::vector<MappedFile> files, MappedFiles(replica->pid()));
   WorkDir work(WorkDirFor(out_path, ResidentBytes(replica->pid())));
+  HB_RETURN_IF_ERROR(job->AddTemporary(work.path()));  // before it exists
   std::error_code ec;
   fs::create_directories(fs::path(work.path()) / "images", ec);
   if (ec) return IoError("create work dir " + work.path() + ": " + ec.message());
@@ -438,6 +445,7 @@ Result<BuildResult> BuildSnapshot(const BuildSpec& spec, const std::string& out_
   CriuDumpOptions dopt;
   dopt.pid = replica->pid();
   dopt.images_dir = images;
+  if (replica->cgroup()) dopt.cgroup = replica->cgroup()->path();
   for (const auto& k : keys) {
     if (k.rfind("pipe:", 0) == 0) dopt.externals.push_back(k);
   }
@@ -522,7 +530,11 @@ Result<BuildResult> BuildSnapshot(const BuildSpec& spec, const std::string& out_
   wo.zstd_level = spec.zstd_level;
   wo.base_path = spec.base_snapshot;
   manifest["timings_ms"]["total_before_pack"] = MsSince(t0);
+  // The writer's temporary (out_path.tmp.PID, renamed into place at the end).
+  const std::string snapshot_tmp = out_path + ".tmp." + std::to_string(::getpid());
+  HB_RETURN_IF_ERROR(job->AddTemporary(snapshot_tmp));
   HB_RETURN_IF_ERROR(snapfile::WriteSnapshot(out_path, manifest.dump(), sections, wo, ev.on_pack_progress));
+  job->DropTemporary(snapshot_tmp);
   manifest["timings_ms"]["pack"] = MsSince(tp);
 
   BuildResult res;

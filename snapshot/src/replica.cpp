@@ -116,7 +116,24 @@ std::optional<int> Replica::Exited() {
   return exit_status_;
 }
 
+void Replica::Contain(std::shared_ptr<host::Job> job, std::shared_ptr<host::Cgroup> cgroup) {
+  job_ = std::move(job);
+  cgroup_ = std::move(cgroup);
+}
+
+std::string Replica::Release() {
+  owned_ = false;
+  if (!job_ || !cgroup_) return "";
+  auto where = job_->HandOver(*cgroup_, pid_, "replica pid " + std::to_string(pid_));
+  return where.ok() ? *where : cgroup_->path();
+}
+
 void Replica::Kill() {
+  // The cgroup first: it holds every process the server started, including
+  // those that left its process group and session, and those of a root that
+  // already exited. A cgroup that will not end is still the janitor's, and
+  // the Job's when it ends.
+  if (job_ && cgroup_ && !cgroup_->destroyed()) (void)job_->EndCgroup(*cgroup_);
   if (Exited()) return;
   // The whole process group (the server is a session leader, and so is its
   // CRIU-restored self): without a PID namespace of its own, killing the
@@ -309,22 +326,42 @@ Result<std::unique_ptr<Replica>> LaunchReplica(const LaunchOptions& opts, LogSin
     pipes.CloseAll();
     return ErrnoError("pipe", errno);
   }
+  std::shared_ptr<host::Cgroup> cgroup;
+  if (opts.job) {
+    auto cg = opts.job->NewCgroup();
+    if (!cg.ok()) {
+      pipes.CloseAll();
+      ::close(errp[0]); ::close(errp[1]);
+      return cg.status().Prefixed("a cgroup for " + opts.argv[0]);
+    }
+    cgroup = *cg;  // null when containment is reduced here
+  }
+  const int cg_fd = cgroup ? cgroup->procs_fd() : -1;
   unsigned long flags = SIGCHLD | (opts.new_pid_namespace ? CLONE_NEWPID : 0);
   pid_t pid = static_cast<pid_t>(::syscall(SYS_clone, flags, nullptr, nullptr, nullptr, nullptr));
   if (pid < 0) {
     int e = errno;
     pipes.CloseAll();
     ::close(errp[0]); ::close(errp[1]);
+    if (cgroup) (void)opts.job->EndCgroup(*cgroup);
     return ErrnoError(opts.new_pid_namespace ? "clone(CLONE_NEWPID) (needs root)" : "fork", e);
   }
   if (pid == 0) {
     // Child: only async-signal-safe calls from here to exec.
     ::setsid();
+    // Into the job's cgroup before anything else runs here: nothing the
+    // server forks can start outside it.
+    if (cg_fd >= 0 && ::write(cg_fd, "0", 1) != 1) {
+      int e = errno;
+      (void)!::write(errp[1], &e, sizeof e);
+      ::_exit(126);
+    }
     for (int fd = 0; fd < 3; ++fd) ::dup2(pipes.child_fds[fd == 1 && opts.stdout_to_log ? 2 : fd], fd);
     int keep = errp[1];
-    for (int fd = 3; fd < 1024; ++fd) {
-      if (fd != keep) ::close(fd);
-    }
+    // Every other fd: our pipes to other servers, the janitor's pipe (whose
+    // EOF must mean that hotboot is gone).
+    if (keep > 3) ::syscall(SYS_close_range, 3U, static_cast<unsigned>(keep - 1), 0U);
+    ::syscall(SYS_close_range, static_cast<unsigned>(keep + 1), ~0U, 0U);
     sigset_t none;
     sigemptyset(&none);
     ::sigprocmask(SIG_SETMASK, &none, nullptr);
@@ -347,12 +384,19 @@ Result<std::unique_ptr<Replica>> LaunchReplica(const LaunchOptions& opts, LogSin
   } while (n < 0 && errno == EINTR);
   ::close(errp[0]);
   if (n == sizeof child_errno) {
-    ::waitpid(pid, nullptr, 0);
+    int st = 0;
+    ::waitpid(pid, &st, 0);
     pipes.CloseAll();
+    if (cgroup) (void)opts.job->EndCgroup(*cgroup);
+    if (WIFEXITED(st) && WEXITSTATUS(st) == 126) {
+      return ErrnoError("move " + opts.argv[0] + " into cgroup " + cgroup->path(), child_errno);
+    }
     return ErrnoError("exec " + opts.argv[0], child_errno);
   }
-  return std::make_unique<Replica>(pid, pipes.control_write, pipes.control_read, pipes.log_read,
-                                   std::move(sink));
+  auto replica = std::make_unique<Replica>(pid, pipes.control_write, pipes.control_read, pipes.log_read,
+                                           std::move(sink));
+  if (cgroup) replica->Contain(opts.job, std::move(cgroup));
+  return replica;
 }
 
 }  // namespace hotboot

@@ -71,6 +71,11 @@ struct SweepReport {
 // gone (handed-over ones only once empty). Best effort: never fails.
 SweepReport SweepStale(const std::string& state_dir, const std::string& cgroup_parent);
 
+// Temporaries named by the older, journal-less scheme, in `dir`, whose
+// owner pid no longer runs: "hotboot-restore.PID.*" (a restore's work dir)
+// and ".hotboot-build.NAME.PID" (a build's). Best effort.
+int SweepNamedTemporaries(const std::string& dir);
+
 // Why servers cannot get a cgroup of their own here (empty: they can).
 std::string ContainmentProblem(const std::string& cgroup_parent = "");
 

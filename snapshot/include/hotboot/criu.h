@@ -22,6 +22,11 @@ struct CriuDumpOptions {
   // Resources whose other end lives outside the tree, e.g. "pipe:[1234]".
   std::vector<std::string> externals;
   unsigned timeout_s = 0;  // 0: CRIU's default
+  // The dumped tree's cgroup: CRIU runs in it too (as for a restore, below),
+  // so that ending the cgroup when the build dies ends a dump in progress,
+  // which would otherwise go on writing images after their directory was
+  // removed. A wrapper is written beside images_dir. Empty: CRIU runs in ours.
+  std::string cgroup;
 };
 
 struct CriuRestoreOptions {
@@ -31,6 +36,13 @@ struct CriuRestoreOptions {
   int log_level = 2;
   // fd in this process → the external resource key recorded at dump.
   std::vector<std::pair<int, std::string>> inherit_fds;
+  // A cgroup (v2 directory) for the restored tree. CRIU's restore process
+  // moves itself into it before it starts (a wrapper in work_dir that enters
+  // it and execs criu), and CRIU leaves cgroups alone (CRIU_CG_MODE_IGNORE),
+  // so the restored processes start in it, never in the cgroup they were
+  // dumped from (the build's, gone by now). Empty: CRIU's restore runs in
+  // ours, and so does the tree.
+  std::string cgroup;
 };
 
 class Criu {

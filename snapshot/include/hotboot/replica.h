@@ -18,6 +18,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "hotboot/job.h"
 #include "hotboot/status.h"
 
 namespace hotboot {
@@ -33,6 +34,10 @@ struct LaunchOptions {
   // fd 1 goes where fd 2 goes: for servers that do not speak the control
   // protocol (transparent mode) and print to stdout.
   bool stdout_to_log = false;
+  // When set, the process is moved into a new cgroup of this job before it
+  // execs, so that everything it ever starts is ended with it (host/job.h).
+  // Null, or a job whose containment is reduced: only its process group is.
+  std::shared_ptr<host::Job> job;
 };
 
 // argv0 itself when it names a path, else its first executable match on PATH.
@@ -42,11 +47,18 @@ class Replica {
  public:
   // Adopts a running process (a child of ours) and our ends of its pipes.
   Replica(pid_t pid, int control_write_fd, int control_read_fd, int log_read_fd, LogSink sink);
-  ~Replica();  // kills the process if it is still ours and running (see Release)
+  // Kills the process if it is still ours (see Release), and with it its
+  // cgroup: every process the server started, whatever it setsid()ed.
+  ~Replica();
   Replica(const Replica&) = delete;
   Replica& operator=(const Replica&) = delete;
 
   pid_t pid() const { return pid_; }
+  // The cgroup that holds the whole tree (from then on Kill ends it as a
+  // whole), and the job that owns it (kept alive as long as the replica).
+  void Contain(std::shared_ptr<host::Job> job, std::shared_ptr<host::Cgroup> cgroup);
+  // Null when the tree is not in a cgroup of its own.
+  const host::Cgroup* cgroup() const { return cgroup_.get(); }
 
   // Sends one command and waits for its reply ({"reply": cmd, ...}); events
   // seen meanwhile are recorded. An {"ok": false} reply becomes an error.
@@ -62,10 +74,12 @@ class Replica {
   std::string FinalLogTail();
   // True and the wait status when the process has exited (reaps it).
   std::optional<int> Exited();
-  // SIGKILL and reap.
+  // SIGKILL its cgroup (or, without one, its process group) and reap it.
   void Kill();
   // Forget the process: the destructor will not kill it (detached replica).
-  void Release() { owned_ = false; }
+  // Its cgroup is handed over (host::Job::HandOver); returns where it is
+  // recorded ("" when it has none).
+  std::string Release();
   // Closes our end of the control channel (the server then keeps serving or
   // exits, per CONTROL.md) and stops pumping logs.
   void CloseChannel();
@@ -82,6 +96,8 @@ class Replica {
   std::string DescribeExit(int wstatus) const;
 
   pid_t pid_;
+  std::shared_ptr<host::Job> job_;
+  std::shared_ptr<host::Cgroup> cgroup_;
   int ctl_w_;
   int ctl_r_;
   int log_r_;
@@ -96,8 +112,9 @@ class Replica {
   std::thread log_thread_;
 };
 
-// Forks (into a new PID namespace when asked), makes the child a session
-// leader with only fds 0-2 (control in, control out, log), and execs argv.
+// Forks (into a new PID namespace when asked), moves the child into a new
+// cgroup of opts.job, makes it a session leader with only fds 0-2 (control
+// in, control out, log), and execs argv.
 Result<std::unique_ptr<Replica>> LaunchReplica(const LaunchOptions& opts, LogSink sink);
 
 // Creates pipes for a restored replica's fds 0-2. `fds_for_child` are the
