@@ -1,5 +1,7 @@
 // libFuzzer target: sections made from the input are written, then read back
-// seekable and streamed; every byte must come back, every check must pass.
+// seekable and streamed; every byte must come back, every check must pass;
+// the trust record lists every chunk, both readers agree on the root, and
+// (option bit 7) signing keeps the digest and gives a valid signature.
 // Also the byte-plane transform on its own. Any difference traps.
 #include <unistd.h>
 
@@ -9,6 +11,7 @@
 #include <map>
 #include <string>
 
+#include "hotboot/signing.h"
 #include "hotboot/snapshot_file.h"
 #include "records.h"
 
@@ -58,6 +61,21 @@ std::vector<SectionSource> Sections(const uint8_t* data, size_t size, uint8_t* o
   return out;
 }
 
+// One key for the whole run, made once.
+const PrivateKey& Key() {
+  static const PrivateKey k = [] {
+    const std::string path = Dir() + "/key";
+    std::filesystem::remove(path);
+    std::filesystem::remove(path + ".pub");
+    auto made = GenerateKeyPair(path);
+    Check(made.ok());
+    auto loaded = LoadPrivateKey(path);
+    Check(loaded.ok());
+    return *loaded;
+  }();
+  return k;
+}
+
 void Planes(const uint8_t* data, size_t size) {
   for (int w : {2, 4}) {
     std::string planes(size, '\0'), back(size, '\0');
@@ -84,6 +102,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   Check(r.ok());
   Check((*r)->sections().size() == secs.size());
   Check((*r)->Verify(1).ok());
+  uint64_t chunks = 0;
+  for (const auto& s : (*r)->sections()) chunks += s.chunks.size();
+  const TrustInfo trust = (*r)->trust();
+  Check(trust.has_chunk_hashes && trust.chunk_count == chunks && trust.signatures.empty());
   for (const auto& s : secs) {
     auto got = (*r)->ReadSection(s.name);
     Check(got.ok() && *got == s.bytes);
@@ -111,5 +133,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   Check(st.ok());
   for (const auto& s : secs) Check(streamed[s.name] == s.bytes);
+  Check(dec.trust().has_chunk_hashes && dec.trust().root == trust.root);
+  if (opts & 0x80) {
+    const Digest128 digest = (*r)->file_digest();
+    r->reset();
+    auto signed_ = SignSnapshot(path, Key());
+    Check(signed_.ok() && signed_->root == trust.root);
+    auto again = SnapshotReader::Open(path);
+    Check(again.ok() && (*again)->file_digest() == digest && (*again)->trust().signed_validly());
+  }
   return 0;
 }
