@@ -30,6 +30,7 @@ struct BuildArgs {
   int port = 0;
   std::string ready_path = "/health";
   std::string canary_path, canary_body, canary_method, canary_compare;
+  std::string after_restore_path, before_capture_path;  // POST hooks
 };
 
 int RunBuild(const BuildArgs& a) {
@@ -56,6 +57,17 @@ int RunBuild(const BuildArgs& a) {
     spec.http.canary.body = a.canary_body;
     spec.http.canary_compare = a.canary_compare;
   }
+  auto hook = [](const std::string& path) {
+    HttpCall c;
+    c.method = "POST";
+    c.path = path;
+    return c;
+  };
+  for (const auto* p : {&a.after_restore_path, &a.before_capture_path}) {
+    if (!p->empty() && (*p)[0] != '/') return Fail(InvalidArgument("hook path '" + *p + "' must start with /"));
+  }
+  if (!a.after_restore_path.empty()) spec.http.after_restore = hook(a.after_restore_path);
+  if (!a.before_capture_path.empty()) spec.http.before_capture = hook(a.before_capture_path);
   if (!a.command.empty()) {
     spec.command = a.command;
   } else if (spec.transparent() && spec.command.empty()) {
@@ -116,7 +128,8 @@ int RunBuild(const BuildArgs& a) {
     std::fprintf(stderr, "hotboot: no snapshot was written to %s\n", a.out.c_str());
     return rc == kExitCorrupt ? kExitFailure : rc;
   }
-  const json& m = r->manifest;
+  const json m = ToJsonValue(r->manifest);
+  for (const auto& w : r->warnings) std::fprintf(stderr, "hotboot: warning: %s\n", w.c_str());
   if (a.json_out) {
     json out = {{"path", r->path},
                 {"file_bytes", r->file_size},
@@ -124,7 +137,8 @@ int RunBuild(const BuildArgs& a) {
                 {"weights_bytes", r->weights_bytes},
                 {"digest", m["warm"]["digest"]},
                 {"timings_ms", m["timings_ms"]},
-                {"canary", m["warm"]["canary"]}};
+                {"canary", m["warm"]["canary"]},
+                {"warnings", r->warnings}};
     std::printf("%s\n", out.dump(2).c_str());
   } else {
     const uint64_t raw = r->images_bytes + r->weights_bytes;
@@ -186,6 +200,11 @@ Runner AddBuild(CLI::App& app) {
   http->add_option("--canary-method", a->canary_method, "Its method (default GET, or POST with a body)");
   http->add_option("--canary-compare", a->canary_compare,
                    "JSON pointer to the part of its answer that must repeat (e.g. /tokens; default: the whole body)");
+  http->add_option("--after-restore", a->after_restore_path,
+                   "Path POSTed on every restored replica with its new instance id and fresh entropy (headers "
+                   "Hotboot-Instance, Hotboot-Entropy; body {\"instance\",\"entropy\"}); it must reseed every RNG. "
+                   "Without it, replicas share the build's random state (build warns)");
+  http->add_option("--before-capture", a->before_capture_path, "Path POSTed once the server is warm, just before the capture");
   app.add_option("command", a->command, "Server command (after --)");
   return [a, zstd_level] {
     a->zstd_level_given = zstd_level->count() > 0;

@@ -311,12 +311,11 @@ Status DropPageCache() {
 // Makes this host look like one that never ran the server: the weights files
 // the snapshot carries are removed (only from the demo's own directory), so
 // that restore extracts them from the snapshot, and the page cache is dropped.
-FreshHost MakeHostLookFresh(const json& manifest, const DemoWeightsDir* dir) {
+FreshHost MakeHostLookFresh(const Manifest& manifest, const DemoWeightsDir* dir) {
   const auto t0 = Clock::now();
   FreshHost f;
-  const json provided = manifest.value("process", json::object()).value("provided_files", json::array());
-  for (const auto& p : provided) {
-    const fs::path path = fs::path(p.value("path", "")).lexically_normal();
+  for (const auto& p : manifest.process.provided_files) {
+    const fs::path path = (fs::path(manifest.process.weights_dir) / p.name).lexically_normal();
     if (!dir || path.parent_path() != dir->path()) {
       f.kept.push_back(path.string());
       continue;
@@ -398,7 +397,7 @@ int RunDemo(const DemoArgs& a) {
   auto built = BuildSnapshot(spec, snap, *criu, bev, cuda.get());
   build_log.close();  // not inherited by the restore process
   if (!built.ok()) return Fail(built.status());
-  const json& m = built->manifest;
+  const Manifest& m = built->manifest;
 
   step(3, "restoring the snapshot as a new replica: hotboot restore, a process of its own");
   RestoreRun rest;
@@ -457,7 +456,7 @@ int RunDemo(const DemoArgs& a) {
                 {"snapshot_bytes", built->file_size},
                 {"criu_images_bytes", built->images_bytes},
                 {"weights_bytes", built->weights_bytes},
-                {"build_timings_ms", m["timings_ms"]}};
+                {"build_timings_ms", ToJsonValue(m)["timings_ms"]}};
     if (fresh) {
       json f = RestoreJson(*fresh);
       f["weights_files_removed"] = fh.removed;
@@ -500,8 +499,8 @@ int RunDemo(const DemoArgs& a) {
     }
     std::printf("\nrestore phases:%s\n", PhaseLine(rest.phases).c_str());
     if (fresh) std::printf("restore phases, fresh host:%s\n", PhaseLine(fresh->phases).c_str());
-    std::printf("build: warm in %s, CRIU dump %s, pack %s\n", Ms(m["timings_ms"]["launch_to_warm"].get<double>()).c_str(),
-                Ms(m["timings_ms"]["criu_dump"].get<double>()).c_str(), Ms(m["timings_ms"]["pack"].get<double>()).c_str());
+    std::printf("build: warm in %s, CRIU dump %s, pack %s\n", Ms(m.Timing("launch_to_warm")).c_str(),
+                Ms(m.Timing("criu_dump")).c_str(), Ms(m.Timing("pack")).c_str());
     const uint64_t raw = built->images_bytes + built->weights_bytes;
     std::printf("snapshot %s vs raw %s: CRIU images %s + weights %s (%.1f%%)\n", HumanBytes(built->file_size).c_str(),
                 HumanBytes(raw).c_str(), HumanBytes(built->images_bytes).c_str(), HumanBytes(built->weights_bytes).c_str(),

@@ -4,6 +4,7 @@
 
 #include "cli_common.h"
 #include "commands.h"
+#include "hotboot/manifest.h"
 #include "cli_trust.h"
 #include "hotboot/snapshot_file.h"
 
@@ -96,10 +97,68 @@ std::string Ratio(uint64_t stored, uint64_t raw) {
   return buf;
 }
 
-std::string Str(const json& j, const char* key) {
-  if (!j.is_object() || !j.contains(key)) return "-";
-  const json& v = j[key];
-  return v.is_string() ? v.get<std::string>() : v.dump();
+// How a replica restored from this snapshot gets a new instance id and
+// fresh entropy (server/CONTROL.md "Uniqueness"): the control protocol's
+// after_restore, a transparent server's after_restore HTTP hook, or nothing.
+json AfterRestore(const Manifest& m) {
+  if (!m.transparent()) {
+    return {{"via", "control"}, {"text", "control protocol after_restore (new instance id, fresh entropy)"}};
+  }
+  if (!m.http || !m.http->after_restore) {
+    return {{"via", "none"},
+            {"text", "none — replicas restored from this snapshot share the build's random state"}};
+  }
+  const ManifestHttpCall& hook = *m.http->after_restore;
+  return {{"via", "http"}, {"request", hook.method + " " + hook.path},
+          {"text", hook.method + " " + hook.path + " (with Hotboot-Instance, Hotboot-Entropy)"}};
+}
+
+std::string OrDash(const std::string& s) { return s.empty() ? "-" : s; }
+
+// The parts of the manifest the text view shows, from the typed record.
+void PrintManifest(const Manifest& m) {
+  std::printf("created       %s by hotboot %s (%s mode)\n", OrDash(m.created_at).c_str(),
+              OrDash(m.tool_version).c_str(), m.mode.c_str());
+  std::printf("build host    %s, %s, kernel %s, %d CPUs: %s\n", OrDash(m.host.hostname).c_str(),
+              OrDash(m.host.arch).c_str(), OrDash(m.host.kernel).c_str(), m.host.cpus,
+              OrDash(m.host.cpu_model).c_str());
+  std::printf("CRIU          %s, images %s\n", OrDash(m.criu.version).c_str(), HumanBytes(m.criu.images_bytes).c_str());
+  if (m.gpu) {
+    const ManifestGpu& gpu = *m.gpu;
+    std::printf("GPU state     %d CUDA process(es), NVIDIA driver %s, CUDA %d.%d\n", gpu.processes,
+                OrDash(gpu.driver_version).c_str(), gpu.cuda_version / 1000, gpu.cuda_version % 1000 / 10);
+    for (const auto& d : gpu.devices) {
+      std::printf("              GPU %d %s, sm %d.%d, %s, %s used by the captured processes\n", d.ordinal,
+                  d.name.c_str(), d.cc_major, d.cc_minor, d.uuid.c_str(), HumanBytes(d.used_bytes).c_str());
+    }
+  }
+  std::string cmd;
+  for (const auto& c : m.process.command) cmd += (cmd.empty() ? "" : " ") + c;
+  std::printf("command       %s\n", cmd.c_str());
+  for (const auto& f : m.process.provided_files) {
+    std::printf("provides      %s (%s) into the weights directory %s\n", f.name.c_str(), HumanBytes(f.size).c_str(),
+                m.process.weights_dir.c_str());
+  }
+  const ManifestCanary& canary = m.warm.canary;
+  if (m.transparent()) {  // a request from the spec
+    const ManifestHttpCall req = canary.request.value_or(ManifestHttpCall{});
+    std::printf("server        any HTTP server on port %d, ready when GET %s answers 200\n", m.http ? m.http->port : 0,
+                m.http ? m.http->ready_path.c_str() : "-");
+    std::printf("canary        %s %s %s\n", req.method.c_str(), req.path.c_str(), OrDash(req.body).c_str());
+    const std::string expected = canary.expected.is_string() ? canary.expected.get<std::string>() : canary.expected.dump();
+    std::printf("              %s must be %s\n", canary.compare.empty() ? "the whole answer" : canary.compare.c_str(),
+                expected.substr(0, 200).c_str());
+  } else {
+    std::printf("warm digest   %s\n", OrDash(m.warm.digest).c_str());
+    std::printf("canary        %s -> %s\n", json(canary.prompt).dump().c_str(), json(canary.text).dump().c_str());
+    std::printf("              tokens %s\n", json(canary.tokens).dump().c_str());
+  }
+  std::printf("              warm latency %s, bound %s (first request at build %s)\n",
+              Ms(canary.warm_latency_ms).c_str(), Ms(canary.latency_bound_ms).c_str(),
+              Ms(canary.first_latency_ms).c_str());
+  std::printf("after-restore %s\n", AfterRestore(m)["text"].get<std::string>().c_str());
+  std::printf("timings      ");
+  for (const auto& [k, v] : m.timings_ms) std::printf(" %s %s;", k.c_str(), Ms(v).c_str());
 }
 
 int RunInspect(const InspectArgs& a) {
@@ -107,8 +166,9 @@ int RunInspect(const InspectArgs& a) {
   if (!r.ok()) return Fail(r.status());
   const auto& rd = **r;
   if (!a.section.empty()) return InspectSection(a, rd);
-  json m = json::parse(rd.manifest_json(), nullptr, false);
-  if (!m.is_object()) return Fail(Corrupt(a.snapshot + ": the manifest is not a JSON object"));
+  auto parsed = ParseManifest(rd.manifest_json());
+  if (!parsed.ok()) return Fail(parsed.status().Prefixed(a.snapshot));
+  const Manifest& m = *parsed;
   uint64_t raw = 0, stored = 0, chunks = 0;
   for (const auto& s : rd.sections()) {
     raw += s.raw_size;
@@ -129,13 +189,14 @@ int RunInspect(const InspectArgs& a) {
                                                          {"found", rd.base_reader() != nullptr}}},
                 {"sections", secs},
                 {"trust", TrustJson(rd.trust(), nullptr)},
-                {"manifest", m}};
+                {"after_restore", AfterRestore(m)},
+                // The typed record as the current schema writes it; the
+                // version the file was written with is beside it.
+                {"manifest_version", m.manifest_version},
+                {"manifest", ToJsonValue(m)}};
     std::printf("%s\n", out.dump(2).c_str());
     return kExitOk;
   }
-  const json host = m.value("host", json::object());
-  const json warm = m.value("warm", json::object());
-  const json canary = warm.value("canary", json::object());
   std::printf("snapshot      %s\n", a.snapshot.c_str());
   std::printf("format        v%u.%u, %s, digest %s\n", rd.version_major(), rd.version_minor(),
               HumanBytes(rd.file_size()).c_str(), rd.file_digest_hex().c_str());
@@ -144,58 +205,7 @@ int RunInspect(const InspectArgs& a) {
     std::printf("base          %s (digest %s)%s\n", rd.base().name.c_str(), rd.base().digest.Hex().c_str(),
                 rd.base_reader() ? "" : " NOT FOUND: pass --base");
   }
-  std::printf("created       %s by hotboot %s (%s mode)\n", Str(m, "created_at").c_str(),
-              Str(m, "tool_version").c_str(), Str(m, "mode").c_str());
-  std::printf("build host    %s, %s, kernel %s, %s CPUs: %s\n", Str(host, "hostname").c_str(),
-              Str(host, "arch").c_str(), Str(host, "kernel").c_str(), Str(host, "cpus").c_str(),
-              Str(host, "cpu_model").c_str());
-  std::printf("CRIU          %s, images %s\n", Str(m.value("criu", json::object()), "version").c_str(),
-              HumanBytes(m.value("criu", json::object()).value("images_bytes", uint64_t{0})).c_str());
-  if (const json gpu = m.value("gpu", json::object()); gpu.is_object() && !gpu.empty()) {
-    auto num = [](const json& j, const char* k) -> uint64_t {
-      return j.is_object() && j.contains(k) && j[k].is_number_unsigned() ? j[k].get<uint64_t>() : 0;
-    };
-    const uint64_t cv = num(gpu, "cuda_version");
-    std::printf("GPU state     %s CUDA process(es), NVIDIA driver %s, CUDA %llu.%llu\n", Str(gpu, "processes").c_str(),
-                Str(gpu, "driver_version").c_str(), static_cast<unsigned long long>(cv / 1000),
-                static_cast<unsigned long long>(cv % 1000 / 10));
-    const json devices = gpu.value("devices", json::array());
-    for (const auto& d : devices.is_array() ? devices : json::array()) {
-      std::printf("              GPU %s %s, sm %s, %s, %s used by the captured processes\n", Str(d, "ordinal").c_str(),
-                  Str(d, "name").c_str(), Str(d, "compute_capability").c_str(), Str(d, "uuid").c_str(),
-                  HumanBytes(num(d, "used_bytes")).c_str());
-    }
-  }
-  std::string cmd;
-  const json command = m.value("process", json::object()).value("command", json::array());
-  for (const auto& c : command) {
-    cmd += (cmd.empty() ? "" : " ") + c.get<std::string>();
-  }
-  std::printf("command       %s\n", cmd.c_str());
-  if (canary.contains("request")) {  // transparent: a request from the spec
-    const json req = canary.value("request", json::object());
-    const json http = m.value("http", json::object());
-    std::printf("server        any HTTP server on port %s, ready when GET %s answers 200\n", Str(http, "port").c_str(),
-                Str(http, "ready_path").c_str());
-    std::printf("canary        %s %s %s\n", Str(req, "method").c_str(), Str(req, "path").c_str(),
-                Str(req, "body").c_str());
-    const std::string compare = Str(canary, "compare");
-    std::printf("              %s must be %s\n", compare.empty() ? "the whole answer" : compare.c_str(),
-                Str(canary, "expected").substr(0, 200).c_str());
-  } else {
-    std::printf("warm digest   %s\n", Str(warm, "digest").c_str());
-    std::printf("canary        %s -> %s\n", canary.value("prompt", json("")).dump().c_str(),
-                canary.value("text", json("")).dump().c_str());
-    std::printf("              tokens %s\n", Str(canary, "tokens").c_str());
-  }
-  std::printf("              warm latency %s, bound %s (first request at build %s)\n",
-              Ms(canary.value("warm_latency_ms", 0.0)).c_str(), Ms(canary.value("latency_bound_ms", 0.0)).c_str(),
-              Ms(canary.value("first_latency_ms", 0.0)).c_str());
-  std::printf("timings      ");
-  const json timings = m.value("timings_ms", json::object());
-  for (const auto& [k, v] : timings.items()) {
-    if (v.is_number()) std::printf(" %s %s;", k.c_str(), Ms(v.get<double>()).c_str());
-  }
+  PrintManifest(m);
   std::printf("\n\n%-40s %12s %12s %7s %7s  %s\n", "section", "raw", "stored", "ratio", "chunks", "stored as");
   // Small CRIU images are many; group them unless asked for all.
   uint64_t small_raw = 0, small_stored = 0, small_n = 0, small_chunks = 0;
@@ -242,6 +252,11 @@ struct Checked {
 Checked VerifyStream(const VerifyArgs& a, Progress& p) {
   Checked c;
   snapfile::StreamEvents ev;
+  // The manifest is part of what restore uses: one that does not parse makes
+  // the snapshot unusable however intact its bytes are.
+  ev.on_manifest = [](const std::string& manifest_json, const snapfile::BaseRef&) {
+    return ParseManifest(manifest_json).status();
+  };
   ev.on_section = [&](const snapfile::SectionInfo&) {
     ++c.sections;
     return Status::Ok();
@@ -267,6 +282,10 @@ Checked VerifyFile(const VerifyArgs& a, Progress& p) {
   auto r = snapfile::SnapshotReader::Open(a.path, {a.base});
   if (!r.ok()) {
     c.status = r.status();
+    return c;
+  }
+  if (auto m = ParseManifest((*r)->manifest_json()); !m.ok()) {
+    c.status = m.status().Prefixed(a.path);
     return c;
   }
   c.status = (*r)->Verify(0, [&](uint64_t d, uint64_t t) { p.Update(d, t); });

@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "cli_common.h"
+#include "cli_trust.h"
 #include "commands.h"
 #include "hotboot/restore.h"
 #include "hotboot/snapshot_file.h"
@@ -31,6 +32,7 @@ struct RestoreArgs {
   std::string work_dir;
   std::string cuda_lib;
   int verify_timeout_s = 120;
+  TrustArgs trust;
 };
 
 // SIGTERM/SIGINT/SIGHUP are blocked in every thread and taken by one watcher:
@@ -130,30 +132,50 @@ int RunRestore(const RestoreArgs& a, const ProcessStart& start) {
                   "); only its process group is ended with hotboot, so what it setsid()s can outlive it";
     Note("warning: " + containment);
   }
+  // The policy is read before the snapshot is opened: a host that trusts
+  // no one in particular restores what it is given, and says so.
+  auto policy = LoadPolicy(a.trust);
+  if (!policy.ok()) return FailJson(policy.status().Prefixed("trust policy"), a.json_out);
+  o.trust = std::move(policy).value();
+  std::string unverified;
+  if (!o.trust.in_force()) {
+    unverified = "no trust policy is in force (no --trust KEY.pub, no " + std::string(snapfile::kDefaultTrustDir) +
+                 "): restoring a snapshot whose signer is not checked";
+    Note("warning: " + unverified);
+  }
   auto criu = MakeLibCriu();
   auto r = RestoreReplica(o, *criu, ev, cuda.get());
   if (!r.ok()) {
     Status s = r.status();
     bool port_problem = s.message().find("already in use") != std::string::npos ||
                         s.code() == Code::kInvalidArgument;
-    if (!a.fallback_cold || port_problem) {
+    // A snapshot that is corrupt, unreadable or refused by the trust policy
+    // is not one whose recorded command we would run cold either.
+    const bool refused = s.code() == Code::kCorrupt || s.code() == Code::kTruncated ||
+                         s.code() == Code::kUnsupported || s.code() == Code::kUntrusted;
+    if (!a.fallback_cold || port_problem || refused) {
       int rc = Fail(s);
       if (rc == kExitFailure && s.message().find("readiness verification") != std::string::npos) rc = kExitNotReady;
       std::fprintf(stderr, "hotboot: no replica is running from this attempt%s\n",
                    a.fallback_cold ? "" : " (--fallback-cold would boot the server cold instead)");
+      if (a.json_out) {
+        std::printf("%s\n", json{{"ok", false}, {"error", s.message()}, {"outcome", CodeName(s.code())},
+                                  {"exit", rc}, {"replica_running", false}}
+                                .dump()
+                                .c_str());
+      }
       return rc;
     }
     auto reader = snapfile::SnapshotReader::Open(a.snapshot);
-    json manifest = reader.ok() ? json::parse((*reader)->manifest_json(), nullptr, false) : json();
-    if (!manifest.is_object()) {
-      int rc = Fail(s);
-      std::fprintf(stderr, "hotboot: cannot fall back to a cold boot: the snapshot's manifest is unreadable\n");
-      return rc;
+    auto manifest = reader.ok() ? ParseManifest((*reader)->manifest_json()) : Result<Manifest>(reader.status());
+    if (!manifest.ok()) {
+      std::fprintf(stderr, "hotboot: cannot fall back to a cold boot: %s\n", manifest.status().message().c_str());
+      return FailJson(s, a.json_out);
     }
     Note("snapshot cannot be used here (" + s.message() + ")");
     Note("falling back to a cold boot of the same server, as asked by --fallback-cold");
-    r = ColdBootFromManifest(manifest, o, ev);
-    if (!r.ok()) return Fail(r.status());
+    r = ColdBootFromManifest(*manifest, o, ev);
+    if (!r.ok()) return FailJson(r.status(), a.json_out);
   }
   RestoreResult& res = *r;
   std::string handed_over;
@@ -185,8 +207,13 @@ int RunRestore(const RestoreArgs& a, const ProcessStart& start) {
     if (a.detach && !handed_over.empty()) out["cgroup_record"] = handed_over;
     if (const host::Cgroup* cg = res.replica->cgroup()) out["cgroup"] = cg->path();
     if (!containment.empty()) out["warning"] = containment;
+    if (!res.cold) out["trust"] = TrustJson(res.trust, &o.trust);
+    if (!unverified.empty()) out["trust_warning"] = unverified;
     std::printf("%s\n", out.dump().c_str());
   } else {
+    if (!res.cold) {
+      for (const auto& line : TrustLines(res.trust, &o.trust)) Note("snapshot " + line);
+    }
     std::printf("replica %s ready on http://%s:%d (pid %d, %s in %s from %s)%s\n", res.instance.c_str(),
                 a.host.c_str(), res.port, res.replica->pid(), res.cold ? "cold boot" : "restored",
                 Ms(res.time_to_ready_ms).c_str(), start.from,
@@ -212,7 +239,13 @@ Runner AddRestore(CLI::App& app) {
       "Its time to ready counts from this process's start (the kernel's record, 10 ms ticks), so\n"
       "exec, option parsing and loading the CUDA driver count too (phase \"startup\").\n"
       "Without --detach it then supervises the replica (forwards its log and SIGTERM/SIGINT) and\n"
-      "exits when it does; with --detach it exits 0 and leaves the replica running.");
+      "exits when it does; with --detach it exits 0 and leaves the replica running.\n\n"
+      "Trust: with a policy in force (--trust KEY.pub, repeatable, or any *.pub in the trust\n"
+      "directory, default /etc/hotboot/trust.d/, which puts the policy in force by existing), a\n"
+      "snapshot that is unsigned, signed by no trusted key or badly signed is refused with exit 7\n"
+      "right after it is opened, before anything is written or started. Without one, restore\n"
+      "warns and restores it unverified. Every chunk is checked against its SHA-256 (signed with\n"
+      "the root) before it is decoded; a chunk that does not match ends the restore (exit 4).");
   app.add_option("snapshot", a->snapshot, "Snapshot file")->required();
   app.add_option("-p,--port", a->port,
                  "Port the replica serves on (required, except for transparent snapshots: their build port)")
@@ -229,7 +262,8 @@ Runner AddRestore(CLI::App& app) {
   app.add_option("--verify-timeout", a->verify_timeout_s, "Seconds allowed for each verification step");
   app.add_flag("--no-latency-check", a->no_latency_check,
                "Accept a canary answer slower than the build's warm bound");
-  app.add_flag("--json", a->json_out, "Print the result as one JSON line");
+  AddTrustOptions(app, &a->trust);
+  app.add_flag("--json", a->json_out, "Print the result as one JSON line (also on failure: ok, error, outcome, exit)");
   return [a] {
     const ProcessStart start = StartOfProcess();
     StartSignalWatcher();

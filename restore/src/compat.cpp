@@ -4,6 +4,9 @@
 #include <arpa/inet.h>
 #include <unistd.h>
 
+#include <chrono>
+
+#include "hotboot/node_cache.h"
 #include "hotboot/restore.h"
 
 namespace hotboot {
@@ -34,10 +37,14 @@ std::vector<int> VersionParts(const std::string& v) {
 
 }  // namespace
 
-std::vector<CompatProblem> CheckCompatibility(const json& m, const HostInfo& host,
-                                              const std::string& criu_version) {
+std::vector<CompatProblem> CheckCompatibility(const Manifest& m, const HostInfo& host,
+                                              const std::string& criu_version, double* hash_ms) {
   std::vector<CompatProblem> p;
-  HostInfo built = HostInfoFromJson(m.value("host", json::object()));
+  HostInfo built;
+  built.kernel = m.host.kernel;
+  built.arch = m.host.arch;
+  built.cpu_model = m.host.cpu_model;
+  built.cpu_flags.insert(m.host.isa_flags.begin(), m.host.isa_flags.end());
   if (!built.arch.empty() && built.arch != host.arch) {
     p.push_back({"arch", "snapshot was built on " + built.arch + ", this host is " + host.arch});
   }
@@ -58,7 +65,7 @@ std::vector<CompatProblem> CheckCompatibility(const json& m, const HostInfo& hos
     p.push_back({"kernel", "snapshot was built on kernel " + built.kernel + ", this host runs older " +
                                host.kernel});
   }
-  std::string built_criu = m.value("criu", json::object()).value("version", "");
+  const std::string& built_criu = m.criu.version;
   if (criu_version.empty()) {
     p.push_back({"criu", "CRIU is not installed or cannot run here; run tools/install-deps"});
   } else if (!built_criu.empty()) {
@@ -68,23 +75,34 @@ std::vector<CompatProblem> CheckCompatibility(const json& m, const HostInfo& hos
                                criu_version + " (needs the same major version, not older)"});
     }
   }
-  const json proc = m.value("process", json::object());
-  if (proc.contains("mapped_files") && proc["mapped_files"].is_array()) {
-    for (const auto& f : proc["mapped_files"]) {
-      std::string path = f.value("path", "");
-      uint64_t size = f.value("size", uint64_t{0});
-      struct stat st{};
-      if (::stat(path.c_str(), &st) != 0) {
-        p.push_back({"file", "the replica maps " + path + ", which does not exist here"});
-      } else if (static_cast<uint64_t>(st.st_size) != size) {
-        p.push_back({"file", "the replica maps " + path + " (" + std::to_string(size) +
-                                 " bytes at build), which has " + std::to_string(st.st_size) +
-                                 " bytes here: a different build of that file"});
+  // The files CRIU maps back by path must be these very files: the same
+  // size, and the same bytes (a library of another version, patched in place
+  // or rebuilt to the same size, would run the restored process's code
+  // against data laid out for the other one). The host's own files are
+  // trusted, so XXH3-128 suffices: the threat is a different version, not a
+  // forged collision.
+  const auto th = std::chrono::steady_clock::now();
+  for (const auto& f : m.process.mapped_files) {
+    struct stat st{};
+    if (::stat(f.path.c_str(), &st) != 0) {
+      p.push_back({"file", "the replica maps " + f.path + ", which does not exist here"});
+    } else if (static_cast<uint64_t>(st.st_size) != f.size) {
+      p.push_back({"file", "the replica maps " + f.path + " (" + std::to_string(f.size) +
+                               " bytes at build), which has " + std::to_string(st.st_size) +
+                               " bytes here: a different build of that file"});
+    } else if (!f.content_hash.empty()) {
+      auto h = HashPathXxh128(f.path);
+      if (!h.ok()) {
+        p.push_back({"file", "the replica maps " + f.path + ", which cannot be read here: " + h.status().message()});
+      } else if (*h != f.content_hash) {
+        p.push_back({"file", "the replica maps " + f.path + " (XXH3-128 " + f.content_hash + " at build), whose " +
+                                 "content here differs (" + *h + "): a different build of that file"});
       }
     }
   }
-  if (proc.contains("cwd") && proc["cwd"].is_string()) {
-    const std::string cwd = proc["cwd"].get<std::string>();
+  if (hash_ms) *hash_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - th).count();
+  if (!m.process.cwd.empty()) {
+    const std::string& cwd = m.process.cwd;
     struct stat st{};
     if (::stat(cwd.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
       p.push_back({"file", "the replica's working directory " + cwd + " does not exist here"});

@@ -1,5 +1,7 @@
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <sys/random.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
@@ -15,6 +17,8 @@
 #include <set>
 
 #include "hotboot/http_client.h"
+#include "hotboot/manifest.h"
+#include "hotboot/node_cache.h"
 #include "hotboot/restore.h"
 #include "hotboot/snapshot_file.h"
 
@@ -40,11 +44,52 @@ Clock::time_point TimeOrigin(const RestoreOptions& opts, Clock::time_point call)
   return opts.started ? std::min(*opts.started, call) : call;
 }
 
-std::string NewInstanceId(std::mt19937_64& rng) {
+// The bytes of a new replica identity (NewReplicaIdentity): the kernel's
+// CSPRNG, never anything a snapshot holds, so no two restores share them.
+Status NewInstanceBytes(uint8_t* out, size_t n) {
+  size_t got = 0;
+  while (got < n) {
+    const ssize_t r = ::getrandom(out + got, n - got, 0);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return ErrnoError("getrandom (a replica's entropy)", r < 0 ? errno : EIO);
+    got += static_cast<size_t>(r);
+  }
+  return Status::Ok();
+}
+
+// The same from RestoreOptions::seed, reproducibly (splitmix64; `stream`
+// keeps the entropy and the instance id apart): for tests only.
+void SeededInstanceBytes(uint64_t seed, uint64_t stream, uint8_t* out, size_t n) {
+  uint64_t x = seed ^ (stream * 0xd1b54a32d192ed03ULL);
+  for (size_t i = 0; i < n; ++i) {
+    if (i % 8 == 0) {
+      x += 0x9e3779b97f4a7c15ULL;
+      uint64_t z = x;
+      z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+      z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+      x = z ^ (z >> 31);
+    }
+    out[i] = static_cast<uint8_t>(x >> (8 * (i % 8)));
+  }
+}
+
+std::string HexBytes(const uint8_t* p, size_t n) {
   static const char* kHex = "0123456789abcdef";
-  std::string id = "r-";
-  for (int i = 0; i < 12; ++i) id += kHex[rng() % 16];
-  return id;
+  std::string s;
+  for (size_t i = 0; i < n; ++i) {
+    s += kHex[p[i] >> 4];
+    s += kHex[p[i] & 15];
+  }
+  return s;
+}
+
+// An instance id goes into a JSON line and an HTTP header as is.
+bool ValidInstanceId(const std::string& id) {
+  if (id.empty() || id.size() > 64) return false;
+  return std::all_of(id.begin(), id.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+           c == '-';
+  });
 }
 
 class TempDir {
@@ -91,17 +136,17 @@ class TempDir {
 
 // The readiness verification: the digest of the warm state must match the
 // build's, and the canary must give the same tokens within the bound.
-Status VerifyReplica(const json& manifest, const RestoreOptions& opts, const std::string& digest,
+Status VerifyReplica(const Manifest& manifest, const RestoreOptions& opts, const std::string& digest,
                      double* canary_ms) {
-  const json warm = manifest.value("warm", json::object());
-  const std::string want = warm.value("digest", "");
+  const std::string& want = manifest.warm.digest;
   if (want.empty()) return Corrupt("manifest records no warm-state digest");
   if (digest != want) {
     return FailedPrecondition("warm-state digest after restore is " + digest + ", the build recorded " +
                               want + ": the restored weights/config/plan differ");
   }
-  const json canary = warm.value("canary", json::object());
-  json req = {{"prompt", canary.value("prompt", "")}, {"max_tokens", canary.value("max_tokens", 16)}};
+  const ManifestCanary& canary = manifest.warm.canary;
+  const json want_tokens = canary.tokens;
+  json req = {{"prompt", canary.prompt}, {"max_tokens", canary.max_tokens}};
   HB_ASSIGN_OR_RETURN(HttpResponse r, HttpRequest(opts.host, opts.port, "POST", "/v1/generate",
                                                   req.dump(), opts.verify_timeout));
   if (r.status != 200) {
@@ -109,13 +154,13 @@ Status VerifyReplica(const json& manifest, const RestoreOptions& opts, const std
                               r.body.substr(0, 200));
   }
   json got = json::parse(r.body, nullptr, false);
-  if (!got.is_object() || got.value("tokens", json()) != canary.value("tokens", json())) {
-    return FailedPrecondition("canary answer differs from the build's: expected tokens " +
-                              canary.value("tokens", json()).dump() + ", got " +
-                              (got.is_object() ? got.value("tokens", json()).dump() : r.body.substr(0, 200)));
+  const json got_tokens = got.is_object() && got.contains("tokens") ? got["tokens"] : json();
+  if (got_tokens != want_tokens) {
+    return FailedPrecondition("canary answer differs from the build's: expected tokens " + want_tokens.dump() +
+                              ", got " + (got.is_object() ? got_tokens.dump() : r.body.substr(0, 200)));
   }
   *canary_ms = r.elapsed_ms;
-  const double bound = canary.value("latency_bound_ms", 0.0);
+  const double bound = canary.latency_bound_ms;
   if (!opts.skip_latency_check && bound > 0 && r.elapsed_ms > bound) {
     return FailedPrecondition("canary answered correctly but in " + std::to_string(r.elapsed_ms) +
                               " ms, over the warm bound of " + std::to_string(bound) +
@@ -124,20 +169,20 @@ Status VerifyReplica(const json& manifest, const RestoreOptions& opts, const std
   return Status::Ok();
 }
 
-bool IsTransparent(const json& manifest) { return manifest.value("mode", "") == "transparent"; }
+bool IsTransparent(const Manifest& manifest) { return manifest.transparent(); }
+
+HttpCall ToHttpCall(const ManifestHttpCall& c) { return HttpCall{c.method, c.path, c.body}; }
 
 // The port the replica will serve on: any for a cooperative server (it
 // re-listens in after_restore), the build's for a transparent one (CRIU
 // restores its listening socket as it was).
-Result<int> ReplicaPort(const json& manifest, int asked) {
+Result<int> ReplicaPort(const Manifest& manifest, int asked) {
   if (!IsTransparent(manifest)) {
     if (asked == 0) return InvalidArgument("--port is required: the restored server listens where you say");
     if (asked < 0 || asked > 65535) return InvalidArgument("--port must be 1..65535");
     return asked;
   }
-  const json http = manifest.value("http", json::object());
-  const int built = http.is_object() && http.contains("port") && http["port"].is_number_integer()
-                        ? http["port"].get<int>() : 0;
+  const int built = manifest.http ? manifest.http->port : 0;
   if (built <= 0 || built > 65535) return Corrupt("manifest: a transparent snapshot without http.port");
   if (asked != 0 && asked != built) {
     return InvalidArgument("this snapshot's server was built listening on port " + std::to_string(built) +
@@ -147,19 +192,20 @@ Result<int> ReplicaPort(const json& manifest, int asked) {
   return built;
 }
 
-// Cooperative: after_restore over the control channel (new port, identity,
-// seed), then the digest and the canary, then mark_ready.
-Status VerifyCooperative(const json& manifest, const RestoreOptions& opts, Replica& replica,
+// Cooperative: after_restore over the control channel (new port, a new
+// instance id and fresh entropy, "seed" derived from it for servers that
+// predate "entropy"), then the digest and the canary, then mark_ready.
+Status VerifyCooperative(const Manifest& manifest, const RestoreOptions& opts, Replica& replica,
                          const std::function<void(const std::string&)>& phase, RestoreResult* res) {
   phase("after-restore");
   const auto ta = Clock::now();
-  std::mt19937_64 rng(opts.seed ? opts.seed : std::random_device{}());
-  const uint64_t seed = rng();
-  res->instance = opts.instance.empty() ? NewInstanceId(rng) : opts.instance;
-  json cmd = {{"cmd", "after_restore"}, {"port", opts.port}, {"host", opts.host},
-              {"instance", res->instance}, {"seed", seed}};
+  HB_ASSIGN_OR_RETURN(const ReplicaIdentity id, NewReplicaIdentity(opts));
+  res->instance = id.instance;
+  json cmd = {{"cmd", "after_restore"}, {"port", opts.port},         {"host", opts.host},
+              {"instance", id.instance}, {"entropy", id.entropy}, {"seed", id.seed}};
   auto reply = replica.Call(cmd, opts.verify_timeout);
-  if (!reply.ok()) return reply.status().Prefixed("after_restore hook");
+  // A replica that could not take its new identity is not ready (exit 5).
+  if (!reply.ok()) return reply.status().Prefixed("readiness verification failed: after_restore");
   res->digest = reply->value("digest", "");
   res->timings_ms["after_restore"] = MsSince(ta);
 
@@ -177,49 +223,72 @@ Status VerifyCooperative(const json& manifest, const RestoreOptions& opts, Repli
   return Status();
 }
 
-// Transparent: the optional after_restore hook, the server's own readiness
-// probe, then the canary answer and latency against the build's.
-Status VerifyTransparent(const json& manifest, const RestoreOptions& opts, int port, Replica& replica,
+// A transparent server's after_restore hook request, as its build spec gave
+// it, carrying the replica's identity: always the headers Hotboot-Instance and
+// Hotboot-Entropy; and "instance" and "entropy" merged into the body when the
+// spec's body is a JSON object, or empty on a method that has a body (README
+// "Transparent mode"). Any other body is sent unchanged.
+HttpCall HookWithIdentity(HttpCall hook, const ReplicaIdentity& id, HttpHeaders* headers) {
+  *headers = {{"Hotboot-Instance", id.instance}, {"Hotboot-Entropy", id.entropy}};
+  const bool bodyless = hook.method == "GET" || hook.method == "HEAD" || hook.method == "DELETE";
+  json body = hook.body.empty() ? (bodyless ? json() : json::object()) : json::parse(hook.body, nullptr, false);
+  if (body.is_object()) {
+    body["instance"] = id.instance;
+    body["entropy"] = id.entropy;
+    hook.body = body.dump();
+  }
+  return hook;
+}
+
+// Transparent: the after_restore hook (a new instance id and fresh entropy;
+// without one the replica replays the build's random state, which build
+// warned about), the server's own readiness probe, then the canary answer and
+// latency against the build's.
+Status VerifyTransparent(const Manifest& manifest, const RestoreOptions& opts, int port, Replica& replica,
                          const std::function<void(const std::string&)>& phase, RestoreResult* res) {
-  const json http = manifest.value("http", json::object());
+  const ManifestHttp http = manifest.http.value_or(ManifestHttp{});
   phase("after-restore");
   const auto ta = Clock::now();
-  if (http.contains("after_restore")) {
-    HB_ASSIGN_OR_RETURN(HttpCall hook, HttpCall::FromJson(http["after_restore"]));
-    HB_ASSIGN_OR_RETURN(HttpResponse r, Send(opts.host, port, hook, opts.verify_timeout));
+  res->instance = opts.instance;
+  if (http.after_restore) {
+    const HttpCall spec_hook = ToHttpCall(*http.after_restore);
+    HB_ASSIGN_OR_RETURN(const ReplicaIdentity id, NewReplicaIdentity(opts));
+    HttpHeaders headers;
+    const HttpCall hook = HookWithIdentity(spec_hook, id, &headers);
+    HB_ASSIGN_OR_RETURN(HttpResponse r, Send(opts.host, port, hook, opts.verify_timeout, headers));
     if (r.status / 100 != 2) {
-      return FailedPrecondition("after_restore hook " + hook.path + " answered " + std::to_string(r.status) + ": " +
-                                r.body.substr(0, 200));
+      return FailedPrecondition("readiness verification failed: after_restore hook " + hook.method + " " +
+                                hook.path + " answered " + std::to_string(r.status) + ": " + r.body.substr(0, 200));
     }
+    res->instance = id.instance;
   }
   res->timings_ms["after_restore"] = MsSince(ta);
 
   phase("verify");
   const auto tv = Clock::now();
   auto gone = [&]() -> std::string { return replica.Exited() ? "it exited: " + replica.FinalLogTail() : ""; };
-  HB_RETURN_IF_ERROR(WaitHttpReady(opts.host, port, http.value("ready_path", "/health"), opts.verify_timeout, gone)
+  HB_RETURN_IF_ERROR(WaitHttpReady(opts.host, port, http.ready_path, opts.verify_timeout, gone)
                          .Prefixed("readiness verification failed"));
-  const json canary = manifest.value("warm", json::object()).value("canary", json::object());
-  HB_ASSIGN_OR_RETURN(HttpCall call, HttpCall::FromJson(canary.value("request", json())));
+  const ManifestCanary& canary = manifest.warm.canary;
+  if (!canary.request) return Corrupt("manifest: warm.canary.request: missing");
+  const HttpCall call = ToHttpCall(*canary.request);
   HB_ASSIGN_OR_RETURN(HttpResponse r, Send(opts.host, port, call, opts.verify_timeout));
   if (r.status / 100 != 2) {
     return FailedPrecondition("readiness verification failed: canary answered HTTP " + std::to_string(r.status));
   }
-  auto got = CanaryValue(r.body, canary.value("compare", ""));
+  auto got = CanaryValue(r.body, canary.compare);
   if (!got.ok()) return got.status().Prefixed("readiness verification failed");
-  if (*got != canary.value("expected", json())) {
+  if (*got != canary.expected) {
     return FailedPrecondition("readiness verification failed: canary answer differs from the build's: expected " +
-                              canary.value("expected", json()).dump().substr(0, 200) + ", got " +
-                              got->dump().substr(0, 200));
+                              canary.expected.dump().substr(0, 200) + ", got " + got->dump().substr(0, 200));
   }
   res->canary_latency_ms = r.elapsed_ms;
-  const double bound = canary.value("latency_bound_ms", 0.0);
+  const double bound = canary.latency_bound_ms;
   if (!opts.skip_latency_check && bound > 0 && r.elapsed_ms > bound) {
     return FailedPrecondition("readiness verification failed: canary answered correctly but in " +
                               std::to_string(r.elapsed_ms) + " ms, over the warm bound of " + std::to_string(bound) +
                               " ms recorded at build: this replica is not warm");
   }
-  res->instance = opts.instance;
   res->control_channel = false;
   res->timings_ms["verify"] = MsSince(tv);
   return Status();
@@ -227,9 +296,47 @@ Status VerifyTransparent(const json& manifest, const RestoreOptions& opts, int p
 
 }  // namespace
 
-Result<std::vector<GpuPair>> CheckGpuCompatibility(const json& manifest, CudaDriver* cuda, bool free_memory) {
-  if (!manifest.contains("gpu")) return std::vector<GpuPair>{};
-  HB_ASSIGN_OR_RETURN(GpuCaptureInfo captured, GpuCaptureInfoFromJson(manifest["gpu"]));
+Result<ReplicaIdentity> NewReplicaIdentity(const RestoreOptions& opts) {
+  uint8_t entropy[32], id[6];
+  if (opts.seed != 0) {
+    SeededInstanceBytes(opts.seed, 1, entropy, sizeof entropy);
+    SeededInstanceBytes(opts.seed, 2, id, sizeof id);
+  } else {
+    // Two draws: the instance id is public (every answer carries it) and
+    // must say nothing about the entropy.
+    HB_RETURN_IF_ERROR(NewInstanceBytes(entropy, sizeof entropy));
+    HB_RETURN_IF_ERROR(NewInstanceBytes(id, sizeof id));
+  }
+  ReplicaIdentity r;
+  r.entropy = HexBytes(entropy, sizeof entropy);
+  for (int i = 7; i >= 0; --i) r.seed = r.seed << 8 | entropy[i];
+  if (opts.instance.empty()) {
+    r.instance = "r-" + HexBytes(id, sizeof id);
+  } else if (!ValidInstanceId(opts.instance)) {
+    return InvalidArgument("instance id '" + opts.instance.substr(0, 80) + "' must be 1..64 of [A-Za-z0-9._-]");
+  } else {
+    r.instance = opts.instance;
+  }
+  return r;
+}
+
+GpuCaptureInfo GpuCaptureInfoFromManifest(const ManifestGpu& m) {
+  GpuCaptureInfo g;
+  g.driver_version = m.driver_version;
+  g.cuda_version = m.cuda_version;
+  g.processes = m.processes;
+  for (const auto& d : m.devices) {
+    g.devices.push_back(GpuDevice{d.ordinal, d.uuid, d.name, d.cc_major, d.cc_minor, d.total_bytes, d.total_bytes});
+    g.used_bytes.push_back(d.used_bytes);
+  }
+  g.lock_ms = m.lock_ms;
+  g.checkpoint_ms = m.checkpoint_ms;
+  return g;
+}
+
+Result<std::vector<GpuPair>> CheckGpuCompatibility(const Manifest& manifest, CudaDriver* cuda, bool free_memory) {
+  if (!manifest.gpu) return std::vector<GpuPair>{};
+  const GpuCaptureInfo captured = GpuCaptureInfoFromManifest(*manifest.gpu);
   if (captured.processes == 0) return std::vector<GpuPair>{};
   const auto want = captured.Captured();
   std::string what = std::to_string(captured.processes) + " CUDA process(es) on " + std::to_string(want.size()) +
@@ -251,23 +358,18 @@ namespace {
 
 // The PIDs a snapshot's tree must get back: empty when it had a PID
 // namespace of its own (any PIDs will do).
-Result<std::vector<long>> RecordedPids(const json& manifest) {
-  const json process = manifest.value("process", json::object());
-  std::vector<long> pids;
-  if (process.value("pid_namespace", true)) return pids;
-  for (const auto& p : process.value("pids", json::array())) {
-    if (!p.is_number_integer()) return Corrupt("manifest: process.pids holds a non-integer");
-    pids.push_back(p.get<long>());
-  }
-  return pids;
+// (ParseManifest bounded them to 1 .. 2^22.)
+std::vector<long> RecordedPids(const Manifest& manifest) {
+  if (manifest.process.pid_namespace) return {};
+  return std::vector<long>(manifest.process.pids.begin(), manifest.process.pids.end());
 }
 
 }  // namespace
 
 // A tree built without a PID namespace of its own comes back with its PIDs
 // (CRIU restores every thread's ID); one in use here would fail CRIU midway.
-Status CheckPidsFree(const json& manifest) {
-  HB_ASSIGN_OR_RETURN(std::vector<long> pids, RecordedPids(manifest));
+Status CheckPidsFree(const Manifest& manifest) {
+  const std::vector<long> pids = RecordedPids(manifest);
   std::vector<std::string> busy;
   for (long p : pids) {
     std::error_code ec;
@@ -283,16 +385,92 @@ Status CheckPidsFree(const json& manifest) {
                       "or host), or stop the process holding them");
 }
 
-void ReservePids(const json& manifest) {
-  auto pids = RecordedPids(manifest);
-  if (!pids.ok() || pids->empty()) return;  // a bad list is CheckPidsFree's to report
-  const long top = *std::max_element(pids->begin(), pids->end());
+void ReservePids(const Manifest& manifest) {
+  const std::vector<long> pids = RecordedPids(manifest);
+  if (pids.empty()) return;
+  const long top = *std::max_element(pids.begin(), pids.end());
   long last = 0;
   std::ifstream("/proc/sys/kernel/ns_last_pid") >> last;
   // Needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE, which CRIU needs anyway;
   // without it CheckPidsFree and CRIU still say what collided.
   if (top > last) std::ofstream("/proc/sys/kernel/ns_last_pid") << top;
 }
+
+namespace {
+
+// The files a snapshot provides (its server's weights) go only into this
+// host's weights directory (HOTBOOT_WEIGHTS_DIR or the default, never a
+// directory the snapshot names), under their content-hash names. CRIU's
+// images map them at the build's path, so the build's directory must be this
+// host's. Checked before anything is written: the directory is safe (not a
+// symlink, ours, not writable by others), every file's section is in the
+// snapshot with the size and content hash the manifest claims, and what must
+// be extracted fits under kMaxProvidedBytes and in the directory's free space.
+Result<std::optional<SafeDir>> CheckProvidedFiles(const Manifest& m, const snapfile::SnapshotReader& reader) {
+  const auto& files = m.process.provided_files;
+  if (files.empty()) return std::optional<SafeDir>();
+  uint64_t claimed = 0;
+  for (const auto& f : files) claimed += f.size;  // ParseManifest bounded the sum to 2^50
+  if (claimed > kMaxProvidedBytes) {
+    return Incompatible("the snapshot's provided files (process.provided_files) claim " + std::to_string(claimed) +
+                        " bytes, more than the " + std::to_string(kMaxProvidedBytes) + " a restore extracts");
+  }
+  const std::string local = ResolveWeightsDir();
+  const std::string here = local == "none" ? local : fs::path(local).lexically_normal().string();
+  if (here != m.process.weights_dir) {
+    return Incompatible("the snapshot's server maps its weights from " + m.process.weights_dir +
+                        " (process.weights_dir, the build host's weights directory) and this host's is " + here +
+                        ": set HOTBOOT_WEIGHTS_DIR=" + m.process.weights_dir + " for the restore (or build with " +
+                        "this host's directory)");
+  }
+  HB_ASSIGN_OR_RETURN(SafeDir dir, SafeDir::Open(here, /*create=*/true));
+  uint64_t missing = 0;
+  for (size_t i = 0; i < files.size(); ++i) {
+    const ProvidedFile& f = files[i];
+    const std::string at = "manifest: process.provided_files[" + std::to_string(i) + "]";
+    const snapfile::SectionInfo* sec = reader.FindSection(f.section);
+    if (!sec) return Corrupt(at + ": the snapshot has no section '" + f.section + "'");
+    if (sec->raw_size != f.size || sec->content_hash.Hex() != f.content_hash) {
+      return Corrupt(at + ": " + f.name + " claims " + std::to_string(f.size) + " bytes with content hash " +
+                     f.content_hash + ", its section holds " + std::to_string(sec->raw_size) + " bytes with " +
+                     sec->content_hash.Hex());
+    }
+    struct stat st{};
+    if (::fstatat(dir.fd(), f.name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode) ||
+        static_cast<uint64_t>(st.st_size) != f.size) {
+      missing += f.size;
+    }
+  }
+  HB_ASSIGN_OR_RETURN(const uint64_t avail, dir.FreeBytes());
+  if (missing > avail) {
+    return Incompatible("the snapshot provides " + std::to_string(missing) + " bytes of files this host lacks, and " +
+                        "its weights directory " + dir.path() + " has " + std::to_string(avail) + " bytes free: " +
+                        "free space there, or restore where the files are");
+  }
+  return std::optional<SafeDir>(std::move(dir));
+}
+
+// Reuses a file already in the directory when its size and content hash
+// match, else extracts it through an O_EXCL temporary that formats checks
+// before it is renamed into place. The reuse check hashes the file (about
+// 0.1 s per GB from the page cache): an entry of the right name and size is
+// not enough, since a damaged file would be mapped by the replica as is.
+// timings_ms "weights_check" is that part of "weights".
+Status PlaceProvidedFiles(const Manifest& m, const snapfile::SnapshotReader& reader, const SafeDir& dir, int threads,
+                          RestoreResult* res) {
+  double hash_ms = 0;
+  for (const ProvidedFile& f : m.process.provided_files) {
+    double ms = 0;
+    HB_ASSIGN_OR_RETURN(CacheEntry e, CheckCacheFile(dir, f.name, f.size, f.content_hash, &ms));
+    hash_ms += ms;
+    if (e == CacheEntry::kPresent) continue;
+    HB_RETURN_IF_ERROR(ExtractToCache(reader, f.section, dir, f.name, threads).Prefixed("weights file " + f.name));
+  }
+  res->timings_ms["weights_check"] = hash_ms;
+  return Status::Ok();
+}
+
+}  // namespace
 
 Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, const RestoreEvents& ev,
                                      CudaDriver* cuda) {
@@ -311,11 +489,16 @@ Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, con
   HB_ASSIGN_OR_RETURN(std::shared_ptr<host::Job> job, host::Job::Start({.kind = "restore"}));
 
   phase("open");
-  HB_ASSIGN_OR_RETURN(auto reader, snapfile::SnapshotReader::Open(opts.snapshot_path, {opts.base_path}));
-  json manifest = json::parse(reader->manifest_json(), nullptr, false);
-  if (!manifest.is_object() || manifest.value("format", "") != "hotboot-snapshot-manifest") {
-    return Corrupt(opts.snapshot_path + ": manifest is not a hotboot snapshot manifest");
-  }
+  HB_ASSIGN_OR_RETURN(auto reader, snapfile::SnapshotReader::Open(
+                                        opts.snapshot_path, {.base_path = opts.base_path,
+                                                             .check_chunk_hashes = opts.check_chunk_hashes}));
+  // Who signed it decides, before a byte is written or a process started.
+  res.trust = reader->trust();
+  HB_RETURN_IF_ERROR(snapfile::CheckTrust(*reader, opts.trust));
+  // Parsed once, every field checked and bounded: nothing below reads JSON.
+  auto parsed = ParseManifest(reader->manifest_json());
+  if (!parsed.ok()) return parsed.status().Prefixed(opts.snapshot_path);
+  const Manifest manifest = std::move(parsed).value();
 
   // Before this process starts a thread or CRIU: new PIDs are handed out
   // above the ones the snapshot's tree must get back.
@@ -340,7 +523,8 @@ Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, con
   // CUDA context (about 0.2 s on an H100): that check runs beside the unpack
   // and the CRIU restore and is joined before the GPU state is restored; if
   // the memory is not there after all, the restored tree is ended unready.
-  const json gpu_manifest = manifest.contains("gpu") ? json{{"gpu", manifest["gpu"]}} : json::object();
+  Manifest gpu_manifest;
+  gpu_manifest.gpu = manifest.gpu;
   const std::string refused = "snapshot " + opts.snapshot_path + " cannot be restored on this host";
   auto fits = CheckGpuCompatibility(gpu_manifest, cuda, /*free_memory=*/false);
   if (!fits.ok()) return fits.status().Prefixed(refused);
@@ -353,7 +537,10 @@ Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, con
       return std::make_pair(std::move(pairs), MsSince(tg));
     });
   }
-  const int gpu_processes = manifest.contains("gpu") ? manifest["gpu"].value("processes", 0) : 0;
+  const int gpu_processes = manifest.gpu ? manifest.gpu->processes : 0;
+  // The weights directory and what the snapshot would put there, checked
+  // before anything is written.
+  HB_ASSIGN_OR_RETURN(std::optional<SafeDir> weights_dir, CheckProvidedFiles(manifest, *reader));
   res.timings_ms["check"] = MsSince(t0);
 
   phase("unpack");
@@ -368,36 +555,14 @@ Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, con
   HB_RETURN_IF_ERROR(reader->ExtractTo(images, "criu/", opts.threads));
   res.timings_ms["unpack"] = MsSince(tu);
 
-  // Files the snapshot provides (the server's weights): reuse one already on
-  // this host (content-addressed name, same size; the digest check below
-  // catches anything else), or extract it next to its final path and rename,
-  // never rewriting a file another replica maps.
   phase("weights");
   const auto tw = Clock::now();
-  const json provided = manifest.value("process", json::object()).value("provided_files", json::array());
-  for (const auto& f : provided) {
-    const std::string path = f.value("path", ""), section = f.value("section", "");
-    const uint64_t size = f.value("size", uint64_t{0});
-    std::error_code ec;
-    if (path.empty() || section.rfind("weights/", 0) != 0) return Corrupt("manifest: bad provided_files entry");
-    if (fs::exists(path, ec) && fs::file_size(path, ec) == size) continue;
-    const fs::path dir = fs::path(path).parent_path();
-    fs::create_directories(dir, ec);
-    const fs::path stage = dir / (".extract." + std::to_string(::getpid()));
-    fs::create_directories(stage, ec);
-    if (ec) return IoError("create " + stage.string() + ": " + ec.message());
-    Status s = reader->ExtractTo(stage.string(), section.substr(0, section.rfind('/') + 1), opts.threads);
-    const fs::path got = stage / fs::path(section).filename();
-    if (s.ok() && ::rename(got.c_str(), path.c_str()) != 0) s = ErrnoError("rename " + got.string(), errno);
-    fs::remove_all(stage, ec);
-    HB_RETURN_IF_ERROR(s.Prefixed("weights for " + path));
-  }
+  if (weights_dir) HB_RETURN_IF_ERROR(PlaceProvidedFiles(manifest, *reader, *weights_dir, opts.threads, &res));
   res.timings_ms["weights"] = MsSince(tw);
 
   phase("criu-restore");
   const auto tr = Clock::now();
-  const json proc = manifest.value("process", json::object());
-  std::vector<std::string> keys = proc.value("fd_keys", std::vector<std::string>{});
+  const std::vector<std::string>& keys = manifest.process.fd_keys;
   HB_ASSIGN_OR_RETURN(ReplicaPipes pipes, MakeReplicaPipes(opts.log_file));
   CriuRestoreOptions ro;
   ro.images_dir = images;
@@ -457,12 +622,11 @@ Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, con
   return res;
 }
 
-Result<RestoreResult> ColdBootFromManifest(const json& manifest, const RestoreOptions& opts,
+Result<RestoreResult> ColdBootFromManifest(const Manifest& manifest, const RestoreOptions& opts,
                                            const RestoreEvents& ev) {
   const auto t0 = Clock::now();
   const auto origin = TimeOrigin(opts, t0);
-  std::vector<std::string> cmd =
-      manifest.value("process", json::object()).value("command", std::vector<std::string>{});
+  const std::vector<std::string>& cmd = manifest.process.command;
   if (cmd.empty()) return FailedPrecondition("the manifest records no server command to boot cold");
   HB_ASSIGN_OR_RETURN(const int port, ReplicaPort(manifest, opts.port));
   if (!PortAvailable(opts.host, port)) {
@@ -480,10 +644,9 @@ Result<RestoreResult> ColdBootFromManifest(const json& manifest, const RestoreOp
   HB_ASSIGN_OR_RETURN(auto replica, LaunchReplica(lo, ev.on_server_log));
   RestoreResult res;
   if (transparent) {
-    const json http = manifest.value("http", json::object());
+    const std::string ready_path = manifest.http ? manifest.http->ready_path : "/health";
     auto gone = [&]() -> std::string { return replica->Exited() ? "it exited: " + replica->FinalLogTail() : ""; };
-    HB_RETURN_IF_ERROR(WaitHttpReady(opts.host, port, http.value("ready_path", "/health"), std::chrono::minutes(10),
-                                     gone)
+    HB_RETURN_IF_ERROR(WaitHttpReady(opts.host, port, ready_path, std::chrono::minutes(10), gone)
                            .Prefixed("cold boot"));
   } else {
     auto warm = replica->WaitForState("warm", std::chrono::minutes(10));

@@ -43,14 +43,9 @@ class MappedOut {
   uint8_t* at(uint64_t off) { return base_ + off; }
   // Names the file after its content and publishes it.
   Result<std::string> Publish(const std::string& dir) {
-    const XXH128_hash_t h = XXH3_128bits(base_, size_);
-    char name[96];
-    std::snprintf(name, sizeof name, "/gpu-weights-%016llx%016llx.bin", static_cast<unsigned long long>(h.high64),
-                  static_cast<unsigned long long>(h.low64));
-    const std::string path = dir + name;
     // Same name, same content: replacing it is harmless to processes that
     // already read or map the old inode.
-    if (::rename(tmp_.c_str(), path.c_str()) != 0) return ErrnoError("rename " + tmp_, errno);
+    HB_ASSIGN_OR_RETURN(std::string path, PublishByContent(dir, tmp_, "gpu-weights", base_, size_));
     tmp_.clear();
     ::chmod(path.c_str(), 0444);
     return path;

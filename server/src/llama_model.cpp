@@ -79,14 +79,10 @@ class WeightFile {
   // Ends allocation, names the file after its content, makes it read-only.
   Status Seal(const std::string& dir) {
     kernels::SetArena(nullptr);
-    XXH128_hash_t h = XXH3_128bits(arena_.base, arena_.used);
-    char name[80];
-    std::snprintf(name, sizeof name, "/weights-%016llx%016llx.bin", static_cast<unsigned long long>(h.high64),
-                  static_cast<unsigned long long>(h.low64));
-    path_ = dir + name;
-    // Replacing a file of the same name is safe: same content, and processes
-    // mapping the old one keep its inode.
-    if (::rename(tmp_.c_str(), path_.c_str()) != 0) return ErrnoError("rename " + tmp_, errno);
+    // Named by the XXH3-128 of the whole file (not only the arena's used
+    // part): the content hash a snapshot's section of it has, which is how
+    // a restore finds and checks it in the weights directory.
+    HB_ASSIGN_OR_RETURN(path_, PublishByContent(dir, tmp_, "weights", arena_.base, arena_.size));
     tmp_.clear();
     if (::mprotect(arena_.base, arena_.size, PROT_READ) != 0) return ErrnoError("mprotect weights", errno);
     return Status::Ok();

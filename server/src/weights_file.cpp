@@ -14,6 +14,8 @@
 #include <limits>
 #include <optional>
 
+#include <xxhash.h>
+
 namespace hotboot {
 
 namespace {
@@ -50,12 +52,6 @@ Status NoRoom(const std::string& dir, uint64_t need, std::optional<uint64_t> ava
 
 }  // namespace
 
-std::string ResolveWeightsDir(const std::string& configured) {
-  if (!configured.empty()) return configured;
-  const char* env = std::getenv("HOTBOOT_WEIGHTS_DIR");
-  return env && *env ? env : kDefaultWeightsDir;
-}
-
 Result<uint64_t> FreeBytes(const std::string& dir) {
   struct statvfs v{};
   if (::statvfs(dir.c_str(), &v) != 0) return ErrnoError("statvfs " + dir, errno);
@@ -84,18 +80,15 @@ Status ReserveFileSpace(int fd, const std::string& path, const std::string& dir,
 
 Result<MappedTemp> CreateMappedTemp(const std::string& dir, const std::string& prefix, size_t bytes,
                                     NoRoomAdvice advice, FreeBytesFn free_bytes) {
-  static std::atomic<int> seq{0};
-  std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  if (ec) return IoError("create " + dir + ": " + ec.message());
+  HB_ASSIGN_OR_RETURN(SafeDir sd, SafeDir::Open(dir));
   // The quick check, with the clearest message; the reservation below is the
   // one that holds (another process may fill the directory in between).
   HB_ASSIGN_OR_RETURN(const uint64_t avail, free_bytes(dir));
   if (avail < bytes) return NoRoom(dir, bytes, avail, advice, "");
   MappedTemp t;
-  t.path = dir + "/" + prefix + "." + std::to_string(::getpid()) + "." + std::to_string(seq++);
-  const int fd = ::open(t.path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0) return ErrnoError("create " + t.path, errno);
+  std::string name;
+  HB_ASSIGN_OR_RETURN(const int fd, sd.CreateTemp(prefix, &name));
+  t.path = sd.PathOf(name);
   Status s = ReserveFileSpace(fd, t.path, dir, bytes, advice);
   void* p = MAP_FAILED;
   if (s.ok()) {
@@ -104,12 +97,44 @@ Result<MappedTemp> CreateMappedTemp(const std::string& dir, const std::string& p
   }
   ::close(fd);
   if (!s.ok()) {
-    ::unlink(t.path.c_str());
+    sd.Unlink(name);
     return s;
   }
   t.base = static_cast<uint8_t*>(p);
   t.size = bytes;
   return t;
+}
+
+Result<std::string> PublishByContent(const std::string& dir, const std::string& tmp_path, const std::string& kind,
+                                     const uint8_t* bytes, size_t size) {
+  HB_ASSIGN_OR_RETURN(SafeDir sd, SafeDir::Open(dir));
+  const XXH128_hash_t h = XXH3_128bits(bytes, size);
+  const std::string name = kind + "-" + snapfile::Digest128{h.high64, h.low64}.Hex() + ".bin";
+  const std::string tmp = std::filesystem::path(tmp_path).filename().string();
+  // Never replace a file of that name: a replica or a build may map it, and
+  // a build refuses a server that maps a deleted file. When one is there
+  // already (another server of the same model published first), and it
+  // holds these bytes, our mapping is moved onto it (same bytes, same
+  // address) and our temporary removed: every process maps the one file.
+  if (::renameat2(sd.fd(), tmp.c_str(), sd.fd(), name.c_str(), RENAME_NOREPLACE) == 0) return sd.PathOf(name);
+  if (errno != EEXIST) return ErrnoError("rename " + sd.PathOf(tmp) + " to " + name, errno);
+  const int fd = ::openat(sd.fd(), name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) return ErrnoError("open " + sd.PathOf(name), errno);
+  auto same = HashFileXxh128(fd, sd.PathOf(name));
+  Status st;
+  if (!same.ok()) {
+    st = same.status();
+  } else if (*same != name.substr(kind.size() + 1, 32)) {
+    // Damaged: replace it (whoever maps it keeps its inode).
+    st = sd.Rename(tmp, name);
+  } else if (::mmap(const_cast<uint8_t*>(bytes), size, PROT_READ, MAP_SHARED | MAP_FIXED, fd, 0) == MAP_FAILED) {
+    st = ErrnoError("map " + sd.PathOf(name), errno);
+  } else {
+    sd.Unlink(tmp);
+  }
+  ::close(fd);
+  HB_RETURN_IF_ERROR(st);
+  return sd.PathOf(name);
 }
 
 }  // namespace hotboot

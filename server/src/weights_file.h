@@ -11,15 +11,10 @@
 #include <cstdint>
 #include <string>
 
+#include "hotboot/node_cache.h"  // ResolveWeightsDir, kDefaultWeightsDir, SafeDir
 #include "hotboot/status.h"
 
 namespace hotboot {
-
-inline constexpr const char* kDefaultWeightsDir = "/dev/shm/hotboot-weights";
-
-// `configured` (LoadOptions::weights_dir) when set, else $HOTBOOT_WEIGHTS_DIR
-// when set, else kDefaultWeightsDir. May be "none".
-std::string ResolveWeightsDir(const std::string& configured);
 
 // What the error for a directory without room advises besides another
 // directory and a larger /dev/shm: whether "none" (anonymous memory) is a way
@@ -43,9 +38,20 @@ struct MappedTemp {
   size_t size = 0;
 };
 
-// Creates `dir`, checks that it has `bytes` free (`free_bytes`: a seam for
-// tests), creates <dir>/<prefix>.<pid>.<n>, reserves its space and maps it.
-// On failure nothing is left behind.
+// Creates `dir` when missing and checks it as restore does (SafeDir: not a
+// symlink, owned by this process's euid, not group/other-writable), checks
+// that it has `bytes` free (`free_bytes`: a seam for tests), creates
+// <dir>/<prefix>.<pid>.<n> with openat(O_EXCL|O_NOFOLLOW), reserves its space
+// and maps it. On failure nothing is left behind.
+// Publishes `tmp_path` (from CreateMappedTemp, mapped at `bytes`) under its
+// content-hash name `<kind>-<XXH3-128 of the whole file>.bin` in `dir`
+// (checked again) and returns that path. A file of that name already there
+// with the same bytes is kept, and the caller's mapping is moved onto it
+// (MAP_FIXED, read-only, same address), so the process maps the published
+// file and never a deleted one.
+Result<std::string> PublishByContent(const std::string& dir, const std::string& tmp_path, const std::string& kind,
+                                     const uint8_t* bytes, size_t size);
+
 Result<MappedTemp> CreateMappedTemp(const std::string& dir, const std::string& prefix, size_t bytes,
                                     NoRoomAdvice advice, FreeBytesFn free_bytes = &FreeBytes);
 

@@ -17,6 +17,7 @@
 
 #include "hotboot/host_info.h"
 #include "hotboot/http_client.h"
+#include "hotboot/node_cache.h"
 #include "hotboot/snapshot_file.h"
 
 namespace hotboot {
@@ -141,7 +142,7 @@ class WorkDir {
 // What the warm phase of a build found, whichever way the server is driven.
 struct Warm {
   int port = 0;
-  json canary;                 // the manifest's warm.canary
+  ManifestCanary canary;       // the manifest's warm.canary
   json frozen = json::object();  // before_capture's reply (cooperative)
   double ready_ms = 0, warmup_ms = 0, quiesce_ms = 0;
 };
@@ -150,7 +151,8 @@ using PhaseFn = std::function<void(const std::string&)>;
 
 // Runs the canary `iterations` times; every answer must repeat the first.
 // Fills first/warm latency and the bound a restored replica must meet.
-Status RecordCanary(int iterations, const std::function<Result<std::pair<json, double>>()>& once, json* canary) {
+Status RecordCanary(int iterations, const std::function<Result<std::pair<json, double>>()>& once,
+                    ManifestCanary* canary) {
   std::vector<double> latencies;
   json first;
   for (int i = 0; i < iterations; ++i) {
@@ -166,11 +168,11 @@ Status RecordCanary(int iterations, const std::function<Result<std::pair<json, d
   std::vector<double> steady(latencies.begin() + 1, latencies.end());
   std::sort(steady.begin(), steady.end());
   const double warm_latency = steady[steady.size() / 2];
-  (*canary)["first_latency_ms"] = latencies.front();
-  (*canary)["warm_latency_ms"] = warm_latency;
+  canary->first_latency_ms = latencies.front();
+  canary->warm_latency_ms = warm_latency;
   // The first request after a restore pays cold CPU caches and page-table
   // warmup that a warm replica does not; allow a margin, not an order.
-  (*canary)["latency_bound_ms"] = std::max(3.0 * warm_latency, warm_latency + 200.0);
+  canary->latency_bound_ms = std::max(3.0 * warm_latency, warm_latency + 200.0);
   return Status();
 }
 
@@ -207,10 +209,13 @@ Result<Warm> WarmCooperative(const BuildSpec& spec, Replica& replica, const Phas
     answer = *r;
     return std::make_pair((*r)["tokens"], (*r)["client_latency_ms"].get<double>());
   }, &w.canary));
-  w.canary["prompt"] = spec.canary.prompt;
-  w.canary["max_tokens"] = spec.canary.max_tokens;
-  w.canary["tokens"] = answer["tokens"];
-  w.canary["text"] = answer["text"];
+  w.canary.prompt = spec.canary.prompt;
+  w.canary.max_tokens = spec.canary.max_tokens;
+  for (const auto& t : answer["tokens"]) {
+    if (!t.is_number_integer()) return Corrupt("the canary's answer has a token that is not an integer: " + t.dump());
+    w.canary.tokens.push_back(t.get<int64_t>());
+  }
+  if (answer["text"].is_string()) w.canary.text = answer["text"].get<std::string>();
 
   phase("quiesce");
   const auto tq = Clock::now();
@@ -257,9 +262,9 @@ Result<Warm> WarmTransparent(const BuildSpec& spec, Replica& replica, const Phas
     expected = v;
     return std::make_pair(v, r.elapsed_ms);
   }, &w.canary));
-  w.canary["request"] = t.canary.ToJson();
-  w.canary["compare"] = t.canary_compare;
-  w.canary["expected"] = expected;
+  w.canary.request = ManifestHttpCall{t.canary.method, t.canary.path, t.canary.body};
+  w.canary.compare = t.canary_compare;
+  w.canary.expected = expected;
 
   phase("quiesce");
   const auto tq = Clock::now();
@@ -272,6 +277,86 @@ Result<Warm> WarmTransparent(const BuildSpec& spec, Replica& replica, const Phas
   }
   w.quiesce_ms = MsSince(tq);
   return w;
+}
+
+// A string member of a server's reply, or "" (a reply is not trusted to
+// have the types it should).
+std::string StringOr(const json& j, const char* key) {
+  if (!j.is_object()) return "";
+  auto it = j.find(key);
+  return it != j.end() && it->is_string() ? it->get<std::string>() : "";
+}
+
+// The files the server maps, into the manifest: registered weights files
+// (`provided`) become weights/ sections, provided by the snapshot; every
+// other file must exist on the restoring host with the same content, so its
+// XXH3-128 is recorded. A registered file must be in this host's weights
+// directory and carry its content-hash name: the snapshot records that name
+// and the directory, never a path, and restore finds it only there.
+Status RecordFiles(const std::vector<MappedFile>& files, const std::set<std::string>& provided, ManifestProcess* p,
+                   std::vector<snapfile::SectionSource>* sections) {
+  std::string dir;
+  if (!provided.empty()) {
+    HB_ASSIGN_OR_RETURN(SafeDir d, SafeDir::Open(ResolveWeightsDir(), /*create=*/false));
+    dir = d.path();
+  }
+  for (const auto& f : files) {
+    if (!provided.count(f.path)) {
+      HB_ASSIGN_OR_RETURN(std::string hash, HashPathXxh128(f.path));
+      p->mapped_files.push_back({f.path, f.size, std::move(hash)});
+      continue;
+    }
+    const fs::path path(f.path);
+    ProvidedFile pf;
+    pf.name = path.filename().string();
+    if (path.parent_path().string() != dir) {
+      return FailedPrecondition("the server registered " + f.path + " as a weights file, but it is not in this " +
+                                "host's weights directory " + dir + " (HOTBOOT_WEIGHTS_DIR): restore would not " +
+                                "find it there");
+    }
+    if (!ParseContentName(pf.name, &pf.content_hash)) {
+      return FailedPrecondition("the server registered " + f.path + " as a weights file, but its name is not its " +
+                                "content hash (weights-<XXH3-128 hex>.bin)");
+    }
+    pf.size = f.size;
+    pf.section = "weights/" + pf.name;
+    p->provided_files.push_back(pf);
+    snapfile::SectionSource src;
+    src.name = pf.section;
+    src.file_path = f.path;
+    src.elem = snapfile::ElemType::kBf16;  // packed bf16 panels (kernels/ arena)
+    // CRIU's restore checks a mapped file's mode against the dump's: the
+    // copy restore extracts gets the mode recorded here.
+    struct stat st{};
+    if (::stat(f.path.c_str(), &st) != 0) return ErrnoError("stat " + f.path, errno);
+    src.mode = st.st_mode & 07777;
+    sections->push_back(std::move(src));
+  }
+  p->weights_dir = dir;
+  return Status::Ok();
+}
+
+// Each weights section's content hash (computed by the writer as it packed
+// the file) must be the one its name claims; else the snapshot is removed.
+Status CheckProvidedSections(const std::string& out_path, const ManifestProcess& p) {
+  if (p.provided_files.empty()) return Status::Ok();
+  Status s;
+  auto reader = snapfile::SnapshotReader::Open(out_path);
+  if (!reader.ok()) {
+    s = reader.status();
+  } else {
+    for (const auto& f : p.provided_files) {
+      const snapfile::SectionInfo* sec = (*reader)->FindSection(f.section);
+      if (!sec || sec->content_hash.Hex() != f.content_hash || sec->raw_size != f.size) {
+        s = FailedPrecondition("the weights file " + f.name + " does not hold what its name says (its bytes hash to " +
+                               (sec ? sec->content_hash.Hex() : std::string("?")) + "); it changed while the " +
+                               "build packed it, or its server names it wrongly");
+        break;
+      }
+    }
+  }
+  if (!s.ok()) ::unlink(out_path.c_str());
+  return s;
 }
 
 }  // namespace
@@ -350,6 +435,21 @@ Result<BuildSpec> BuildSpec::FromJson(const json& j) {
     return InvalidArgument("build spec: canary needs max_tokens >= 1 and iterations >= 2");
   }
   return s;
+}
+
+std::vector<std::string> BuildSpec::Warnings() const {
+  std::vector<std::string> out;
+  if (transparent() && !http.after_restore) {
+    out.push_back(
+        "this transparent snapshot has no after_restore hook: every replica restored from it resumes "
+        "with the build's random state (Python's random, NumPy, torch generators), boot id and "
+        "anything else the server drew at start, so replicas that sample would draw the same "
+        "\"random\" values and hand out the same ids. Give the server an endpoint that reseeds "
+        "from the entropy restore sends (headers Hotboot-Instance and Hotboot-Entropy) and name it "
+        "with --after-restore PATH or the spec's http.after_restore (tools/examples/"
+        "http_model_server.py has one).");
+  }
+  return out;
 }
 
 void RemoveStaleBuildFiles(const std::string& out_path) {
@@ -465,59 +565,52 @@ Result<BuildResult> BuildSnapshot(const BuildSpec& spec, const std::string& out_
       if (w.is_string()) provided.insert(w.get<std::string>());
     }
   }
-  json jfiles = json::array(), jprovided = json::array();
+  Manifest m;
   std::vector<snapfile::SectionSource> extra_sections;
-  for (const auto& f : files) {
-    if (provided.count(f.path)) {
-      const std::string section = "weights/" + fs::path(f.path).filename().string();
-      jprovided.push_back({{"path", f.path}, {"size", f.size}, {"section", section}});
-      snapfile::SectionSource src;
-      src.name = section;
-      src.file_path = f.path;
-      src.elem = snapfile::ElemType::kBf16;  // packed bf16 panels (kernels/ arena)
-      extra_sections.push_back(std::move(src));
-    } else {
-      jfiles.push_back({{"path", f.path}, {"size", f.size}});
-    }
-  }
+  HB_RETURN_IF_ERROR(RecordFiles(files, provided, &m.process, &extra_sections));
   uint64_t images_bytes = 0;
   for (const auto& e : fs::recursive_directory_iterator(images, ec)) {
     if (e.is_regular_file()) images_bytes += e.file_size();
   }
 
-  json manifest = {
-      {"format", kManifestFormat},
-      {"manifest_version", kManifestVersion},
-      {"tool_version", HOTBOOT_VERSION},
-      {"created_at", NowUtc()},
-      {"mode", spec.mode},
-      {"host", ToJson(host)},
-      {"criu", {{"version", criu_version}, {"images_bytes", images_bytes}, {"log_level", dopt.log_level}}},
-      {"process",
-       {{"command", spec.command},
-        {"cwd", lo.cwd},
-        {"pid_namespace", lo.new_pid_namespace},
-        {"pids", tids},
-        {"fd_keys", keys},
-        {"mapped_files", jfiles},
-        {"provided_files", jprovided}}},
-      {"server", {{"host", spec.host}, {"build_port", port}, {"instance", frozen.value("instance", "")}}},
-      {"warm", {{"digest", frozen.value("digest", "")}, {"canary", w.canary}}},
-      {"timings_ms",
-       {{"launch_to_warm", w.ready_ms},
-        {"builder_warmup", w.warmup_ms},
-        {"quiesce", w.quiesce_ms},
-        {"criu_dump", dump_ms}}},
-      {"labels", spec.labels},
-  };
+  m.tool_version = HOTBOOT_VERSION;
+  m.created_at = NowUtc();
+  m.mode = spec.mode;
+  m.host = ManifestHost{host.hostname, host.kernel, host.arch, host.cpu_model, host.cpus, {}};
+  for (const auto& f : IsaFlags(host.cpu_flags)) m.host.isa_flags.push_back(f);
+  m.criu = ManifestCriu{criu_version, images_bytes, dopt.log_level};
+  m.process.command = spec.command;
+  m.process.cwd = lo.cwd;
+  m.process.pid_namespace = lo.new_pid_namespace;
+  m.process.pids.assign(tids.begin(), tids.end());
+  m.process.fd_keys = keys;
+  m.server = ManifestServer{spec.host, port, StringOr(frozen, "instance")};
+  m.warm.digest = StringOr(frozen, "digest");
+  m.warm.canary = w.canary;
+  m.timings_ms = {{"launch_to_warm", w.ready_ms},
+                  {"builder_warmup", w.warmup_ms},
+                  {"quiesce", w.quiesce_ms},
+                  {"criu_dump", dump_ms}};
+  m.labels = spec.labels;
   if (spec.transparent()) {
-    manifest["http"] = {{"port", spec.http.port}, {"ready_path", spec.http.ready_path}};
-    if (spec.http.after_restore) manifest["http"]["after_restore"] = spec.http.after_restore->ToJson();
+    m.http = ManifestHttp{spec.http.port, spec.http.ready_path, std::nullopt};
+    if (const auto& h = spec.http.after_restore) m.http->after_restore = ManifestHttpCall{h->method, h->path, h->body};
   }
   if (!gpu.empty()) {
-    manifest["gpu"] = ToJson(gpu.info());
-    manifest["timings_ms"]["gpu_lock"] = gpu.info().lock_ms;
-    manifest["timings_ms"]["gpu_checkpoint"] = gpu.info().checkpoint_ms;
+    const GpuCaptureInfo& g = gpu.info();
+    m.gpu.emplace();
+    m.gpu->driver_version = g.driver_version;
+    m.gpu->cuda_version = g.cuda_version;
+    m.gpu->processes = g.processes;
+    for (size_t i = 0; i < g.devices.size(); ++i) {
+      const GpuDevice& d = g.devices[i];
+      m.gpu->devices.push_back({d.ordinal, d.uuid, d.name, d.cc_major, d.cc_minor, d.total_bytes,
+                                i < g.used_bytes.size() ? g.used_bytes[i] : 0});
+    }
+    m.gpu->lock_ms = g.lock_ms;
+    m.gpu->checkpoint_ms = g.checkpoint_ms;
+    m.SetTiming("gpu_lock", g.lock_ms);
+    m.SetTiming("gpu_checkpoint", g.checkpoint_ms);
   }
 
   phase("pack");
@@ -529,19 +622,28 @@ Result<BuildResult> BuildSnapshot(const BuildSpec& spec, const std::string& out_
   snapfile::WriteOptions wo;
   wo.zstd_level = spec.zstd_level;
   wo.base_path = spec.base_snapshot;
-  manifest["timings_ms"]["total_before_pack"] = MsSince(t0);
+  m.SetTiming("total_before_pack", MsSince(t0));
+  // What restore will read, checked before anything is written: a value
+  // out of the manifest's bounds (a huge canary answer, labels) fails the
+  // build here, not every restore later.
+  const std::string manifest_json = ToJson(m);
+  if (auto back = ParseManifest(manifest_json); !back.ok()) {
+    return back.status().Prefixed("the manifest this build would write does not read back");
+  }
   // The writer's temporary (out_path.tmp.PID, renamed into place at the end).
   const std::string snapshot_tmp = out_path + ".tmp." + std::to_string(::getpid());
   HB_RETURN_IF_ERROR(job->AddTemporary(snapshot_tmp));
-  HB_RETURN_IF_ERROR(snapfile::WriteSnapshot(out_path, manifest.dump(), sections, wo, ev.on_pack_progress));
+  HB_RETURN_IF_ERROR(snapfile::WriteSnapshot(out_path, manifest_json, sections, wo, ev.on_pack_progress));
   job->DropTemporary(snapshot_tmp);
-  manifest["timings_ms"]["pack"] = MsSince(tp);
+  HB_RETURN_IF_ERROR(CheckProvidedSections(out_path, m.process));
+  m.SetTiming("pack", MsSince(tp));
 
   BuildResult res;
   res.path = out_path;
-  res.manifest = manifest;
+  res.manifest = m;
   res.images_bytes = images_bytes;
-  for (const auto& w : jprovided) res.weights_bytes += w.value("size", uint64_t{0});
+  res.warnings = spec.Warnings();
+  for (const auto& f : m.process.provided_files) res.weights_bytes += f.size;
   struct stat st{};
   if (::stat(out_path.c_str(), &st) == 0) res.file_size = static_cast<uint64_t>(st.st_size);
   phase("done");

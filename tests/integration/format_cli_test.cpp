@@ -43,7 +43,9 @@ TEST(FormatCli, OneSectionInspectedAndExtracted) {
   CmdResult x = RunCmd({Bin("hotboot"), "inspect", TinySnapshot(), "--section", name, "--extract", out});
   ASSERT_EQ(x.exit_code, 0) << x.err;
   json m = InspectJson({TinySnapshot()})["manifest"];
-  const std::string original = m["process"]["provided_files"][0]["path"];
+  // Provided files are named by content hash in the weights directory (issue 12).
+  const std::string original = m["process"]["weights_dir"].get<std::string>() + "/" +
+                               m["process"]["provided_files"][0]["name"].get<std::string>();
   EXPECT_TRUE(ReadFile(out) == ReadFile(original));
   CmdResult missing = RunCmd({Bin("hotboot"), "inspect", TinySnapshot(), "--section", "nope"});
   EXPECT_NE(missing.exit_code, 0);

@@ -86,10 +86,12 @@ TEST(GpuFake, BuildCheckpointsTheServerAndRestorePairsAndUnlocksIt) {
   EXPECT_LT(IndexOf(build_gpu.calls, "lock "), IndexOf(build_gpu.calls, "checkpoint "));
   EXPECT_LT(IndexOf(phases, "quiesce"), IndexOf(phases, "gpu-checkpoint"));
   EXPECT_LT(IndexOf(phases, "gpu-checkpoint"), IndexOf(phases, "dump"));
-  const auto& gpu = built->manifest.at("gpu");
-  EXPECT_EQ(gpu.at("processes"), 1);
-  EXPECT_EQ(gpu.at("devices").at(0).at("uuid"), kBuildGpu);
-  EXPECT_EQ(gpu.at("devices").at(0).at("used_bytes"), 6ull << 30);
+  ASSERT_TRUE(built->manifest.gpu.has_value());
+  const ManifestGpu& gpu = *built->manifest.gpu;
+  EXPECT_EQ(gpu.processes, 1);
+  ASSERT_EQ(gpu.devices.size(), 1u);
+  EXPECT_EQ(gpu.devices.at(0).uuid, kBuildGpu);
+  EXPECT_EQ(gpu.devices.at(0).used_bytes, 6ull << 30);
 
   // Another host: the same GPU model under another UUID.
   FakeCudaDriver here = DriverWith(kOtherGpu, CudaProcessState::kCheckpointed);

@@ -92,7 +92,9 @@ TEST(Spine, RestoredReplicaIsReadyAndAnswersTheCanary) {
 TEST(Spine, WeightsTravelInTheSnapshotAndAreMappedNotCopied) {
   const json m = Manifest()["manifest"];
   ASSERT_EQ(m["process"]["provided_files"].size(), 1u) << m["process"].dump();
-  const std::string weights = m["process"]["provided_files"][0]["path"];
+  // Provided files are named by content hash in the weights directory (issue 12).
+  const std::string weights = m["process"]["weights_dir"].get<std::string>() + "/" +
+                              m["process"]["provided_files"][0]["name"].get<std::string>();
   // A fresh host has no weights file: restore extracts it from the snapshot.
   unlink(weights.c_str());
   int port = FreePort();

@@ -45,21 +45,32 @@ class RestoreFake : public ::testing::Test {
   }
   void TearDown() override { fs::remove_all(dir_); }
 
-  std::string WriteSnap(const json& manifest) {
+  std::string WriteSnap(const Manifest& m) { return WriteRaw(ToJson(m)); }
+  std::string WriteRaw(const std::string& manifest) {
     std::string p = (dir_ / "s.hbsnap").string();
     std::vector<snapfile::SectionSource> secs(2);
     secs[0].name = "criu/inventory.img";
     secs[0].bytes = "inventory";
     secs[1].name = "criu/pages-1.img";
     secs[1].bytes = std::string(1 << 20, '\0');
-    EXPECT_TRUE(snapfile::WriteSnapshot(p, manifest.dump(), secs).ok());
+    EXPECT_TRUE(snapfile::WriteSnapshot(p, manifest, secs).ok());
     return p;
   }
 
-  json Fitting() {
+  // A manifest this host fits (its own ISA flags, CRIU 4.2.1).
+  Manifest Fitting() {
     HostInfo h = ReadHostInfo();
-    return {{"format", kManifestFormat}, {"host", ToJson(h)}, {"criu", {{"version", "4.2.1"}}},
-            {"process", {{"fd_keys", {"pipe:[1]", "pipe:[2]", "pipe:[3]"}}}}};
+    Manifest m;
+    m.host = ManifestHost{h.hostname, h.kernel, h.arch, h.cpu_model, h.cpus, {}};
+    for (const auto& f : IsaFlags(h.cpu_flags)) m.host.isa_flags.push_back(f);
+    m.criu.version = "4.2.1";
+    m.process.command = {"/bin/true"};
+    m.process.fd_keys = {"pipe:[1]", "pipe:[2]", "pipe:[3]"};
+    m.warm.digest = "0123456789abcdef0123456789abcdef";
+    m.warm.canary.prompt = "hi";
+    m.warm.canary.max_tokens = 4;
+    m.warm.canary.tokens = {1, 2, 3, 4};
+    return m;
   }
 
   RestoreOptions Opts(const std::string& snap) {
@@ -76,8 +87,8 @@ class RestoreFake : public ::testing::Test {
 };
 
 TEST_F(RestoreFake, IncompatibleHostTouchesNothing) {
-  json m = Fitting();
-  m["host"]["isa_flags"].push_back("avx10_imaginary");
+  Manifest m = Fitting();
+  m.host.isa_flags.push_back("avx10_imaginary");
   FakeCriu criu;
   auto r = RestoreReplica(Opts(WriteSnap(m)), criu, {});
   ASSERT_FALSE(r.ok());
@@ -118,18 +129,19 @@ TEST_F(RestoreFake, CriuFailureIsReportedAndCleanedUp) {
 
 TEST_F(RestoreFake, NotAManifestIsCorrupt) {
   FakeCriu criu;
-  auto r = RestoreReplica(Opts(WriteSnap({{"format", "something-else"}})), criu, {});
+  auto r = RestoreReplica(Opts(WriteRaw(R"({"format":"something-else"})")), criu, {});
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), Code::kCorrupt);
+  EXPECT_EQ(criu.restores, 0);
+  EXPECT_TRUE(WorkIsEmpty());
 }
 
-json GpuManifest(json m, const std::string& name) {
-  GpuCaptureInfo g;
-  g.driver_version = "580.65.06";
-  g.processes = 1;
-  g.devices = {test::FakeCudaDriver::Device(0, "GPU-11111111-2222-3333-4444-555555555555", name)};
-  g.used_bytes = {8ull << 30};
-  m["gpu"] = ToJson(g);
+Manifest GpuManifest(Manifest m, const std::string& name) {
+  const GpuDevice d = test::FakeCudaDriver::Device(0, "GPU-11111111-2222-3333-4444-555555555555", name);
+  m.gpu.emplace();
+  m.gpu->driver_version = "580.65.06";
+  m.gpu->processes = 1;
+  m.gpu->devices = {{d.ordinal, d.uuid, d.name, d.cc_major, d.cc_minor, d.total_bytes, 8ull << 30}};
   return m;
 }
 

@@ -19,7 +19,9 @@
 #include "hotboot/criu.h"
 #include "hotboot/gpu.h"
 #include "hotboot/host_info.h"
+#include "hotboot/manifest.h"
 #include "hotboot/replica.h"
+#include "hotboot/signing.h"
 #include "hotboot/status.h"
 
 namespace hotboot {
@@ -30,10 +32,17 @@ struct CompatProblem {
 };
 
 // Everything that makes the snapshot unusable on `host` with `criu_version`
-// (empty when it fits). Reads only the manifest and the local filesystem.
-std::vector<CompatProblem> CheckCompatibility(const nlohmann::json& manifest, const HostInfo& host,
-                                              const std::string& criu_version);
+// (empty when it fits). Reads only the manifest and the local filesystem:
+// every mapped file must exist with the size and (manifest version 2) the
+// XXH3-128 content hash recorded at build; *hash_ms (when given) gets what
+// hashing them took.
+std::vector<CompatProblem> CheckCompatibility(const Manifest& manifest, const HostInfo& host,
+                                              const std::string& criu_version, double* hash_ms = nullptr);
 std::string DescribeProblems(const std::vector<CompatProblem>& problems);
+
+// The most a snapshot's provided files (process.provided_files) may add up
+// to: a restore refuses a larger claim before writing anything.
+inline constexpr uint64_t kMaxProvidedBytes = uint64_t{1} << 40;  // 1 TiB
 
 // True when host:port can be bound now.
 bool PortAvailable(const std::string& host, int port);
@@ -48,8 +57,13 @@ struct RestoreOptions {
   std::string log_file;
   std::string work_root;  // where images are unpacked; default $TMPDIR or /tmp
   std::chrono::milliseconds verify_timeout{std::chrono::minutes(2)};
-  uint64_t seed = 0;          // 0: random
-  std::string instance;       // empty: generated
+  // Every replica gets a new identity and fresh entropy (server/CONTROL.md
+  // "Uniqueness"), never anything taken from the snapshot. These two override
+  // that for tests and reproducibility only: a nonzero seed makes the entropy
+  // (and a generated instance id) a function of it, so replicas restored with
+  // the same seed share their random state again.
+  uint64_t seed = 0;          // 0: 32 fresh bytes from getrandom(2)
+  std::string instance;       // empty: generated ("r-" + 12 hex digits); else [A-Za-z0-9._-]{1,64}
   int threads = 0;            // unpack threads; 0: all cores
   bool skip_latency_check = false;
   // The instant the restore is timed from: what the caller waited for before
@@ -57,6 +71,16 @@ struct RestoreOptions {
   // dynamic linking, option parsing, loading the CUDA driver) counts as the
   // phase "startup", and time_to_ready_ms includes it. Unset: from the call.
   std::optional<std::chrono::steady_clock::time_point> started;
+  // Which signers this host trusts (hotboot/signing.h). When in force, a
+  // snapshot that is unsigned, signed by no trusted key or badly signed is
+  // refused with Code::kUntrusted right after it is opened, before anything
+  // is written or started; without a policy the snapshot is restored
+  // unverified (the CLI warns). Either way every chunk of a format 1.1
+  // snapshot is checked against its SHA-256 as it is read.
+  snapfile::TrustPolicy trust;
+  // Off only for `hotboot bench trust`, which measures what the chunk
+  // hashes cost a restore; nothing that uses a replica turns it off.
+  bool check_chunk_hashes = true;
 };
 
 struct RestoreEvents {
@@ -76,10 +100,26 @@ struct RestoreResult {
   // ending in "_overlapped" ran beside the others and is not part of that sum.
   nlohmann::json timings_ms = nlohmann::json::object();
   bool cold = false;  // true when this is a cold boot fallback
+  // The snapshot's trust record as its reader checked it when it was opened
+  // (signatures, root; format 1.0: none).
+  snapfile::TrustInfo trust;
   // False for a transparent server: no control channel, so detaching is
   // just letting go of it.
   bool control_channel = true;
 };
+
+// What restore hands a replica so that it is not a copy of the build
+// (server/CONTROL.md "Uniqueness"): sent in the control protocol's
+// after_restore, or to a transparent server's after_restore HTTP hook as the
+// headers Hotboot-Instance and Hotboot-Entropy.
+struct ReplicaIdentity {
+  std::string instance;  // new for every restore
+  std::string entropy;   // 64 lowercase hex digits: 32 bytes from getrandom(2)
+  uint64_t seed = 0;     // the entropy's first 8 bytes, little-endian (the protocol's older "seed")
+};
+// Fresh for every call (getrandom(2); an error only if the kernel refuses),
+// unless opts.seed / opts.instance override it (see RestoreOptions).
+Result<ReplicaIdentity> NewReplicaIdentity(const RestoreOptions& opts);
 
 // Fails with Code::kIncompatible (and touches nothing) when the snapshot
 // cannot run here; with kCorrupt/kTruncated when its bytes are bad.
@@ -94,21 +134,21 @@ Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, con
 // kIncompatible saying why the snapshot's GPU state cannot go on this host.
 // Without `free_memory` no CUDA context is made (fast) and only the GPUs'
 // model, compute capability and count are checked.
-Result<std::vector<GpuPair>> CheckGpuCompatibility(const nlohmann::json& manifest, CudaDriver* cuda,
+Result<std::vector<GpuPair>> CheckGpuCompatibility(const Manifest& manifest, CudaDriver* cuda,
                                                    bool free_memory = true);
 
 // A snapshot built without a PID namespace of its own (process.pid_namespace
 // false) comes back with the PIDs in process.pids: kIncompatible naming
 // those in use on this host.
-Status CheckPidsFree(const nlohmann::json& manifest);
+Status CheckPidsFree(const Manifest& manifest);
 // For such a snapshot: moves the PID counter (ns_last_pid) past its PIDs so
 // that the threads and processes a restore starts do not take them first.
 // Best effort (needs the privilege CRIU needs).
-void ReservePids(const nlohmann::json& manifest);
+void ReservePids(const Manifest& manifest);
 
 // Boots the server recorded in the snapshot's manifest cold, on opts.port,
 // and waits until it is warm: the fallback when the snapshot cannot be used.
-Result<RestoreResult> ColdBootFromManifest(const nlohmann::json& manifest, const RestoreOptions& opts,
+Result<RestoreResult> ColdBootFromManifest(const Manifest& manifest, const RestoreOptions& opts,
                                            const RestoreEvents& ev);
 
 // Replaces "--port N" (or appends it) in a server command line.

@@ -13,6 +13,7 @@
 #include "hotboot/criu.h"
 #include "hotboot/gpu.h"
 #include "hotboot/http_client.h"
+#include "hotboot/manifest.h"
 #include "hotboot/replica.h"
 #include "hotboot/status.h"
 
@@ -33,7 +34,11 @@ struct TransparentSpec {
   // ("/tokens"); empty: the whole body.
   std::string canary_compare;
   std::vector<HttpCall> warmup;  // sent once each after it is ready
-  std::optional<HttpCall> before_capture, after_restore;  // optional hooks
+  // Optional hooks. after_restore is how a restored replica gets its new
+  // instance id and fresh entropy (restore adds them to the request: README
+  // "Transparent mode"); without it every replica replays the build's random
+  // state, and build warns.
+  std::optional<HttpCall> before_capture, after_restore;
 };
 
 // zstd levels a build accepts (its spec's "zstd_level", `hotboot build
@@ -78,6 +83,9 @@ struct BuildSpec {
   nlohmann::json labels = nlohmann::json::object();
 
   static Result<BuildSpec> FromJson(const nlohmann::json& j);
+  // What is legal but probably wrong about this spec, one paragraph each
+  // (a transparent server without an after_restore hook).
+  std::vector<std::string> Warnings() const;
 };
 
 struct BuildEvents {
@@ -88,10 +96,11 @@ struct BuildEvents {
 
 struct BuildResult {
   std::string path;
-  nlohmann::json manifest;
+  Manifest manifest;  // as written (plus the pack time)
   uint64_t file_size = 0;
   uint64_t images_bytes = 0;   // raw CRIU image size
   uint64_t weights_bytes = 0;  // raw size of the registered weight files
+  std::vector<std::string> warnings;  // BuildSpec::Warnings(), for the caller to show
 };
 
 // Writes out_path atomically: a failed or killed build leaves no file there.
@@ -105,8 +114,6 @@ Result<BuildResult> BuildSnapshot(const BuildSpec& spec, const std::string& out_
 // earlier left next to out_path (their owner PID no longer runs).
 void RemoveStaleBuildFiles(const std::string& out_path);
 
-// Manifest format marker and the version of the manifest schema.
-inline constexpr const char* kManifestFormat = "hotboot-snapshot-manifest";
-inline constexpr int kManifestVersion = 1;
+// The manifest's format marker and schema version: hotboot/manifest.h.
 
 }  // namespace hotboot
