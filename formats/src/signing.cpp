@@ -46,9 +46,12 @@ Result<Hash256> RawPublic(EVP_PKEY* k, const std::string& path) {
   return raw;
 }
 
-// Reads a small file opened without following a symlink at its last component.
-Result<std::string> ReadKeyFile(int dirfd, const std::string& name, const std::string& shown, struct stat* st_out) {
-  int fd = ::openat(dirfd, name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+// Reads a small key file. A file the user named (follow) may be a symlink (a
+// mounted secret often is); one found in a trust directory may not, so that
+// a link planted there cannot add a key from elsewhere.
+Result<std::string> ReadKeyFile(int dirfd, const std::string& name, const std::string& shown, struct stat* st_out,
+                                bool follow) {
+  int fd = ::openat(dirfd, name.c_str(), O_RDONLY | (follow ? 0 : O_NOFOLLOW) | O_NONBLOCK | O_CLOEXEC);
   if (fd < 0) {
     if (errno == ELOOP) return FailedPrecondition(shown + " is a symbolic link; key files must be regular files");
     return ErrnoError("open " + shown, errno);
@@ -185,7 +188,7 @@ Result<PublicKey> GenerateKeyPair(const std::string& path) {
 }
 
 Result<PrivateKey> LoadPrivateKey(const std::string& path) {
-  HB_ASSIGN_OR_RETURN(std::string pem, ReadKeyFile(AT_FDCWD, path, path, nullptr));
+  HB_ASSIGN_OR_RETURN(std::string pem, ReadKeyFile(AT_FDCWD, path, path, nullptr, /*follow=*/true));
   Bio bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())), BIO_free);
   if (!bio) return Internal("out of memory");
   EVP_PKEY* k = PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr);
@@ -201,7 +204,7 @@ Result<PrivateKey> LoadPrivateKey(const std::string& path) {
 }
 
 Result<PublicKey> LoadPublicKey(const std::string& path) {
-  HB_ASSIGN_OR_RETURN(std::string pem, ReadKeyFile(AT_FDCWD, path, path, nullptr));
+  HB_ASSIGN_OR_RETURN(std::string pem, ReadKeyFile(AT_FDCWD, path, path, nullptr, /*follow=*/true));
   return ParsePublicKey(pem, path);
 }
 
@@ -398,7 +401,7 @@ Result<TrustPolicy> LoadTrustPolicy(const std::vector<std::string>& key_files, c
   for (const auto& n : names) {
     const std::string shown = trust_dir + "/" + n;
     struct stat kst{};
-    auto pem = ReadKeyFile(::dirfd(d), n, shown, &kst);
+    auto pem = ReadKeyFile(::dirfd(d), n, shown, &kst, /*follow=*/false);
     if (!pem.ok()) {
       s = pem.status().Prefixed("trust directory");
       break;

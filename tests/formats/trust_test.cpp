@@ -481,6 +481,10 @@ TEST_F(Trust, TrustDirectoryLoadsItsKeysAndRefusesWhatCouldBePlanted) {
   ::chmod(P("open").c_str(), 01777);  // sticky, as /tmp: accepted
   EXPECT_TRUE(LoadTrustPolicy({}, P("open/sub")).ok());
 
+  // Named on the command line, a key may be a symlink (mounted secrets are).
+  fs::create_symlink(P("b.key.pub"), P("named-link.pub"));
+  EXPECT_TRUE(LoadTrustPolicy({P("named-link.pub")}, "").ok());
+
   // The directory itself as a symlink: refused.
   fs::create_directory_symlink(dir, P("trust-link"));
   EXPECT_FALSE(LoadTrustPolicy({}, P("trust-link")).ok());
