@@ -30,16 +30,16 @@ std::string Octal(mode_t m) {
 Status CheckDirFd(int fd, const std::string& path) {
   struct stat st{};
   if (::fstat(fd, &st) != 0) return ErrnoError("stat " + path, errno);
-  if (!S_ISDIR(st.st_mode)) return FailedPrecondition(path + " is not a directory: remove it (rm " + path + ")");
+  if (!S_ISDIR(st.st_mode)) return Incompatible(path + " is not a directory: remove it (rm " + path + ")");
   const uid_t euid = ::geteuid();
   if (st.st_uid != euid) {
-    return FailedPrecondition("the weights directory " + path + " is owned by uid " + std::to_string(st.st_uid) +
+    return Incompatible("the weights directory " + path + " is owned by uid " + std::to_string(st.st_uid) +
                               ", not by uid " + std::to_string(euid) + " (this process): someone else made it " +
                               "first; remove it (rm -r " + path + ") or give it to uid " + std::to_string(euid) +
                               " (chown " + std::to_string(euid) + " " + path + ") if you trust what is in it");
   }
   if (st.st_mode & (S_IWGRP | S_IWOTH)) {
-    return FailedPrecondition("the weights directory " + path + " (mode " + Octal(st.st_mode) +
+    return Incompatible("the weights directory " + path + " (mode " + Octal(st.st_mode) +
                               ") is writable by group or others, who could replace the files replicas map: " +
                               "chmod go-w " + path);
   }
@@ -93,10 +93,10 @@ Result<SafeDir> SafeDir::Open(const std::string& path_in, bool create) {
     const int err = errno;
     struct stat st{};
     if (::lstat(path.c_str(), &st) == 0 && S_ISLNK(st.st_mode)) {
-      return FailedPrecondition("the weights directory " + path + " is a symbolic link, which hotboot does not " +
+      return Incompatible("the weights directory " + path + " is a symbolic link, which hotboot does not " +
                                 "follow (someone may steer its writes elsewhere): remove it (rm " + path + ")");
     }
-    if (err == ENOTDIR) return FailedPrecondition(path + " is not a directory: remove it (rm " + path + ")");
+    if (err == ENOTDIR) return Incompatible(path + " is not a directory: remove it (rm " + path + ")");
     return ErrnoError("open the weights directory " + path, err);
   }
   SafeDir d;
@@ -170,7 +170,7 @@ Result<CacheEntry> CheckCacheFile(const SafeDir& dir, const std::string& name, u
   if (fd < 0) {
     if (errno == ENOENT) return CacheEntry::kMissing;
     if (errno == ELOOP) {
-      return FailedPrecondition(path + " is a symbolic link, not a weights file hotboot wrote: remove it (rm " + path +
+      return Incompatible(path + " is a symbolic link, not a weights file hotboot wrote: remove it (rm " + path +
                                 ")");
     }
     return ErrnoError("open " + path, errno);
@@ -181,7 +181,7 @@ Result<CacheEntry> CheckCacheFile(const SafeDir& dir, const std::string& name, u
   if (::fstat(fd, &st) != 0) {
     s = ErrnoError("stat " + path, errno);
   } else if (!S_ISREG(st.st_mode)) {
-    s = FailedPrecondition(path + " is not a regular file: remove it (rm " + path + ")");
+    s = Incompatible(path + " is not a regular file: remove it (rm " + path + ")");
   } else if (static_cast<uint64_t>(st.st_size) != size) {
     out = CacheEntry::kWrongSize;
   } else {

@@ -436,8 +436,14 @@ Result<std::optional<SafeDir>> CheckProvidedFiles(const Manifest& m, const snapf
                      sec->content_hash.Hex());
     }
     struct stat st{};
-    if (::fstatat(dir.fd(), f.name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode) ||
-        static_cast<uint64_t>(st.st_size) != f.size) {
+    if (::fstatat(dir.fd(), f.name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+      missing += f.size;
+    } else if (!S_ISREG(st.st_mode)) {
+      // hotboot only ever renames regular files in: a symlink or anything
+      // else there was planted, and is not followed or replaced.
+      return Incompatible(dir.PathOf(f.name) + " is not a regular file (a symbolic link or other planted entry): " +
+                          "remove it (rm " + dir.PathOf(f.name) + ") and restore again");
+    } else if (static_cast<uint64_t>(st.st_size) != f.size) {
       missing += f.size;
     }
   }
