@@ -17,6 +17,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <optional>
 #include <regex>
 #include <string>
@@ -206,6 +208,103 @@ TEST(WeightsDir, OptionsThenEnvironmentThenDevShm) {
   EXPECT_EQ(ResolveWeightsDir(""), "/data/w");
   EXPECT_EQ(ResolveWeightsDir("none"), "none");
   saved ? ::setenv("HOTBOOT_WEIGHTS_DIR", saved->c_str(), 1) : ::unsetenv("HOTBOOT_WEIGHTS_DIR");
+}
+
+// Issue 12: the weights directory is created 0755 whatever the umask, and a
+// directory that is a symlink, writable by group or others, or owned by
+// another user is refused (saying what to do) before any file is made in it.
+class SafeWeightsDirTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = fs::temp_directory_path() / ("hotboot-safe-wdir." + std::to_string(::getpid()));
+    fs::remove_all(root_);
+    fs::create_directories(root_);
+  }
+  void TearDown() override { fs::remove_all(root_); }
+  Status Create(const fs::path& dir) {
+    auto t = CreateMappedTemp(dir.string(), ".t", 4096, NoRoomAdvice::kNeedAFile);
+    if (!t.ok()) return t.status();
+    ::munmap(t->base, t->size);
+    ::unlink(t->path.c_str());
+    return Status::Ok();
+  }
+  fs::path root_;
+};
+
+TEST_F(SafeWeightsDirTest, CreatedOwnedAndNotWritableByOthers) {
+  const mode_t old = ::umask(0);
+  const fs::path dir = root_ / "made";
+  Status s = Create(dir);
+  ::umask(old);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  struct stat st{};
+  ASSERT_EQ(::lstat(dir.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISDIR(st.st_mode));
+  EXPECT_EQ(st.st_mode & 07777, 0755u);
+  EXPECT_EQ(st.st_uid, ::geteuid());
+}
+
+TEST_F(SafeWeightsDirTest, SymlinkGroupWritableOrForeignDirectoryIsRefused) {
+  const fs::path elsewhere = root_ / "elsewhere";
+  fs::create_directories(elsewhere);
+  fs::create_directory_symlink(elsewhere, root_ / "link");
+  Status s = Create(root_ / "link");
+  EXPECT_EQ(s.code(), Code::kIncompatible) << s.ToString();
+  EXPECT_NE(s.message().find("is a symbolic link"), std::string::npos) << s.message();
+  EXPECT_TRUE(fs::is_empty(elsewhere));
+
+  fs::create_directories(root_ / "gw");
+  ::chmod((root_ / "gw").c_str(), 0775);
+  s = Create(root_ / "gw");
+  EXPECT_NE(s.message().find("chmod go-w " + (root_ / "gw").string()), std::string::npos) << s.message();
+  EXPECT_TRUE(fs::is_empty(root_ / "gw"));
+
+  if (::geteuid() != 0) GTEST_SKIP() << "chown to another uid needs root";
+  fs::create_directories(root_ / "theirs");
+  ::chmod((root_ / "theirs").c_str(), 0755);
+  ASSERT_EQ(::chown((root_ / "theirs").c_str(), 65534, 65534), 0);
+  s = Create(root_ / "theirs");
+  EXPECT_NE(s.message().find("owned by uid 65534"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("rm -r " + (root_ / "theirs").string()), std::string::npos) << s.message();
+  EXPECT_TRUE(fs::is_empty(root_ / "theirs"));
+}
+
+// The name is the XXH3-128 of the whole file (the content hash a snapshot's
+// section of it has); a second publication of the same bytes keeps the first
+// file (a replica may map it) and moves the caller's mapping onto it.
+TEST_F(SafeWeightsDirTest, PublishedByTheContentHashOfTheWholeFileNeverReplaced) {
+  const std::string dir = (root_ / "w").string();
+  auto publish = [&](char fill) -> std::pair<std::string, uint8_t*> {
+    auto t = CreateMappedTemp(dir, ".t", 3 * 4096, NoRoomAdvice::kNeedAFile);
+    EXPECT_TRUE(t.ok()) << t.status().ToString();
+    std::memset(t->base, fill, 4096);  // the rest stays zero: still part of the name
+    auto p = PublishByContent(dir, t->path, "weights", t->base, t->size);
+    EXPECT_TRUE(p.ok()) << p.status().ToString();
+    return {p.ok() ? *p : "", t->base};
+  };
+  auto [first, base1] = publish('a');
+  auto hash = HashPathXxh128(first);
+  ASSERT_TRUE(hash.ok());
+  EXPECT_EQ(first, dir + "/weights-" + *hash + ".bin");
+  struct stat a{}, b{};
+  ASSERT_EQ(::stat(first.c_str(), &a), 0);
+  auto [second, base2] = publish('a');
+  EXPECT_EQ(second, first);
+  ASSERT_EQ(::stat(second.c_str(), &b), 0);
+  EXPECT_EQ(a.st_ino, b.st_ino) << "the published file was replaced";
+  EXPECT_EQ(base2[0], 'a');
+  // The second mapping is now the published file, not a deleted temporary.
+  std::string maps;
+  {
+    std::ifstream in("/proc/self/maps");
+    maps.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  EXPECT_EQ(maps.find(".t." + std::to_string(::getpid())), std::string::npos) << maps;
+  size_t files = 0;
+  for (const auto& e : fs::directory_iterator(dir)) files += e.is_regular_file();
+  EXPECT_EQ(files, 1u);
+  ::munmap(base1, 3 * 4096);
+  ::munmap(base2, 3 * 4096);
 }
 
 }  // namespace
