@@ -27,7 +27,7 @@ std::string Python() {
 std::vector<std::string> BuildArgs(const std::string& out, int port, const std::string& compare) {
   return {Bin("hotboot"), "build", "--out", out, "--json", "--port", std::to_string(port), "--canary-path",
           "/generate", "--canary-body", R"({"prompt":"The quick brown fox","max_tokens":6})", "--canary-compare",
-          compare, "--", Python(), std::string(HOTBOOT_SOURCE_DIR) + "/tools/examples/http_model_server.py",
+          compare, "--after-restore", "/after-restore", "--", Python(), std::string(HOTBOOT_SOURCE_DIR) + "/tools/examples/http_model_server.py",
           "--port", std::to_string(port)};
 }
 
@@ -39,12 +39,14 @@ TEST(Transparent, AnyHttpServerIsBuiltAndRestoredOnItsPort) {
   ASSERT_EQ(b.exit_code, 0) << b.err;
   json built = json::parse(b.out);
   EXPECT_GT(built.value("file_bytes", 0), 0);
+  EXPECT_TRUE(built["warnings"].empty()) << built["warnings"];  // it has an after_restore hook
 
   CmdResult in = RunCmd({Bin("hotboot"), "inspect", snap, "--json"});
   ASSERT_EQ(in.exit_code, 0) << in.err;
   json m = json::parse(in.out)["manifest"];
   EXPECT_EQ(m["mode"], "transparent");
   EXPECT_EQ(m["http"]["port"], port);
+  EXPECT_EQ(m["http"]["after_restore"]["path"], "/after-restore");
   const json expected = m["warm"]["canary"]["expected"];
   ASSERT_TRUE(expected.is_array());
   EXPECT_EQ(expected.size(), 6u);
