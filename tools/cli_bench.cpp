@@ -757,11 +757,13 @@ Runner AddBench(CLI::App& app) {
   fmt->add_option("--threads", a->threads,
                   "Threads for ours, for zstd -T, the write floor and the reference (default: all cores)")
       ->check(CLI::NonNegativeNumber);
-  Runner gpu;
+  Runner gpu, trust;
   AddBenchGpu(app, &gpu);
-  return [a, gpu] {
-    const int rc = gpu();
-    return rc >= 0 ? rc : RunBenchFormat(*a);
+  AddBenchTrust(app, &trust);
+  return [a, gpu, trust] {
+    if (const int rc = gpu(); rc >= 0) return rc;
+    if (const int rc = trust(); rc >= 0) return rc;
+    return RunBenchFormat(*a);
   };
 }
 

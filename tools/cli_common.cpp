@@ -39,6 +39,17 @@ int Fail(const Status& s) {
   return ExitCodeFor(s);
 }
 
+int FailJson(const Status& s, bool json_out, const nlohmann::json& extra) {
+  const int rc = Fail(s);
+  if (json_out) {
+    nlohmann::json out = {{"ok", false}, {"error", s.message()}, {"outcome", CodeName(s.code())}, {"exit", rc}};
+    for (const auto& [k, v] : extra.items()) out[k] = v;
+    std::printf("%s\n", out.dump().c_str());
+    std::fflush(stdout);
+  }
+  return rc;
+}
+
 void Note(const std::string& msg) {
   if (!g_quiet) std::fprintf(stderr, "hotboot: %s\n", msg.c_str());
 }

@@ -28,6 +28,10 @@ enum Exit : int {
 int ExitCodeFor(const Status& s);
 // Prints "hotboot: error: <message>" (and a hint) to stderr, returns the exit code.
 int Fail(const Status& s);
+// Fail, and with --json also one JSON line on stdout for the machine reading
+// it: {"ok": false, "error": message, "outcome": code name, "exit": code}
+// plus `extra`'s keys.
+int FailJson(const Status& s, bool json_out, const nlohmann::json& extra = nlohmann::json::object());
 void Note(const std::string& msg);  // "hotboot: msg" on stderr unless quiet
 void SetQuiet(bool q);
 bool Quiet();

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdlib>
 #include <filesystem>
@@ -257,8 +258,11 @@ Status Job::Record(const std::string& line) {
 Result<std::shared_ptr<Cgroup>> Job::NewCgroup() {
   if (!contained()) return std::shared_ptr<Cgroup>();
   std::lock_guard lock(mu_);
+  // Numbered across the process, not the job: jobs of one process share its
+  // owner name, and an earlier one's replica may still hold its cgroup.
+  static std::atomic<uint64_t> seq{0};
   const std::string path =
-      parent_ + "/" + kCgroupPrefix + opts_.kind + "." + owner_ + "." + std::to_string(seq_++);
+      parent_ + "/" + kCgroupPrefix + opts_.kind + "." + owner_ + "." + std::to_string(seq++);
   // Registered before it exists: a death between mkdir and the line would
   // otherwise leave it to the name-based sweep only.
   HB_RETURN_IF_ERROR(Record("cgroup " + path));

@@ -119,7 +119,6 @@ class Job {
   std::string owner_;     // "<pid>.<start>"
   std::string journal_;   // empty: no journal (state dir unusable)
   int journal_fd_ = -1;
-  int seq_ = 0;
   SweepReport swept_;
   std::unique_ptr<Janitor> janitor_;
   std::mutex mu_;
