@@ -4,7 +4,10 @@
 #include <arpa/inet.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <thread>
 
 #include "hotboot/node_cache.h"
 #include "hotboot/restore.h"
@@ -82,6 +85,11 @@ std::vector<CompatProblem> CheckCompatibility(const Manifest& m, const HostInfo&
   // trusted, so XXH3-128 suffices: the threat is a different version, not a
   // forged collision.
   const auto th = std::chrono::steady_clock::now();
+  // Files of the same size are hashed on a few threads at once, each thread
+  // taking the next file: about 4 GB/s per thread from the page cache (the
+  // reference server's 9 files, 14.6 MB: 4 ms), so a server that maps
+  // gigabytes of libraries (libtorch, cuDNN) pays its largest file, not all.
+  std::vector<const MappedFileEntry*> to_hash;
   for (const auto& f : m.process.mapped_files) {
     struct stat st{};
     if (::stat(f.path.c_str(), &st) != 0) {
@@ -91,13 +99,27 @@ std::vector<CompatProblem> CheckCompatibility(const Manifest& m, const HostInfo&
                                " bytes at build), which has " + std::to_string(st.st_size) +
                                " bytes here: a different build of that file"});
     } else if (!f.content_hash.empty()) {
-      auto h = HashPathXxh128(f.path);
-      if (!h.ok()) {
-        p.push_back({"file", "the replica maps " + f.path + ", which cannot be read here: " + h.status().message()});
-      } else if (*h != f.content_hash) {
-        p.push_back({"file", "the replica maps " + f.path + " (XXH3-128 " + f.content_hash + " at build), whose " +
-                                 "content here differs (" + *h + "): a different build of that file"});
-      }
+      to_hash.push_back(&f);
+    }
+  }
+  std::vector<std::string> found(to_hash.size());
+  std::atomic<size_t> next{0};
+  auto worker = [&] {
+    for (size_t i; (i = next++) < to_hash.size();) {
+      auto h = HashPathXxh128(to_hash[i]->path);
+      found[i] = h.ok() ? *h : "unreadable: " + h.status().message();
+    }
+  };
+  const size_t threads = std::min<size_t>(std::max(1u, std::thread::hardware_concurrency()), 8);
+  std::vector<std::thread> pool;
+  for (size_t t = 1; t < std::min(threads, to_hash.size()); ++t) pool.emplace_back(worker);
+  worker();
+  for (auto& t : pool) t.join();
+  for (size_t i = 0; i < to_hash.size(); ++i) {
+    const MappedFileEntry& f = *to_hash[i];
+    if (found[i] != f.content_hash) {
+      p.push_back({"file", "the replica maps " + f.path + " (XXH3-128 " + f.content_hash + " at build), whose " +
+                               "content here differs (" + found[i] + "): a different build of that file"});
     }
   }
   if (hash_ms) *hash_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - th).count();

@@ -4,6 +4,11 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <optional>
+
+#include <xxhash.h>
 
 #include "hotboot/builder.h"
 #include "hotboot/restore.h"
@@ -133,6 +138,64 @@ TEST_F(RestoreFake, NotAManifestIsCorrupt) {
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), Code::kCorrupt);
   EXPECT_EQ(criu.restores, 0);
+  EXPECT_TRUE(WorkIsEmpty());
+}
+
+// Issue 12: a provided file goes only into this host's weights directory,
+// under its content-hash name, checked by formats before it is renamed into
+// place; a file of that name but another size is replaced; a snapshot built
+// with another weights directory is refused before anything is written.
+TEST_F(RestoreFake, ProvidedFilesGoOnlyIntoTheWeightsDirectoryByContentHash) {
+  std::string weights(3 << 20, 'w');
+  weights[12345] = 'x';
+  const XXH128_hash_t h = XXH3_128bits(weights.data(), weights.size());
+  const std::string hash = snapfile::Digest128{h.high64, h.low64}.Hex();
+  const std::string name = "weights-" + hash + ".bin";
+  const fs::path wdir = dir_ / "weights";
+  Manifest m = Fitting();
+  m.process.provided_files = {{name, weights.size(), "weights/" + name, hash}};
+  m.process.weights_dir = wdir.string();
+  std::vector<snapfile::SectionSource> secs(2);
+  secs[0].name = "criu/inventory.img";
+  secs[0].bytes = "inventory";
+  secs[1].name = "weights/" + name;
+  secs[1].bytes = weights;
+  const std::string snap = (dir_ / "w.hbsnap").string();
+  ASSERT_TRUE(snapfile::WriteSnapshot(snap, ToJson(m), secs).ok());
+
+  const char* old = std::getenv("HOTBOOT_WEIGHTS_DIR");
+  const std::optional<std::string> saved = old ? std::optional<std::string>(old) : std::nullopt;
+  FakeCriu criu;
+  RestoreOptions o = Opts(snap);
+  o.port = 47313;
+  // Another weights directory here than at build: refused, nothing made.
+  ::setenv("HOTBOOT_WEIGHTS_DIR", (dir_ / "other").c_str(), 1);
+  auto r = RestoreReplica(o, criu, {});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Code::kIncompatible);
+  EXPECT_NE(r.status().message().find("set HOTBOOT_WEIGHTS_DIR=" + wdir.string()), std::string::npos)
+      << r.status().message();
+  EXPECT_FALSE(fs::exists(dir_ / "other"));
+  EXPECT_EQ(criu.restores, 0);
+
+  // The same directory: extracted there (a 0755 directory, the file by its
+  // content hash, nothing else), then CRIU (the fake fails).
+  ::setenv("HOTBOOT_WEIGHTS_DIR", wdir.c_str(), 1);
+  r = RestoreReplica(o, criu, {});
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("injected"), std::string::npos) << r.status().message();
+  std::vector<std::string> files;
+  for (const auto& e : fs::directory_iterator(wdir)) files.push_back(e.path().filename().string());
+  EXPECT_EQ(files, std::vector<std::string>{name});
+  std::ifstream in(wdir / name, std::ios::binary);
+  EXPECT_TRUE(std::string(std::istreambuf_iterator<char>(in), {}) == weights);
+  EXPECT_EQ(fs::status(wdir).permissions(), fs::perms(0755));
+
+  // A file of the right name but another size there is replaced.
+  fs::resize_file(wdir / name, 10);
+  r = RestoreReplica(o, criu, {});
+  EXPECT_EQ(fs::file_size(wdir / name), weights.size());
+  saved ? ::setenv("HOTBOOT_WEIGHTS_DIR", saved->c_str(), 1) : ::unsetenv("HOTBOOT_WEIGHTS_DIR");
   EXPECT_TRUE(WorkIsEmpty());
 }
 
