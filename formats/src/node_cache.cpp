@@ -199,6 +199,47 @@ Result<CacheEntry> CheckCacheFile(const SafeDir& dir, const std::string& name, u
   return out;
 }
 
+namespace {
+
+// "dev ino size ctime_sec ctime_nsec" of `name` in `dir`, not following a
+// symlink; empty when it is not a regular file.
+std::string Identity(const SafeDir& dir, const std::string& name) {
+  struct stat st{};
+  if (::fstatat(dir.fd(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode)) return "";
+  return std::to_string(st.st_dev) + " " + std::to_string(st.st_ino) + " " + std::to_string(st.st_size) + " " +
+         std::to_string(st.st_ctim.tv_sec) + " " + std::to_string(st.st_ctim.tv_nsec) + "\n";
+}
+
+std::string MarkName(const std::string& name) { return "." + name + ".signed"; }
+
+}  // namespace
+
+bool HasSignedMark(const SafeDir& dir, const std::string& name) {
+  const std::string id = Identity(dir, name);
+  if (id.empty()) return false;
+  const int fd = ::openat(dir.fd(), MarkName(name).c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) return false;
+  struct stat st{};
+  char buf[128];
+  ssize_t n = -1;
+  if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == ::geteuid()) n = ::read(fd, buf, sizeof buf);
+  ::close(fd);
+  return n > 0 && std::string(buf, static_cast<size_t>(n)) == id;
+}
+
+Status WriteSignedMark(const SafeDir& dir, const std::string& name) {
+  const std::string id = Identity(dir, name);
+  if (id.empty()) return Internal(dir.PathOf(name) + " is not a regular file to mark");
+  std::string tmp;
+  HB_ASSIGN_OR_RETURN(const int fd, dir.CreateTemp(".mark", &tmp));
+  Status s;
+  if (::write(fd, id.data(), id.size()) != static_cast<ssize_t>(id.size())) s = ErrnoError("write " + dir.PathOf(tmp), errno);
+  ::close(fd);
+  if (s.ok()) s = dir.Rename(tmp, MarkName(name));
+  if (!s.ok()) dir.Unlink(tmp);
+  return s;
+}
+
 Status ExtractToCache(const snapfile::SnapshotReader& reader, const std::string& section, const SafeDir& dir,
                       const std::string& name, int threads) {
   const snapfile::SectionInfo* sec = reader.FindSection(section);

@@ -468,13 +468,17 @@ Result<std::optional<SafeDir>> CheckProvidedFiles(const Manifest& m, const snapf
 // weights' bytes and refuses a replica whose file was damaged anyway. What
 // this does not cover is a file planted under a colliding XXH3-128 name by a
 // snapshot this host restored earlier (XXH3 is not collision-resistant):
-// see issue 12, point 8.
-Status PlaceProvidedFiles(const Manifest& m, const snapfile::SnapshotReader& reader, const SafeDir& dir,
-                          int threads) {
+// Under a trust policy that case is closed by the signed mark (node_cache.h):
+// an entry is reused only when a snapshot whose signature and chunk SHA-256s
+// were checked put this very file there; otherwise it is extracted again
+// from this (signed) snapshot, checked as it is decoded, and marked.
+Status PlaceProvidedFiles(const Manifest& m, const snapfile::SnapshotReader& reader, const SafeDir& dir, int threads,
+                          bool signature_checked) {
   for (const ProvidedFile& f : m.process.provided_files) {
     HB_ASSIGN_OR_RETURN(CacheEntry e, CheckCacheFile(dir, f.name, f.size, f.content_hash, /*verify_content=*/false));
-    if (e == CacheEntry::kPresent) continue;
+    if (e == CacheEntry::kPresent && (!signature_checked || HasSignedMark(dir, f.name))) continue;
     HB_RETURN_IF_ERROR(ExtractToCache(reader, f.section, dir, f.name, threads).Prefixed("weights file " + f.name));
+    if (signature_checked) HB_RETURN_IF_ERROR(WriteSignedMark(dir, f.name).Prefixed("weights file " + f.name));
   }
   return Status::Ok();
 }
@@ -566,7 +570,8 @@ Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, con
 
   phase("weights");
   const auto tw = Clock::now();
-  if (weights_dir) HB_RETURN_IF_ERROR(PlaceProvidedFiles(manifest, *reader, *weights_dir, opts.threads));
+  if (weights_dir) HB_RETURN_IF_ERROR(PlaceProvidedFiles(manifest, *reader, *weights_dir, opts.threads,
+                                                      opts.trust.in_force() && opts.check_chunk_hashes));
   res.timings_ms["weights"] = MsSince(tw);
 
   phase("criu-restore");

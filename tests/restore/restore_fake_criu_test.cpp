@@ -1,6 +1,8 @@
 // RestoreReplica's decisions with a fake CRIU that records calls and injects
 // faults: nothing is touched when the host does not fit, a CRIU failure is
 // reported with its log, and the unpack directory never outlives the call.
+#include <sys/stat.h>
+
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -12,6 +14,7 @@
 
 #include "hotboot/builder.h"
 #include "hotboot/restore.h"
+#include "hotboot/signing.h"
 #include "hotboot/snapshot_file.h"
 #include "../snapshot/fake_cuda.h"
 
@@ -197,6 +200,62 @@ TEST_F(RestoreFake, ProvidedFilesGoOnlyIntoTheWeightsDirectoryByContentHash) {
   EXPECT_EQ(fs::file_size(wdir / name), weights.size());
   saved ? ::setenv("HOTBOOT_WEIGHTS_DIR", saved->c_str(), 1) : ::unsetenv("HOTBOOT_WEIGHTS_DIR");
   EXPECT_TRUE(WorkIsEmpty());
+}
+
+// Issue 12, point 8: XXH3-128 names are no proof against an attacker. Under
+// a trust policy, a weights file that an unsigned snapshot put in the
+// directory is not reused: the signed snapshot's own section replaces it
+// (checked by its chunk SHA-256s as decoded) and is marked; the next signed
+// restore reuses the marked file.
+TEST_F(RestoreFake, Issue12_ASignedRestoreDoesNotReuseAFileAnUnsignedOnePut) {
+  const std::string weights(1 << 20, 's');
+  const XXH128_hash_t h = XXH3_128bits(weights.data(), weights.size());
+  const std::string hash = snapfile::Digest128{h.high64, h.low64}.Hex();
+  const std::string name = "weights-" + hash + ".bin";
+  const fs::path wdir = dir_ / "weights";
+  Manifest m = Fitting();
+  m.process.provided_files = {{name, weights.size(), "weights/" + name, hash}};
+  m.process.weights_dir = wdir.string();
+  std::vector<snapfile::SectionSource> secs(2);
+  secs[0].name = "criu/inventory.img";
+  secs[0].bytes = "inventory";
+  secs[1].name = "weights/" + name;
+  secs[1].bytes = weights;
+  const std::string snap = (dir_ / "signed.hbsnap").string();
+  ASSERT_TRUE(snapfile::WriteSnapshot(snap, ToJson(m), secs).ok());
+
+  const char* old = std::getenv("HOTBOOT_WEIGHTS_DIR");
+  const std::optional<std::string> saved = old ? std::optional<std::string>(old) : std::nullopt;
+  ::setenv("HOTBOOT_WEIGHTS_DIR", wdir.c_str(), 1);
+  auto inode = [&] {
+    struct stat st{};
+    ::stat((wdir / name).c_str(), &st);
+    return st.st_ino;
+  };
+  FakeCriu criu;
+  RestoreOptions o = Opts(snap);
+  o.port = 47314;
+  (void)RestoreReplica(o, criu, {});  // no policy: extracted, not marked
+  ASSERT_TRUE(fs::exists(wdir / name));
+  EXPECT_FALSE(fs::exists(wdir / ("." + name + ".signed")));
+  const auto unsigned_inode = inode();
+
+  const std::string key = (dir_ / "k").string();
+  ASSERT_TRUE(snapfile::GenerateKeyPair(key).ok());
+  auto pk = snapfile::LoadPrivateKey(key);
+  ASSERT_TRUE(pk.ok());
+  ASSERT_TRUE(snapfile::SignSnapshot(snap, *pk).ok());
+  auto policy = snapfile::LoadTrustPolicy({key + ".pub"}, "");
+  ASSERT_TRUE(policy.ok()) << policy.status().ToString();
+  o.trust = *policy;
+  auto r = RestoreReplica(o, criu, {});
+  EXPECT_NE(r.status().message().find("injected"), std::string::npos) << r.status().message();
+  EXPECT_NE(inode(), unsigned_inode) << "the unsigned restore's file was reused under a trust policy";
+  EXPECT_TRUE(fs::exists(wdir / ("." + name + ".signed")));
+  const auto signed_inode = inode();
+  r = RestoreReplica(o, criu, {});
+  EXPECT_EQ(inode(), signed_inode) << "a file the signed restore marked is reused";
+  saved ? ::setenv("HOTBOOT_WEIGHTS_DIR", saved->c_str(), 1) : ::unsetenv("HOTBOOT_WEIGHTS_DIR");
 }
 
 Manifest GpuManifest(Manifest m, const std::string& name) {

@@ -74,6 +74,17 @@ enum class CacheEntry { kMissing, kPresent, kWrongSize, kWrongContent };
 Result<CacheEntry> CheckCacheFile(const SafeDir& dir, const std::string& name, uint64_t size,
                                   const std::string& content_hash, bool verify_content, double* hash_ms = nullptr);
 
+// A file's XXH3-128 name is no proof against an attacker (XXH3 is not
+// collision-resistant): a file an unsigned snapshot put there could collide
+// with a signed one's. Restore under a trust policy therefore reuses an
+// entry only when a sidecar `.<name>.signed`, written after the entry was
+// extracted from a snapshot whose signature and chunk SHA-256s were checked,
+// names this very inode (st_dev, st_ino, size, ctime); otherwise it extracts
+// the file again and writes the sidecar. A file replaced since (a rename
+// over it) is another inode, so an old sidecar never vouches for it.
+bool HasSignedMark(const SafeDir& dir, const std::string& name);
+Status WriteSignedMark(const SafeDir& dir, const std::string& name);
+
 // XXH3-128 of an open file's bytes from offset 0 (its size as fstat says),
 // 32 lowercase hex digits: the content hash the snapshot format gives a
 // section of the same bytes.
