@@ -7,6 +7,7 @@
 // 139), a message naming the field or the file, nothing written outside the
 // work directory (the weights directory and every directory a manifest names
 // are listed before and after), and no hotboot-server left running.
+#include <signal.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -157,6 +158,30 @@ TEST_F(Hostile, TheRepackedSnapshotIsValid) {
   CmdResult in = RunCmd({Bin("hotboot"), "inspect", snap, "--json"});
   ASSERT_EQ(in.exit_code, 0) << in.err;
   EXPECT_EQ(json::parse(in.out)["manifest"]["process"]["weights_dir"], weights_.string());
+}
+
+// A version 1 manifest (provided files by path, no content hashes) of the
+// same snapshot still restores, under the content-hash rule.
+TEST_F(Hostile, AVersion1ManifestStillRestores) {
+  auto rd = snapfile::SnapshotReader::Open(TinySnapshot());
+  ASSERT_TRUE(rd.ok());
+  json v1 = json::parse((*rd)->manifest_json());
+  const std::string dir = v1["process"]["weights_dir"];  // where the build's images map it
+  v1["manifest_version"] = 1;
+  v1["process"].erase("weights_dir");
+  for (auto& f : v1["process"]["mapped_files"]) f.erase("content_hash");
+  for (auto& f : v1["process"]["provided_files"]) {
+    f = {{"path", dir + "/" + f["name"].get<std::string>()}, {"size", f["size"]}, {"section", f["section"]}};
+  }
+  const std::string snap = Repack("v1.hbsnap", v1);
+  ::setenv("HOTBOOT_WEIGHTS_DIR", dir.c_str(), 1);
+  const int port = FreePort();
+  CmdResult r = RunCmd({Bin("hotboot"), "restore", snap, "--port", std::to_string(port), "--detach", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const json out = json::parse(r.out, nullptr, false);
+  EXPECT_EQ(HttpStatus(port, "/readyz"), 200);
+  ::kill(out.value("pid", -1), SIGKILL);
+  for (int i = 0; i < 50 && PidAlive(out.value("pid", -1)); ++i) ::usleep(100 * 1000);
 }
 
 // Version 1 manifests named provided files by path: absolute elsewhere,
