@@ -62,6 +62,13 @@ class Obj {
     if (!v) return Status::Ok();
     return ReadStr(*v, Join(path_, key), out, max);
   }
+  // Free text (a prompt, a model's answer): any bytes JSON can carry, NUL
+  // included (a model may well emit one); bounded like any string.
+  Status Text(std::string_view key, std::string* out, bool required) const {
+    HB_ASSIGN_OR_RETURN(const json* v, Member(key, required));
+    if (!v) return Status::Ok();
+    return ReadStr(*v, Join(path_, key), out, kManifestMaxString, /*allow_nul=*/true);
+  }
   Status U64(std::string_view key, uint64_t* out, bool required, uint64_t max = kManifestMaxSize) const {
     HB_ASSIGN_OR_RETURN(const json* v, Member(key, required));
     if (!v) return Status::Ok();
@@ -109,14 +116,14 @@ class Obj {
     return v;
   }
 
-  static Status ReadStr(const json& v, const std::string& path, std::string* out, size_t max) {
+  static Status ReadStr(const json& v, const std::string& path, std::string* out, size_t max, bool allow_nul = false) {
     if (!v.is_string()) return WrongType(path, "a string", v);
     const auto& s = v.get_ref<const std::string&>();
     if (s.size() > max) {
       return Bad(path, "a string of " + std::to_string(s.size()) + " bytes, more than the " + std::to_string(max) +
                            " allowed");
     }
-    if (s.find('\0') != std::string::npos) return Bad(path, "a string with a NUL byte");
+    if (!allow_nul && s.find('\0') != std::string::npos) return Bad(path, "a string with a NUL byte");
     *out = s;
     return Status::Ok();
   }
@@ -376,7 +383,7 @@ Status ReadCanary(const Obj& o, bool transparent, ManifestCanary* c) {
     HB_ASSIGN_OR_RETURN(const json* expected, o.Member("expected", true));
     return ReadFreeJson(*expected, Join(o.path(), "expected"), &c->expected);
   }
-  HB_RETURN_IF_ERROR(o.Str("prompt", &c->prompt, true));
+  HB_RETURN_IF_ERROR(o.Text("prompt", &c->prompt, true));
   HB_RETURN_IF_ERROR(o.Int("max_tokens", &c->max_tokens, true, 1, static_cast<int>(kManifestMaxTokens)));
   HB_ASSIGN_OR_RETURN(const json* tokens, o.Array("tokens", true, kManifestMaxTokens));
   for (size_t i = 0; i < tokens->size(); ++i) {
@@ -385,7 +392,7 @@ Status ReadCanary(const Obj& o, bool transparent, ManifestCanary* c) {
         Obj::ReadInt((*tokens)[i], Index(Join(o.path(), "tokens"), i), &t, 0, std::numeric_limits<int32_t>::max()));
     c->tokens.push_back(t);
   }
-  return o.Str("text", &c->text, false);
+  return o.Text("text", &c->text, false);
 }
 
 Status ReadWarm(const Obj& o, bool transparent, ManifestWarm* w) {

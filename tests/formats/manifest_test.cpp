@@ -91,6 +91,22 @@ TEST(Manifest, WhatTheBuilderWritesParsesAndRoundTrips) {
   EXPECT_EQ(t->warm.canary.expected, json({1, 2, 3}));
 }
 
+// The 1b preset's canary answer held a NUL (a model emits any token): the
+// builder's read-back check refused its own manifest and no 1b snapshot could
+// be built. Free text may hold any character; names and paths may not.
+TEST(Manifest, Regression_ACanaryAnswerWithANulIsFreeText) {
+  json j = Cooperative();
+  j["warm"]["canary"]["text"] = std::string("a\0b", 3);
+  j["warm"]["canary"]["prompt"] = std::string("p\0", 2);
+  auto m = ParseManifest(j.dump());
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
+  EXPECT_EQ(m->warm.canary.text, std::string("a\0b", 3));
+  EXPECT_EQ(ToJson(*m), ToJson(*ParseManifest(ToJson(*m))));
+  json k = Cooperative();
+  k["process"]["cwd"] = std::string("/a\0b", 4);
+  EXPECT_CORRUPT_NAMING(k, "NUL");
+}
+
 TEST(Manifest, NotJsonOrNotAnObjectOrAnotherFormatIsCorrupt) {
   EXPECT_EQ(ParseManifest("{").status().code(), Code::kCorrupt);
   EXPECT_EQ(ParseManifest("").status().code(), Code::kCorrupt);
