@@ -111,8 +111,9 @@ class ChunkDecoder {
   ChunkDecoder(const ChunkDecoder&) = delete;
   ChunkDecoder& operator=(const ChunkDecoder&) = delete;
   // Checks the stored hash, decodes into out (c.raw_size bytes), checks the
-  // raw hash. Messages say which check failed.
-  Status Decode(const ChunkInfo& c, const char* stored, char* out);
+  // raw hash. Messages say which check failed. Without check_xxh3 only the
+  // decoding itself is checked (the caller checked the stored bytes' SHA-256).
+  Status Decode(const ChunkInfo& c, const char* stored, char* out, bool check_xxh3 = true);
 
  private:
   ZSTD_DCtx* dctx_;

@@ -362,7 +362,7 @@ const SectionInfo* SnapshotReader::ResolveRef(const SectionInfo& s) const {
 }
 
 Status SnapshotReader::ReadChunkInto(const SectionInfo& s, size_t i, std::string* scratch, ChunkDecoder* dec,
-                                     char* out) const {
+                                     char* out, bool xxh3_after_sha) const {
   const ChunkInfo& c = s.chunks[i];
   // The index bounds every chunk inside the file; the mapped file is read in
   // place, without a copy.
@@ -377,7 +377,8 @@ Status SnapshotReader::ReadChunkInto(const SectionInfo& s, size_t i, std::string
   // Format 1.1: first of all, the stored bytes must be the ones the trust
   // record (and so the root a signature covers) names -- whatever the chunk
   // record's own XXH3s say, which whoever swapped the bytes could recompute.
-  if (check_hashes_ && trust_.has_chunk_hashes) {
+  const bool sha_checked = check_hashes_ && trust_.has_chunk_hashes;
+  if (sha_checked) {
     const Hash256 got = crypto::Sha256(rec_bytes + kChunkHeaderSize, c.stored_size);
     if (got != c.sha256) {
       st = Corrupt("stored checksum mismatch: the stored bytes have SHA-256 " + HexOf(got) + ", not " +
@@ -388,7 +389,7 @@ Status SnapshotReader::ReadChunkInto(const SectionInfo& s, size_t i, std::string
   ChunkInfo rec;
   if (st.ok()) st = DecodeChunkHeader(rec_bytes, static_cast<uint32_t>(kMaxChunkRaw), &rec);
   if (st.ok() && !SameChunk(rec, c)) st = Corrupt("chunk record disagrees with the index");
-  if (st.ok()) st = dec->Decode(c, rec_bytes + kChunkHeaderSize, out);
+  if (st.ok()) st = dec->Decode(c, rec_bytes + kChunkHeaderSize, out, /*check_xxh3=*/!sha_checked || xxh3_after_sha);
   if (!st.ok()) return Status(st.code(), path_ + ": " + Where(s, i, c.offset) + ": " + st.message());
   return Status::Ok();
 }
@@ -475,7 +476,10 @@ Status SnapshotReader::DecodeSections(const std::vector<const SectionInfo*>& whi
         Status cs;
         if (c.method != Method::kZero) {
           if (out[w].size() < c.raw_size) out[w].resize(c.raw_size);
-          cs = ReadChunkInto(*t.s, t.chunk, &scratch[w], &decoders[w], out[w].data());
+          // The SHA-256 covers the stored bytes (their XXH3 would say
+          // nothing more), and the decoded bytes are checked by the
+          // section's content hash behind the workers.
+          cs = ReadChunkInto(*t.s, t.chunk, &scratch[w], &decoders[w], out[w].data(), /*xxh3_after_sha=*/false);
           bytes = std::string_view(out[w].data(), c.raw_size);
         }
         if (cs.ok()) cs = sink(*t.s, c, t.raw_offset, bytes);

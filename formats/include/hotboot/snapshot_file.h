@@ -213,7 +213,11 @@ class SnapshotReader {
   SnapshotReader() = default;
   static Result<std::unique_ptr<SnapshotReader>> OpenAt(const std::string& path, const OpenOptions& opts, int depth);
   void OpenBase(const OpenOptions& opts);
-  Status ReadChunkInto(const SectionInfo& s, size_t index, std::string* scratch, ChunkDecoder* dec, char* out) const;
+  // `xxh3_after_sha`: also check the chunk's XXH3s when its SHA-256 was
+  // checked (verify does; extraction, whose sections' content hashes are
+  // checked anyway, does not: SPEC.md "Trust record", what readers check).
+  Status ReadChunkInto(const SectionInfo& s, size_t index, std::string* scratch, ChunkDecoder* dec, char* out,
+                       bool xxh3_after_sha = true) const;
   // Decodes the sections in `which` over `threads` workers and hands each
   // chunk's checked bytes to `sink` (see Order).
   Status DecodeSections(const std::vector<const SectionInfo*>& which, int threads, const ProgressFn& progress,
