@@ -149,17 +149,6 @@ TEST(Faults, ServerThatNeverGetsReadyTimesOut) {
   EXPECT_FALSE(fs::exists(out));
 }
 
-// Waits until `file` contains `needle` (or the process ends).
-bool WaitForText(pid_t pid, const std::string& file, const std::string& needle, int timeout_s) {
-  for (int i = 0; i < timeout_s * 100; ++i) {
-    if (ReadFile(file).find(needle) != std::string::npos) return true;
-    int st;
-    if (waitpid(pid, &st, WNOHANG) == pid) return false;
-    usleep(10 * 1000);
-  }
-  return false;
-}
-
 int CountServersOf(const std::string& model) {
   int n = 0;
   for (const auto& e : fs::directory_iterator("/proc")) {

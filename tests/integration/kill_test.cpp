@@ -73,17 +73,6 @@ pid_t SpawnJob(const std::vector<std::string>& argv, const std::string& log, boo
   return pid;
 }
 
-// Waits until `file` holds `needle`; false when the process ended first.
-bool WaitForText(pid_t pid, const std::string& file, const std::string& needle, int timeout_s) {
-  for (int i = 0; i < timeout_s * 200; ++i) {
-    if (ReadFile(file).find(needle) != std::string::npos) return true;
-    int st;
-    if (waitpid(pid, &st, WNOHANG) == pid) return false;
-    usleep(5 * 1000);
-  }
-  return false;
-}
-
 // Live (not zombie) processes whose command line holds `marker`.
 std::vector<pid_t> ProcessesWith(const std::string& marker) {
   std::vector<pid_t> out;

@@ -148,4 +148,14 @@ bool PidAlive(pid_t pid) {
   return !(rp != std::string::npos && rp + 2 < stat.size() && stat[rp + 2] == 'Z');
 }
 
+bool WaitForText(pid_t pid, const std::string& file, const std::string& needle, int timeout_s) {
+  for (int i = 0; i < timeout_s * 200; ++i) {
+    if (ReadFile(file).find(needle) != std::string::npos) return true;
+    int st;
+    if (waitpid(pid, &st, WNOHANG) == pid) return false;
+    usleep(5 * 1000);
+  }
+  return false;
+}
+
 }  // namespace hotboot::test

@@ -35,6 +35,9 @@ int FreePort();
 nlohmann::json Generate(int port, const std::string& prompt, int max_tokens);
 int HttpStatus(int port, const std::string& path);
 bool PidAlive(pid_t pid);
+// Polls `file` (every 5 ms, up to timeout_s) until it holds `needle`; false
+// when the time runs out or the process `pid` (our child) exits first.
+bool WaitForText(pid_t pid, const std::string& file, const std::string& needle, int timeout_s);
 std::string ReadFile(const std::string& path);
 void WriteFile(const std::string& path, const std::string& bytes);
 
