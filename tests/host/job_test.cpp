@@ -120,7 +120,10 @@ TEST(Janitor, KillingTheJobWithSigkillEndsItsCgroupAndRemovesItsTemporaries) {
   ::kill(job_pid, SIGKILL);
   ::waitpid(job_pid, nullptr, 0);
   // The janitor ends the cgroup as a whole: the setsid()ed grandchild too.
-  while (Clock::now() - t0 < std::chrono::seconds(1) &&
+  // The deadline is generous because ctest runs this beside other suites on
+  // 2 cores; the 1 s bar of issue 12 is checked by Kill.* in the integration
+  // suite, and the time taken here is recorded as cleanup_ms.
+  while (Clock::now() - t0 < std::chrono::seconds(10) &&
          (fs::exists(cg_path) || Alive(grandchild) || fs::exists(temp) || fs::exists(journal))) {
     ::usleep(5 * 1000);
   }
