@@ -189,10 +189,50 @@ class OrderedContentHash {
 
 }  // namespace
 
-SnapshotReader::~SnapshotReader() {
-  if (map_) ::munmap(const_cast<char*>(map_), file_size_);
-  if (fd_ >= 0) ::close(fd_);
-}
+namespace {
+
+class FileSource final : public ByteSource {
+ public:
+  ~FileSource() override {
+    if (map_) ::munmap(const_cast<char*>(map_), size_);
+    if (fd_ >= 0) ::close(fd_);
+  }
+  static Result<std::shared_ptr<ByteSource>> Open(const std::string& path) {
+    auto f = std::make_shared<FileSource>();
+    f->path_ = path;
+    f->fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (f->fd_ < 0) return ErrnoError("open " + path, errno);
+    struct stat st{};
+    if (::fstat(f->fd_, &st) != 0) return ErrnoError("stat " + path, errno);
+    if (!S_ISREG(st.st_mode)) return InvalidArgument(path + " is not a regular file");
+    f->size_ = static_cast<uint64_t>(st.st_size);
+    // Chunks are read through a read-only mapping (snapshots are immutable
+    // once published); pread is the fallback where mapping fails.
+    if (f->size_ > 0) {
+      void* mapped = ::mmap(nullptr, f->size_, PROT_READ, MAP_SHARED, f->fd_, 0);
+      if (mapped != MAP_FAILED) f->map_ = static_cast<const char*>(mapped);
+    }
+    return std::shared_ptr<ByteSource>(std::move(f));
+  }
+  uint64_t size() const override { return size_; }
+  const std::string& name() const override { return path_; }
+  Status ReadAt(uint64_t offset, size_t n, char* out) const override { return PreadAll(fd_, out, n, offset, path_); }
+  Result<const char*> View(uint64_t offset, size_t n) const override {
+    return map_ && offset + n <= size_ ? map_ + offset : nullptr;
+  }
+
+ private:
+  std::string path_;
+  int fd_ = -1;
+  const char* map_ = nullptr;
+  uint64_t size_ = 0;
+};
+
+}  // namespace
+
+Result<std::shared_ptr<ByteSource>> OpenFileSource(const std::string& path) { return FileSource::Open(path); }
+
+SnapshotReader::~SnapshotReader() = default;
 
 const SectionInfo* SnapshotReader::FindSection(std::string_view name) const {
   for (const auto& s : sections_) {
@@ -202,27 +242,32 @@ const SectionInfo* SnapshotReader::FindSection(std::string_view name) const {
 }
 
 Result<std::unique_ptr<SnapshotReader>> SnapshotReader::Open(const std::string& path, const OpenOptions& opts) {
-  return OpenAt(path, opts, 0);
+  HB_ASSIGN_OR_RETURN(auto src, FileSource::Open(path));
+  return OpenAt(std::move(src), opts, 0, /*local_file=*/true);
 }
 
-Result<std::unique_ptr<SnapshotReader>> SnapshotReader::OpenAt(const std::string& path, const OpenOptions& opts,
-                                                               int depth) {
+Result<std::unique_ptr<SnapshotReader>> SnapshotReader::Open(std::shared_ptr<ByteSource> source,
+                                                             const OpenOptions& opts) {
+  if (!source) return InvalidArgument("no snapshot source");
+  return OpenAt(std::move(source), opts, 0, /*local_file=*/false);
+}
+
+Result<std::unique_ptr<SnapshotReader>> SnapshotReader::OpenAt(std::shared_ptr<ByteSource> src,
+                                                               const OpenOptions& opts, int depth, bool local_file) {
   std::unique_ptr<SnapshotReader> r(new SnapshotReader());
+  const std::string path = src->name();
   r->path_ = path;
   r->depth_ = depth;
   r->check_hashes_ = opts.check_chunk_hashes;
-  r->fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (r->fd_ < 0) return ErrnoError("open " + path, errno);
-  struct stat st{};
-  if (::fstat(r->fd_, &st) != 0) return ErrnoError("stat " + path, errno);
-  if (!S_ISREG(st.st_mode)) return InvalidArgument(path + " is not a regular file");
-  const uint64_t size = r->file_size_ = static_cast<uint64_t>(st.st_size);
+  r->src_ = std::move(src);
+  r->local_file_ = local_file;
+  const uint64_t size = r->file_size_ = r->src_->size();
   auto fail = [&](const Status& s) { return s.Prefixed(path); };
 
   // Header (SPEC.md "Header").
   char hb[kHeaderSize] = {};
   const size_t hlen = static_cast<size_t>(std::min<uint64_t>(kHeaderSize, size));
-  HB_RETURN_IF_ERROR(PreadAll(r->fd_, hb, hlen, 0, path));
+  HB_RETURN_IF_ERROR(r->src_->ReadAt(0, hlen, hb));
   Header h;
   HB_RETURN_IF_ERROR(fail(DecodeHeader(hb, hlen, &h)));
   r->major_ = r->trust_.version_major = h.major;
@@ -242,7 +287,7 @@ Result<std::unique_ptr<SnapshotReader>> SnapshotReader::OpenAt(const std::string
   // Trailer (SPEC.md "Trailer").
   char tb[kTrailerSize];
   const uint64_t trailer_at = size - kTrailerSize;
-  HB_RETURN_IF_ERROR(PreadAll(r->fd_, tb, kTrailerSize, trailer_at, path));
+  HB_RETURN_IF_ERROR(r->src_->ReadAt(trailer_at, kTrailerSize, tb));
   Trailer tr;
   Status ts = DecodeTrailer(tb, &tr);
   if (!ts.ok()) {
@@ -266,7 +311,7 @@ Result<std::unique_ptr<SnapshotReader>> SnapshotReader::OpenAt(const std::string
 
   // Manifest record (SPEC.md "Manifest record").
   char mf[kManifestFixed];
-  HB_RETURN_IF_ERROR(PreadAll(r->fd_, mf, kManifestFixed, kHeaderSize, path));
+  HB_RETURN_IF_ERROR(r->src_->ReadAt(kHeaderSize, kManifestFixed, mf));
   ManifestFixed m;
   auto at = [&](uint64_t off, const Status& s) {
     return s.code() == Code::kOk ? s : Status(s.code(), path + ": " + s.message() + " (at byte " + std::to_string(off) + ")");
@@ -277,10 +322,10 @@ Result<std::unique_ptr<SnapshotReader>> SnapshotReader::OpenAt(const std::string
     return Corrupt(path + ": the manifest record runs past the index (at byte " + std::to_string(kHeaderSize) + ")");
   }
   std::string rec(kManifestFixed + m.base_name_len + 8, '\0');
-  HB_RETURN_IF_ERROR(PreadAll(r->fd_, rec.data(), rec.size(), kHeaderSize, path));
+  HB_RETURN_IF_ERROR(r->src_->ReadAt(kHeaderSize, rec.size(), rec.data()));
   HB_RETURN_IF_ERROR(at(kHeaderSize, CheckManifestTail(rec.data(), rec.size() - 8, rec.data() + rec.size() - 8, &m)));
   r->manifest_.resize(m.manifest_len);
-  HB_RETURN_IF_ERROR(PreadAll(r->fd_, r->manifest_.data(), m.manifest_len, kHeaderSize + rec.size(), path));
+  HB_RETURN_IF_ERROR(r->src_->ReadAt(kHeaderSize + rec.size(), m.manifest_len, r->manifest_.data()));
   if (XXH3_64bits(r->manifest_.data(), r->manifest_.size()) != m.manifest_hash) {
     return Corrupt(path + ": manifest checksum mismatch (manifest at byte " + std::to_string(kHeaderSize + rec.size()) + ")");
   }
@@ -288,7 +333,7 @@ Result<std::unique_ptr<SnapshotReader>> SnapshotReader::OpenAt(const std::string
 
   // Index (SPEC.md "Index").
   std::string index(tr.index_size, '\0');
-  HB_RETURN_IF_ERROR(PreadAll(r->fd_, index.data(), index.size(), tr.index_offset, path));
+  HB_RETURN_IF_ERROR(r->src_->ReadAt(tr.index_offset, index.size(), index.data()));
   if (XXH3_64bits(index.data(), index.size()) != tr.index_hash) {
     return Corrupt(path + ": index checksum mismatch (index at byte " + std::to_string(tr.index_offset) + ")");
   }
@@ -305,19 +350,20 @@ Result<std::unique_ptr<SnapshotReader>> SnapshotReader::OpenAt(const std::string
   for (const auto& s : r->sections_) has_refs |= s.is_ref;
   if (has_refs && r->base_.digest.zero()) return Corrupt(path + ": ref sections but no base snapshot recorded");
   if (has_refs) r->OpenBase(opts);
-  // Chunks are read through a read-only mapping (snapshots are immutable
-  // once published); pread is the fallback where mapping fails.
-  void* mapped = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, r->fd_, 0);
-  if (mapped != MAP_FAILED) r->map_ = static_cast<const char*>(mapped);
   return r;
 }
 
 // A missing or wrong base does not stop Open (inspect still works); reading
 // a ref section then reports why.
 void SnapshotReader::OpenBase(const OpenOptions& opts) {
+  const std::string want = "base snapshot '" + base_.name + "' (digest " + base_.digest.Hex() + ")";
+  if (opts.base_path.empty() && !local_file_) {
+    base_error_ = FailedPrecondition(path_ + " refers to " + want + "; a snapshot read from a remote source " +
+                                     "finds its base only where --base says");
+    return;
+  }
   const std::string where =
       opts.base_path.empty() ? (fs::path(path_).parent_path() / base_.name).string() : opts.base_path;
-  const std::string want = "base snapshot '" + base_.name + "' (digest " + base_.digest.Hex() + ")";
   if (depth_ + 1 >= kMaxBaseDepth) {
     base_error_ = Unsupported(path_ + ": more than " + std::to_string(kMaxBaseDepth) + " levels of base snapshots");
     return;
@@ -325,7 +371,9 @@ void SnapshotReader::OpenBase(const OpenOptions& opts) {
   trust_.base_check = TrustInfo::BaseCheck::kNotOpened;
   OpenOptions base_opts;
   base_opts.check_chunk_hashes = opts.check_chunk_hashes;
-  auto b = OpenAt(where, base_opts, depth_ + 1);
+  auto bsrc = FileSource::Open(where);
+  auto b = bsrc.ok() ? OpenAt(std::move(bsrc).value(), base_opts, depth_ + 1, /*local_file=*/true)
+                     : Result<std::unique_ptr<SnapshotReader>>(bsrc.status());
   if (!b.ok()) {
     base_error_ = FailedPrecondition(path_ + " refers to " + want + ", which could not be opened at " + where + ": " +
                                      b.status().message() + "; pass its path with --base");
@@ -366,11 +414,13 @@ Status SnapshotReader::ReadChunkInto(const SectionInfo& s, size_t i, std::string
   const ChunkInfo& c = s.chunks[i];
   // The index bounds every chunk inside the file; the mapped file is read in
   // place, without a copy.
-  const char* rec_bytes = map_ ? map_ + c.offset : nullptr;
+  auto view = src_->View(c.offset, kChunkHeaderSize + c.stored_size);
+  if (!view.ok()) return Status(view.status().code(), path_ + ": " + Where(s, i, c.offset) + ": " + view.status().message());
+  const char* rec_bytes = *view;
   Status st;
   if (!rec_bytes) {
     scratch->resize(kChunkHeaderSize + c.stored_size);
-    st = PreadAll(fd_, scratch->data(), scratch->size(), c.offset, path_);
+    st = src_->ReadAt(c.offset, scratch->size(), scratch->data());
     if (!st.ok()) return st.Prefixed(Where(s, i, c.offset));
     rec_bytes = scratch->data();
   }
@@ -553,7 +603,7 @@ Status SnapshotReader::ReadTrustRecord(uint64_t at, uint64_t size, const std::st
                        " signatures take"));
   }
   std::string b(size, '\0');
-  HB_RETURN_IF_ERROR(PreadAll(fd_, b.data(), size, at, path_));
+  HB_RETURN_IF_ERROR(src_->ReadAt(at, size, b.data()));
   TrustRecord t;
   HB_RETURN_IF_ERROR(bad(DecodeTrustRecord(b.data(), size, chunks, &t)));
   if (!IsZero(t.base_root) && base_.digest.zero()) return bad(Corrupt("a base root but no base snapshot"));
@@ -577,7 +627,7 @@ Status SnapshotReader::ReadTrustRecord(uint64_t at, uint64_t size, const std::st
 Status SnapshotReader::CheckSectionRecords(const SectionInfo& s) const {
   const std::string what = path_ + ": section record at byte " + std::to_string(s.offset);
   std::string rec(kSectionFixed + s.name.size() + 8, '\0');
-  HB_RETURN_IF_ERROR(PreadAll(fd_, rec.data(), rec.size(), s.offset, path_));
+  HB_RETURN_IF_ERROR(src_->ReadAt(s.offset, rec.size(), rec.data()));
   SectionInfo got;
   uint16_t name_len = 0;
   uint32_t chunks = 0;
@@ -593,7 +643,7 @@ Status SnapshotReader::CheckSectionRecords(const SectionInfo& s) const {
   const uint64_t end_at =
       s.chunks.empty() ? s.offset + rec.size() : s.chunks.back().offset + kChunkHeaderSize + s.chunks.back().stored_size;
   char end[kSectionEndSize];
-  HB_RETURN_IF_ERROR(PreadAll(fd_, end, kSectionEndSize, end_at, path_));
+  HB_RETURN_IF_ERROR(src_->ReadAt(end_at, kSectionEndSize, end));
   Digest128 content;
   st = DecodeSectionEnd(end, &content);
   if (st.ok() && !(content == s.content_hash)) st = Corrupt("content hash disagrees with the index");
@@ -611,7 +661,7 @@ Status SnapshotReader::Verify(int threads, ProgressFn progress) const {
   std::string buf(std::min<uint64_t>(8u << 20, digest_end_ - digest_begin_), '\0');
   for (uint64_t off = digest_begin_; off < digest_end_;) {
     const uint64_t n = std::min<uint64_t>(buf.size(), digest_end_ - off);
-    HB_RETURN_IF_ERROR(PreadAll(fd_, buf.data(), n, off, path_));
+    HB_RETURN_IF_ERROR(src_->ReadAt(off, n, buf.data()));
     h.Update(buf.data(), n);
     off += n;
   }

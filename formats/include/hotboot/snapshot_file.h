@@ -155,10 +155,36 @@ struct TrustInfo {
   bool signed_validly() const;  // at least one valid signature
 };
 
+// Where a reader's bytes come from: a local file (SnapshotReader::Open with a
+// path), or a snapshot still arriving over the network (hotboot/fetch.h),
+// whose reads block until the bytes they need have arrived and been checked
+// against the digests of the blobs they came in.
+class ByteSource {
+ public:
+  virtual ~ByteSource() = default;
+  virtual uint64_t size() const = 0;
+  // What messages call it: a path, a URL, an oci:// reference.
+  virtual const std::string& name() const = 0;
+  // Bytes [offset, offset + n) into out (offset + n <= size(), checked by
+  // the reader); blocks until they are there; fails when they cannot be had.
+  virtual Status ReadAt(uint64_t offset, size_t n, char* out) const = 0;
+  // The same bytes in place, valid as long as the source, when it holds them
+  // mapped (blocks likewise); nullptr: use ReadAt.
+  virtual Result<const char*> View(uint64_t offset, size_t n) const { return static_cast<const char*>(nullptr); }
+};
+
+// A regular file, mapped read-only (pread where mapping fails).
+Result<std::shared_ptr<ByteSource>> OpenFileSource(const std::string& path);
+
 class SnapshotReader {
  public:
   ~SnapshotReader();
   static Result<std::unique_ptr<SnapshotReader>> Open(const std::string& path, const OpenOptions& opts = {});
+  // The same, over any source. A snapshot with ref sections finds its base
+  // as a file (opts.base_path, else next to a file source); a remote source
+  // has no "next to": its base must be given.
+  static Result<std::unique_ptr<SnapshotReader>> Open(std::shared_ptr<ByteSource> source,
+                                                      const OpenOptions& opts = {});
 
   const std::string& path() const { return path_; }
   const std::string& manifest_json() const { return manifest_; }
@@ -211,7 +237,8 @@ class SnapshotReader {
   // the sink before its mismatch is reported, and the caller must discard them.
   enum class Order { kOrdered, kParallel };
   SnapshotReader() = default;
-  static Result<std::unique_ptr<SnapshotReader>> OpenAt(const std::string& path, const OpenOptions& opts, int depth);
+  static Result<std::unique_ptr<SnapshotReader>> OpenAt(std::shared_ptr<ByteSource> src, const OpenOptions& opts,
+                                                        int depth, bool local_file);
   void OpenBase(const OpenOptions& opts);
   // `xxh3_after_sha`: also check the chunk's XXH3s when its SHA-256 was
   // checked (verify does; extraction, whose sections' content hashes are
@@ -231,8 +258,8 @@ class SnapshotReader {
   Status ReadTrustRecord(uint64_t at, uint64_t size, const std::string& manifest_record, const std::string& index);
 
   std::string path_;
-  int fd_ = -1;
-  const char* map_ = nullptr;  // the whole file, read-only
+  std::shared_ptr<ByteSource> src_;
+  bool local_file_ = false;  // src_ is a file: a base is looked for next to it
   uint64_t file_size_ = 0;
   uint16_t major_ = 0, minor_ = 0;
   Digest128 digest_;
