@@ -37,6 +37,16 @@ std::pair<uint64_t, uint64_t> SectionSpan(const snapfile::SectionInfo& s) {
   return {s.offset, end + snapfile::kSectionEndSize};
 }
 
+namespace {
+Part MakePart(uint64_t offset, uint64_t size, std::vector<std::string> sections) {
+  Part p;
+  p.offset = offset;
+  p.size = size;
+  p.sections = std::move(sections);
+  return p;
+}
+}  // namespace
+
 std::vector<Part> PartsOf(const snapfile::SnapshotReader& r) {
   std::vector<const snapfile::SectionInfo*> secs;
   for (const auto& s : r.sections()) secs.push_back(&s);
@@ -50,13 +60,15 @@ std::vector<Part> PartsOf(const snapfile::SnapshotReader& r) {
       pending.push_back(s->name);
       continue;
     }
-    if (b > cur) parts.push_back({.offset = cur, .size = b - cur, .sections = std::move(pending)});
+    if (b > cur) parts.push_back(MakePart(cur, b - cur, std::move(pending)));
     pending.clear();
-    parts.push_back({.offset = b, .size = e - b, .sections = {s->name}, .own_section = true,
-                     .content_hash = s->content_hash.Hex()});
+    Part own = MakePart(b, e - b, {s->name});
+    own.own_section = true;
+    own.content_hash = s->content_hash.Hex();
+    parts.push_back(std::move(own));
     cur = e;
   }
-  if (r.file_size() > cur) parts.push_back({.offset = cur, .size = r.file_size() - cur, .sections = std::move(pending)});
+  if (r.file_size() > cur) parts.push_back(MakePart(cur, r.file_size() - cur, std::move(pending)));
   return parts;
 }
 
