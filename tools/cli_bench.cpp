@@ -757,12 +757,14 @@ Runner AddBench(CLI::App& app) {
   fmt->add_option("--threads", a->threads,
                   "Threads for ours, for zstd -T, the write floor and the reference (default: all cores)")
       ->check(CLI::NonNegativeNumber);
-  Runner gpu, trust;
+  Runner gpu, trust, fetch;
   AddBenchGpu(app, &gpu);
   AddBenchTrust(app, &trust);
-  return [a, gpu, trust] {
+  AddBenchFetch(app, &fetch);
+  return [a, gpu, trust, fetch] {
     if (const int rc = gpu(); rc >= 0) return rc;
     if (const int rc = trust(); rc >= 0) return rc;
+    if (const int rc = fetch(); rc >= 0) return rc;
     return RunBenchFormat(*a);
   };
 }

@@ -32,9 +32,12 @@ Runner AddKeygen(CLI::App& app);  // cli_trust.cpp
 Runner AddSign(CLI::App& app);
 Runner AddDemo(CLI::App& app);
 Runner AddBench(CLI::App& app);
+Runner AddCache(CLI::App& app);  // cli_cache.cpp: cache ls|gc|prune
 // `bench gpu`, registered by AddBench; *run answers -1 when not chosen.
 void AddBenchGpu(CLI::App& bench, Runner* run);
 // `bench trust`, likewise: what signature and chunk SHA-256 checks cost a restore.
 void AddBenchTrust(CLI::App& bench, Runner* run);
+// `bench fetch`: restore from a registry, streamed, vs download-then-restore, under shaped links.
+void AddBenchFetch(CLI::App& bench, Runner* run);
 
 }  // namespace hotboot::cli
