@@ -477,11 +477,28 @@ Result<std::optional<SafeDir>> CheckProvidedFiles(const Manifest& m, const snapf
 // an entry is reused only when a snapshot whose signature and chunk SHA-256s
 // were checked put this very file there; otherwise it is extracted again
 // from this (signed) snapshot, checked as it is decoded, and marked.
+Result<bool> Reusable(const ProvidedFile& f, const SafeDir& dir, bool signature_checked) {
+  HB_ASSIGN_OR_RETURN(CacheEntry e, CheckCacheFile(dir, f.name, f.size, f.content_hash, /*verify_content=*/false));
+  return e == CacheEntry::kPresent && (!signature_checked || HasSignedMark(dir, f.name));
+}
+
+// The sections of the files restore will reuse rather than extract.
+Result<std::vector<std::string>> ReusedSections(const Manifest& m, const std::optional<SafeDir>& dir,
+                                                bool signature_checked) {
+  std::vector<std::string> out;
+  if (!dir) return out;
+  for (const ProvidedFile& f : m.process.provided_files) {
+    HB_ASSIGN_OR_RETURN(const bool reuse, Reusable(f, *dir, signature_checked));
+    if (reuse) out.push_back(f.section);
+  }
+  return out;
+}
+
 Status PlaceProvidedFiles(const Manifest& m, const snapfile::SnapshotReader& reader, const SafeDir& dir, int threads,
                           bool signature_checked) {
   for (const ProvidedFile& f : m.process.provided_files) {
-    HB_ASSIGN_OR_RETURN(CacheEntry e, CheckCacheFile(dir, f.name, f.size, f.content_hash, /*verify_content=*/false));
-    if (e == CacheEntry::kPresent && (!signature_checked || HasSignedMark(dir, f.name))) continue;
+    HB_ASSIGN_OR_RETURN(const bool reuse, Reusable(f, dir, signature_checked));
+    if (reuse) continue;
     HB_RETURN_IF_ERROR(ExtractToCache(reader, f.section, dir, f.name, threads).Prefixed("weights file " + f.name));
     if (signature_checked) HB_RETURN_IF_ERROR(WriteSignedMark(dir, f.name).Prefixed("weights file " + f.name));
   }
@@ -507,9 +524,9 @@ Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, con
   HB_ASSIGN_OR_RETURN(std::shared_ptr<host::Job> job, host::Job::Start({.kind = "restore"}));
 
   phase("open");
-  HB_ASSIGN_OR_RETURN(auto reader, snapfile::SnapshotReader::Open(
-                                        opts.snapshot_path, {.base_path = opts.base_path,
-                                                             .check_chunk_hashes = opts.check_chunk_hashes}));
+  const snapfile::OpenOptions open_opts{.base_path = opts.base_path, .check_chunk_hashes = opts.check_chunk_hashes};
+  HB_ASSIGN_OR_RETURN(auto reader, opts.source ? snapfile::SnapshotReader::Open(opts.source, open_opts)
+                                               : snapfile::SnapshotReader::Open(opts.snapshot_path, open_opts));
   // Who signed it decides, before a byte is written or a process started.
   res.trust = reader->trust();
   HB_RETURN_IF_ERROR(snapfile::CheckTrust(*reader, opts.trust));
@@ -559,6 +576,11 @@ Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, con
   // The weights directory and what the snapshot would put there, checked
   // before anything is written.
   HB_ASSIGN_OR_RETURN(std::optional<SafeDir> weights_dir, CheckProvidedFiles(manifest, *reader));
+  const bool signature_checked = opts.trust.in_force() && opts.check_chunk_hashes;
+  if (opts.on_plan) {
+    HB_ASSIGN_OR_RETURN(const auto reused, ReusedSections(manifest, weights_dir, signature_checked));
+    opts.on_plan(*reader, reused);
+  }
   res.timings_ms["check"] = MsSince(t0);
 
   phase("unpack");
@@ -570,14 +592,27 @@ Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, con
   HB_ASSIGN_OR_RETURN(TempDir work, TempDir::Make(opts.work_root, raw_bytes, *job));
   const std::string images = work.path() + "/images";
   fs::create_directories(images);
-  HB_RETURN_IF_ERROR(reader->ExtractTo(images, "criu/", opts.threads));
+  auto place_weights = [&]() -> std::pair<Status, double> {
+    const auto tw = Clock::now();
+    Status st = weights_dir ? PlaceProvidedFiles(manifest, *reader, *weights_dir, opts.threads, signature_checked)
+                            : Status::Ok();
+    return {st, MsSince(tw)};
+  };
+  // A snapshot still arriving: the weights are placed beside the images,
+  // each waiting only for its own bytes.
+  std::future<std::pair<Status, double>> weights_beside;
+  if (opts.source) weights_beside = std::async(std::launch::async, place_weights);
+  Status images_st = reader->ExtractTo(images, "criu/", opts.threads);
+  if (!images_st.ok() && !weights_beside.valid()) return images_st;
   res.timings_ms["unpack"] = MsSince(tu);
 
   phase("weights");
   const auto tw = Clock::now();
-  if (weights_dir) HB_RETURN_IF_ERROR(PlaceProvidedFiles(manifest, *reader, *weights_dir, opts.threads,
-                                                      opts.trust.in_force() && opts.check_chunk_hashes));
+  auto [weights_st, weights_ms] = weights_beside.valid() ? weights_beside.get() : place_weights();
+  HB_RETURN_IF_ERROR(images_st);
+  HB_RETURN_IF_ERROR(weights_st);
   res.timings_ms["weights"] = MsSince(tw);
+  if (opts.source) res.timings_ms["weights_overlapped"] = weights_ms;
 
   phase("criu-restore");
   const auto tr = Clock::now();

@@ -49,6 +49,15 @@ bool PortAvailable(const std::string& host, int port);
 
 struct RestoreOptions {
   std::string snapshot_path;
+  // Read the snapshot from here instead (a snapshot being fetched,
+  // hotboot/fetch.h); snapshot_path then only names it in messages. Images
+  // and weights are then unpacked side by side, each waiting only for its
+  // own bytes.
+  std::shared_ptr<snapfile::ByteSource> source;
+  // Called once the snapshot passed every check, before any section is read:
+  // `reused` names the sections restore will not read (weights this host
+  // already has). A fetching source starts fetching the rest here.
+  std::function<void(const snapfile::SnapshotReader& reader, const std::vector<std::string>& reused)> on_plan;
   std::string base_path;  // the base snapshot, for snapshots built with --base; empty: next to it
   std::string host = "127.0.0.1";
   int port = 0;
