@@ -27,11 +27,19 @@
 
 #include "hotboot/status.h"
 
+namespace hotboot::host {
+class Job;
+}
+
 namespace hotboot::fetch {
 
 inline constexpr const char* kDefaultCacheDir = "/var/lib/hotboot/cache";
 // `flag` when set, else $HOTBOOT_CACHE_DIR when set, else kDefaultCacheDir.
 std::string ResolveCacheDir(const std::string& flag = "");
+
+// True for "sha256:" followed by 64 lowercase hex digits, the only digest
+// form the cache accepts (a digest becomes a file name).
+bool IsValidDigest(const std::string& digest);
 
 // An flock on locks/<hex>.lock, released when destroyed (or moved from).
 class BlobLock {
@@ -78,6 +86,14 @@ class NodeCache {
   ~NodeCache();
   // Creates the layout when missing and checks the directory (SafeDir).
   static Result<std::unique_ptr<NodeCache>> Open(const std::string& dir);
+  // create=false: a missing directory is not made; the cache is then empty
+  // (List/Gc/Prune cover the weights directory only; NewPartial, LockExclusive,
+  // LockShared and RecordRef fail with kFailedPrecondition). For `cache ls`.
+  static Result<std::unique_ptr<NodeCache>> Open(const std::string& dir, bool create);
+  // Registers every partial with this job (AddTemporary before it is made,
+  // DropTemporary once published or discarded), so a killed process leaves
+  // none; without a job, gc sweeps partials no running process holds open.
+  void SetJob(std::shared_ptr<host::Job> job);
   const std::string& dir() const { return dir_; }
 
   // The path of a complete blob, its last use set to now; nullopt when absent.
@@ -112,6 +128,7 @@ class NodeCache {
   NodeCache() = default;
   std::string dir_;
   int dir_fd_ = -1;
+  std::shared_ptr<host::Job> job_;
 };
 
 }  // namespace hotboot::fetch
