@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "cli_common.h"
+#include "cli_remote.h"
 #include "cli_trust.h"
 #include "commands.h"
 #include "hotboot/restore.h"
@@ -33,6 +34,7 @@ struct RestoreArgs {
   std::string cuda_lib;
   int verify_timeout_s = 120;
   TrustArgs trust;
+  RemoteArgs remote;
 };
 
 // SIGTERM/SIGINT/SIGHUP are blocked in every thread and taken by one watcher:
@@ -143,8 +145,28 @@ int RunRestore(const RestoreArgs& a, const ProcessStart& start) {
                  "): restoring a snapshot whose signer is not checked";
     Note("warning: " + unverified);
   }
+  // oci:// or https://: read while it arrives, through the node cache.
+  std::shared_ptr<fetch::RemoteSnapshot> remote;
+  std::shared_ptr<host::Job> fetch_job;
+  if (IsRemoteSnapshot(a.snapshot)) {
+    auto job = host::Job::Start({.kind = "fetch"});
+    if (!job.ok()) return FailJson(job.status(), a.json_out);
+    fetch_job = *job;
+    auto src = OpenRemote(a.snapshot, a.remote, a.json_out, fetch_job);
+    if (!src.ok()) {
+      const int rc = FailJson(src.status(), a.json_out, {{"replica_running", false}});
+      std::fprintf(stderr, "hotboot: no replica is running from this attempt\n");
+      return rc;
+    }
+    remote = *src;
+    o.source = remote;
+    o.on_plan = [remote](const snapfile::SnapshotReader& reader, const std::vector<std::string>& reused) {
+      remote->PrefetchAllBut(reader, reused);
+    };
+  }
   auto criu = MakeLibCriu();
   auto r = RestoreReplica(o, *criu, ev, cuda.get());
+  EndProgress();
   if (!r.ok()) {
     Status s = r.status();
     bool port_problem = s.message().find("already in use") != std::string::npos ||
@@ -159,14 +181,14 @@ int RunRestore(const RestoreArgs& a, const ProcessStart& start) {
       std::fprintf(stderr, "hotboot: no replica is running from this attempt%s\n",
                    a.fallback_cold ? "" : " (--fallback-cold would boot the server cold instead)");
       if (a.json_out) {
-        std::printf("%s\n", json{{"ok", false}, {"error", s.message()}, {"outcome", CodeName(s.code())},
-                                  {"exit", rc}, {"replica_running", false}}
-                                .dump()
-                                .c_str());
+        json out = {{"ok", false}, {"error", s.message()}, {"outcome", CodeName(s.code())},
+                    {"exit", rc}, {"replica_running", false}};
+        if (remote) out["fetch"] = FetchJson(remote->stats());
+        std::printf("%s\n", out.dump().c_str());
       }
       return rc;
     }
-    auto reader = snapfile::SnapshotReader::Open(a.snapshot);
+    auto reader = remote ? snapfile::SnapshotReader::Open(remote) : snapfile::SnapshotReader::Open(a.snapshot);
     auto manifest = reader.ok() ? ParseManifest((*reader)->manifest_json()) : Result<Manifest>(reader.status());
     if (!manifest.ok()) {
       std::fprintf(stderr, "hotboot: cannot fall back to a cold boot: %s\n", manifest.status().message().c_str());
@@ -178,6 +200,15 @@ int RunRestore(const RestoreArgs& a, const ProcessStart& start) {
     if (!r.ok()) return FailJson(r.status(), a.json_out);
   }
   RestoreResult& res = *r;
+  // The replica is ready and every chunk it was made of was checked; what
+  // was fetched is now checked blob by blob and kept in the node cache.
+  json fetched;
+  if (remote) {
+    if (Status f = remote->Finish(); !f.ok()) {
+      Note("warning: the replica is ready, but the node cache did not keep what was fetched: " + f.message());
+    }
+    fetched = FetchJson(remote->stats());
+  }
   std::string handed_over;
   if (a.detach) {
     if (res.control_channel) {
@@ -209,6 +240,7 @@ int RunRestore(const RestoreArgs& a, const ProcessStart& start) {
     if (!containment.empty()) out["warning"] = containment;
     if (!res.cold) out["trust"] = TrustJson(res.trust, &o.trust);
     if (!unverified.empty()) out["trust_warning"] = unverified;
+    if (remote) out["fetch"] = fetched;
     std::printf("%s\n", out.dump().c_str());
   } else {
     if (!res.cold) {
@@ -246,7 +278,10 @@ Runner AddRestore(CLI::App& app) {
       "right after it is opened, before anything is written or started. Without one, restore\n"
       "warns and restores it unverified. Every chunk is checked against its SHA-256 (signed with\n"
       "the root) before it is decoded; a chunk that does not match ends the restore (exit 4).");
-  app.add_option("snapshot", a->snapshot, "Snapshot file")->required();
+  app.add_option("snapshot", a->snapshot,
+                 "Snapshot: a file, oci://HOST[:PORT]/REPO[:TAG|@sha256:...] or an http(s):// URL (streamed: "
+                 "restore starts before the download ends)")
+      ->required();
   app.add_option("-p,--port", a->port,
                  "Port the replica serves on (required, except for transparent snapshots: their build port)")
       ->check(CLI::Range(1, 65535));
@@ -263,6 +298,7 @@ Runner AddRestore(CLI::App& app) {
   app.add_flag("--no-latency-check", a->no_latency_check,
                "Accept a canary answer slower than the build's warm bound");
   AddTrustOptions(app, &a->trust);
+  AddRemoteOptions(app, &a->remote, /*with_cache=*/true);
   app.add_flag("--json", a->json_out, "Print the result as one JSON line (also on failure: ok, error, outcome, exit)");
   return [a] {
     const ProcessStart start = StartOfProcess();

@@ -32,6 +32,8 @@ Runner AddKeygen(CLI::App& app);  // cli_trust.cpp
 Runner AddSign(CLI::App& app);
 Runner AddDemo(CLI::App& app);
 Runner AddBench(CLI::App& app);
+Runner AddPush(CLI::App& app);  // cli_push_pull.cpp
+Runner AddPull(CLI::App& app);
 Runner AddCache(CLI::App& app);  // cli_cache.cpp: cache ls|gc|prune
 // `bench gpu`, registered by AddBench; *run answers -1 when not chosen.
 void AddBenchGpu(CLI::App& bench, Runner* run);

@@ -151,6 +151,7 @@ class RemoteSnapshot::Impl {
     manifest_digest_ = mb.digest;
     manifest_bytes_ = mb.bytes;
     HB_ASSIGN_OR_RETURN(cache_, NodeCache::Open(o.cache_dir));
+    if (o.job) cache_->SetJob(o.job);
     // In layer order, so that two fetches of overlapping artifacts never
     // wait on each other in a cycle.
     for (auto& s : segs_) HB_RETURN_IF_ERROR(Back(s));

@@ -396,7 +396,6 @@ void ReservePids(const Manifest& manifest) {
   if (top > last) std::ofstream("/proc/sys/kernel/ns_last_pid") << top;
 }
 
-namespace {
 
 // The files a snapshot provides (its server's weights) go only into this
 // host's weights directory (HOTBOOT_WEIGHTS_DIR or the default, never a
@@ -477,7 +476,7 @@ Result<std::optional<SafeDir>> CheckProvidedFiles(const Manifest& m, const snapf
 // an entry is reused only when a snapshot whose signature and chunk SHA-256s
 // were checked put this very file there; otherwise it is extracted again
 // from this (signed) snapshot, checked as it is decoded, and marked.
-Result<bool> Reusable(const ProvidedFile& f, const SafeDir& dir, bool signature_checked) {
+static Result<bool> Reusable(const ProvidedFile& f, const SafeDir& dir, bool signature_checked) {
   HB_ASSIGN_OR_RETURN(CacheEntry e, CheckCacheFile(dir, f.name, f.size, f.content_hash, /*verify_content=*/false));
   return e == CacheEntry::kPresent && (!signature_checked || HasSignedMark(dir, f.name));
 }
@@ -505,7 +504,6 @@ Status PlaceProvidedFiles(const Manifest& m, const snapfile::SnapshotReader& rea
   return Status::Ok();
 }
 
-}  // namespace
 
 Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, const RestoreEvents& ev,
                                      CudaDriver* cuda) {

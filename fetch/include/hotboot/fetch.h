@@ -15,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "hotboot/job.h"
 #include "hotboot/oci.h"
 #include "hotboot/snapshot_file.h"
 #include "hotboot/status.h"
@@ -89,6 +90,9 @@ struct FetchOptions {
   uint64_t piece = 8ull << 20;  // bytes per ranged request
   int attempts = 5;             // per piece; a dropped connection resumes where it broke
   ProgressFn progress;
+  // Temporaries in the node cache are registered with this job (host/job.h)
+  // before they exist, so that its janitor removes them whatever ends us.
+  std::shared_ptr<host::Job> job;
 };
 
 struct FetchStats {

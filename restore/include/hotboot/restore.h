@@ -20,6 +20,7 @@
 #include "hotboot/gpu.h"
 #include "hotboot/host_info.h"
 #include "hotboot/manifest.h"
+#include "hotboot/node_cache.h"
 #include "hotboot/replica.h"
 #include "hotboot/signing.h"
 #include "hotboot/status.h"
@@ -43,6 +44,19 @@ std::string DescribeProblems(const std::vector<CompatProblem>& problems);
 // The most a snapshot's provided files (process.provided_files) may add up
 // to: a restore refuses a larger claim before writing anything.
 inline constexpr uint64_t kMaxProvidedBytes = uint64_t{1} << 40;  // 1 TiB
+
+// The weights a snapshot provides (process.provided_files), as restore and
+// `hotboot pull` place them. CheckProvidedFiles: this host's weights
+// directory, checked with everything the snapshot would put there before
+// anything is written (none: the snapshot provides no files).
+// ReusedSections: the sections of files already there that are reused (under
+// a trust policy only those a signed restore put there). PlaceProvidedFiles
+// extracts the others, each checked before it gets its name.
+Result<std::optional<SafeDir>> CheckProvidedFiles(const Manifest& m, const snapfile::SnapshotReader& reader);
+Result<std::vector<std::string>> ReusedSections(const Manifest& m, const std::optional<SafeDir>& dir,
+                                                bool signature_checked);
+Status PlaceProvidedFiles(const Manifest& m, const snapfile::SnapshotReader& reader, const SafeDir& dir, int threads,
+                          bool signature_checked);
 
 // True when host:port can be bound now.
 bool PortAvailable(const std::string& host, int port);

@@ -1,0 +1,94 @@
+#include "cli_remote.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <mutex>
+
+#include "cli_common.h"
+#include "hotboot/cache.h"
+
+namespace hotboot::cli {
+
+using json = nlohmann::json;
+
+namespace {
+std::mutex g_progress_mu;
+bool g_drawn = false;
+}  // namespace
+
+void AddRemoteOptions(CLI::App& app, RemoteArgs* a, bool with_cache) {
+  app.add_option("--authfile", a->authfile,
+                 "Registry credentials (containers-auth.json / docker config.json format; default: "
+                 "$REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json, ~/.docker/config.json)");
+  app.add_option("--ca-cert", a->ca_cert, "PEM file of CAs to trust for TLS instead of the system store")
+      ->check(CLI::ExistingFile);
+  app.add_option("--tls-verify", a->tls_verify, "Check the server's TLS certificate (default true)");
+  app.add_flag("--plain-http", a->plain_http, "Talk to an oci:// registry over plain http (no TLS)");
+  if (with_cache) {
+    app.add_option("--cache-dir", a->cache_dir,
+                   std::string("The node cache (default $HOTBOOT_CACHE_DIR, else ") + fetch::kDefaultCacheDir + ")");
+    app.add_option("--connections", a->connections, "Parallel connections for fetching (1-64)")
+        ->check(CLI::Range(1, 64));
+  }
+}
+
+fetch::RemoteOptions RemoteOptionsOf(const RemoteArgs& a) {
+  fetch::RemoteOptions o;
+  o.tls.ca_cert = a.ca_cert;
+  o.tls.verify = a.tls_verify;
+  o.authfile = a.authfile;
+  o.plain_http = a.plain_http;
+  o.user_agent = std::string("hotboot/") + HOTBOOT_VERSION;
+  return o;
+}
+
+bool IsRemoteSnapshot(const std::string& s) { return fetch::IsOciRef(s) || fetch::IsHttpUrl(s); }
+
+fetch::ProgressFn ProgressPrinter(const std::string& label, bool json_events) {
+  const bool tty = ::isatty(2) == 1;
+  if (Quiet() || (!tty && !json_events)) return nullptr;
+  return [label, tty, json_events](const fetch::Progress& p) {
+    std::lock_guard lk(g_progress_mu);
+    const double rate = p.elapsed_s > 0 ? static_cast<double>(p.done) / p.elapsed_s : 0;
+    const double eta = rate > 0 && p.total > p.done ? static_cast<double>(p.total - p.done) / rate : 0;
+    if (json_events) {
+      std::fprintf(stderr, "%s\n",
+                   json{{"event", "progress"}, {"what", p.what}, {"bytes", p.done}, {"total", p.total},
+                        {"rate_bytes_per_s", static_cast<uint64_t>(rate)}, {"eta_s", eta}, {"elapsed_s", p.elapsed_s}}
+                       .dump()
+                       .c_str());
+      return;
+    }
+    if (!tty) return;
+    std::fprintf(stderr, "\r\033[Khotboot: %s %s / %s  %s/s  ETA %.0f s", label.c_str(), HumanBytes(p.done).c_str(),
+                 HumanBytes(p.total).c_str(), HumanBytes(static_cast<uint64_t>(rate)).c_str(), eta);
+    g_drawn = true;
+  };
+}
+
+void EndProgress() {
+  std::lock_guard lk(g_progress_mu);
+  if (g_drawn) std::fprintf(stderr, "\n");
+  g_drawn = false;
+}
+
+Result<std::shared_ptr<fetch::RemoteSnapshot>> OpenRemote(const std::string& ref, const RemoteArgs& a,
+                                                          bool json_events, std::shared_ptr<host::Job> job) {
+  fetch::FetchOptions o;
+  o.remote = RemoteOptionsOf(a);
+  o.cache_dir = fetch::ResolveCacheDir(a.cache_dir);
+  o.connections = a.connections;
+  o.progress = ProgressPrinter("fetch", json_events);
+  o.job = std::move(job);
+  return fetch::RemoteSnapshot::Open(ref, o);
+}
+
+json FetchJson(const fetch::FetchStats& s) {
+  return {{"source", s.source},       {"resolved", s.resolved},
+          {"size", s.size},           {"bytes_fetched", s.bytes_fetched},
+          {"bytes_from_cache", s.bytes_from_cache}, {"bytes_skipped", s.bytes_skipped},
+          {"blobs_published", s.blobs_published},   {"fetch_ms", s.fetch_ms}};
+}
+
+}  // namespace hotboot::cli
