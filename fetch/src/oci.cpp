@@ -529,12 +529,10 @@ Result<uint64_t> RegistryImpl::GetBlob(const std::string& digest, uint64_t offse
   req.range_offset = offset;
   req.range_length = length;
   req.sink = &sink;
-  auto r = Send(req, Scope{});
-  if (!r.ok()) {
-    return r.status().code() == Code::kIo
-               ? r.status().Prefixed("blob " + digest + " of " + ref_.registry + "/" + ref_.repository)
-               : r.status();
-  }
+  // Transfer errors name the URL (registry, repository, digest) and the
+  // bytes that arrived; a sink's error comes back as the sink said it.
+  HB_ASSIGN_OR_RETURN(HttpResponse resp, Send(req, Scope{}));
+  HttpResponse* r = &resp;
   if (r->code == 404) {
     return NotFound("blob " + digest + " not found in " + ref_.registry + "/" + ref_.repository + " (HTTP 404)");
   }
