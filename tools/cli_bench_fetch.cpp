@@ -104,6 +104,8 @@ struct Undo {
   std::mutex mu;
   std::set<pid_t> children;
   std::string netns;
+  std::string scratch;  // removed too, unless kept
+  std::atomic<bool> stopping{false};
 };
 Undo& Pending() {
   static Undo u;
@@ -111,6 +113,13 @@ Undo& Pending() {
 }
 
 void RemoveNetns(const std::string& name);
+
+// A failure the bench reports, unless it is only the watcher stopping the
+// children: then the watcher's exit is awaited (the signals stay blocked here).
+int Failed(const Status& s) {
+  while (Pending().stopping.load()) ::sleep(1);
+  return Fail(s);
+}
 
 void StartSignalWatcher() {
   sigset_t set;
@@ -123,15 +132,19 @@ void StartSignalWatcher() {
     }
     std::fprintf(stderr, "hotboot: bench fetch interrupted by %s: stopping its processes, removing its namespace\n",
                  strsignal(sig));
+    Pending().stopping = true;
     std::set<pid_t> children;
-    std::string netns;
+    std::string netns, scratch;
     {
       std::lock_guard<std::mutex> lock(Pending().mu);
       children = Pending().children;
       netns = Pending().netns;
+      scratch = Pending().scratch;
     }
     for (pid_t p : children) ::kill(p, SIGTERM);
     if (!netns.empty()) RemoveNetns(netns);  // also ends whatever still runs inside it
+    std::error_code ec;
+    if (!scratch.empty()) fs::remove_all(scratch, ec);
     std::_Exit(128 + sig);
   }).detach();
 }
@@ -694,6 +707,8 @@ struct Sample {
   double local_restore_s = 0, local_cached_s = 0;
   double download_s = 0, downloaded_restore_s = 0;
   std::optional<double> streamed_s, cached_s;
+  std::optional<double> streamed_https_s;  // restore https://... (nginx, Range), fresh host
+  uint64_t bytes_fetched_https = 0;
   uint64_t bytes_fetched = 0, bytes_fetched_cached = 0, bytes_from_cache_cached = 0;
   double cold_s = 0, model_download_s = 0;
 };
@@ -754,6 +769,20 @@ Status MeasureStreamed(Ctx& c, const Preset& p, const std::string& tag, Sample* 
   return Status::Ok();
 }
 
+// (b) from the file server: restore https://... (Range requests to nginx)
+// as on a fresh host; the same server (a) downloads from.
+Status MeasureStreamedHttps(Ctx& c, const Preset& p, const std::string& tag, Sample* s) {
+  HB_RETURN_IF_ERROR(EmptyDir(c.weights));
+  HB_RETURN_IF_ERROR(EmptyDir(c.cache));
+  std::vector<std::string> remote = c.ep.hotboot_remote();
+  remote.insert(remote.end(), {"--cache-dir", c.cache});
+  HB_ASSIGN_OR_RETURN(RestoreRun r, Restore(c, c.ep.file_url(p.name + ".hbsnap"), remote, tag + "-streamed-https"));
+  s->streamed_https_s = r.wall_s;
+  s->bytes_fetched_https = r.bytes_fetched;
+  Note("  (b) from nginx: streamed " + Fixed(r.wall_s) + " s (" + HumanBytes(r.bytes_fetched) + " fetched)");
+  return Status::Ok();
+}
+
 // (d), with what a fresh host pays first: the model's download at the rate.
 Status MeasureModelDownload(Ctx& c, const Preset& p, const std::string& tag, Sample* s) {
   const std::string file = c.downloads + "/" + p.name + ".safetensors";
@@ -809,6 +838,8 @@ ojson SampleJson(const Case& k, const Sample& s) {
              {"download_then_restore_s", d.download_then_restore_s},
              {"streamed_s", s.streamed_s ? json(*s.streamed_s) : json(nullptr)},
              {"overlap_efficiency", s.streamed_s ? json(d.overlap_efficiency) : json(nullptr)},
+             {"streamed_https_s", s.streamed_https_s ? json(*s.streamed_https_s) : json(nullptr)},
+             {"https_bytes_fetched", s.bytes_fetched_https},
              {"cached_s", s.cached_s ? json(*s.cached_s) : json(nullptr)},
              {"cached_bytes_fetched", s.bytes_fetched_cached},
              {"local_cached_s", s.local_cached_s},
@@ -837,9 +868,21 @@ ojson CaseJson(const Case& k, const FetchBenchArgs& a) {
     ca = med([](const Sample& s) { return s.cached_s.value_or(0); });
   }
   const Derived d = Derive(k.rate, local, local_cached, dtr, st, ca, fetched);
+  // What the link reached in practice (curl from nginx to a file: on a small
+  // machine TLS and the disk, not tbf, may set the pace): the bound again at
+  // that rate.
+  const uint64_t snap_bytes = k.samples.empty() ? 0 : k.samples[0].snapshot_bytes;
+  const double link = dl > 0 ? static_cast<double>(snap_bytes) * 8 / dl / 1e9 : 0.0;
+  const double bound_measured = link > 0 ? std::max(static_cast<double>(fetched) * 8 / (link * 1e9), local) : 0.0;
+  std::optional<double> https;
+  if (!k.samples.empty() && k.samples[0].streamed_https_s) {
+    https = med([](const Sample& s) { return s.streamed_https_s.value_or(0); });
+  }
+  const uint64_t https_bytes =
+      static_cast<uint64_t>(med([](const Sample& s) { return static_cast<double>(s.bytes_fetched_https); }));
+  const double https_bound = std::max(static_cast<double>(https_bytes) * 8 / (k.rate * 1e9), local);
   const double cold = med([](const Sample& s) { return s.cold_s; });
   const double model_dl = med([](const Sample& s) { return s.model_download_s; });
-  const uint64_t snap_bytes = k.samples.empty() ? 0 : k.samples[0].snapshot_bytes;
   ojson j = {{"preset", k.preset},
              {"rate_gbit", k.rate},
              {"transport", a.plain_http ? "http" : "https"},
@@ -851,11 +894,16 @@ ojson CaseJson(const Case& k, const FetchBenchArgs& a) {
              {"local_restore_s", local},
              {"lower_bound_s", d.lower_bound_s},
              {"download_s", dl},
-             {"link_gbit_measured", dl > 0 ? static_cast<double>(snap_bytes) * 8 / dl / 1e9 : 0.0},
+             {"link_gbit_measured", link},
+             {"lower_bound_measured_link_s", bound_measured},
              {"download_then_restore_s", d.download_then_restore_s},
              {"streamed_s", st ? json(*st) : json(nullptr)},
              {"overlap_efficiency", st ? json(d.overlap_efficiency) : json(nullptr)},
              {"streamed_target_met", st ? json(*st <= 1.15 * d.lower_bound_s) : json(nullptr)},
+             {"overlap_efficiency_measured_link", st && *st > 0 ? json(bound_measured / *st) : json(nullptr)},
+             {"streamed_https_s", https ? json(*https) : json(nullptr)},
+             {"https_bytes_fetched", https_bytes},
+             {"overlap_efficiency_https", https && *https > 0 ? json(https_bound / *https) : json(nullptr)},
              {"cached_s", ca ? json(*ca) : json(nullptr)},
              {"cached_bytes_fetched", static_cast<uint64_t>(med([](const Sample& s) {
                 return static_cast<double>(s.bytes_fetched_cached);
@@ -883,9 +931,9 @@ void PrintTable(const std::vector<ojson>& cases, const FetchBenchArgs& a, const 
               "with tc tbf;\nmedians of %d; times to ready in seconds, each from the start of the process to the "
               "replica verified\n\n",
               a.plain_http ? "plain HTTP" : "HTTPS", netns.c_str(), a.repeat);
-  std::printf("%-6s %5s %10s %8s %8s %8s %10s %8s %6s %8s %8s %6s %7s %7s %s\n", "preset", "Gbit", "fetched",
-              "transfer", "local", "bound", "curl+rest", "streamed", "eff", "cached", "local_c", "c/l", "cold",
-              "link", "targets (b <= 1.15 bound, c <= 1.2 local_c)");
+  std::printf("%-6s %5s %10s %8s %8s %8s %10s %8s %6s %8s %8s %8s %6s %7s %6s %s\n", "preset", "Gbit", "fetched",
+              "transfer", "local", "bound", "curl+rest", "streamed", "eff", "https", "cached", "local_c", "c/l",
+              "cold", "link", "targets (b <= 1.15 bound, c <= 1.2 local_c)");
   for (const auto& j : cases) {
     std::string targets;
     if (j["streamed_s"].is_null()) {
@@ -895,22 +943,25 @@ void PrintTable(const std::vector<ojson>& cases, const FetchBenchArgs& a, const 
                 (j["cached_target_met"].get<bool>() ? "met" : "MISSED");
     }
     if (j.contains("errors")) targets += "; " + std::to_string(j["errors"].size()) + " run(s) failed";
-    std::printf("%-6s %5s %10s %8s %8s %8s %10s %8s %6s %8s %8s %6s %7s %7s %s\n",
+    std::printf("%-6s %5s %10s %8s %8s %8s %10s %8s %6s %8s %8s %8s %6s %7s %6s %s\n",
                 j["preset"].get<std::string>().c_str(), Fixed(j["rate_gbit"].get<double>(), 1).c_str(),
                 HumanBytes(j["bytes_fetched"].get<uint64_t>()).c_str(), Cell(j, "transfer_s").c_str(),
                 Cell(j, "local_restore_s").c_str(), Cell(j, "lower_bound_s").c_str(),
                 Cell(j, "download_then_restore_s").c_str(), Cell(j, "streamed_s").c_str(),
-                Cell(j, "overlap_efficiency").c_str(), Cell(j, "cached_s").c_str(), Cell(j, "local_cached_s").c_str(),
+                Cell(j, "overlap_efficiency").c_str(), Cell(j, "streamed_https_s").c_str(), Cell(j, "cached_s").c_str(),
+                Cell(j, "local_cached_s").c_str(),
                 Cell(j, "cached_vs_local").c_str(), Cell(j, "cold_s").c_str(), Cell(j, "link_gbit_measured").c_str(),
                 targets.c_str());
   }
   std::printf("\nfetched: bytes the streamed restore fetched (fetch.bytes_fetched); transfer = fetched * 8 / rate;\n"
               "local: restore from a local file, empty weights directory; bound = max(transfer, local);\n"
               "curl+rest: (a) curl of the whole file + restore from it; streamed: (b) restore oci://, empty node\n"
-              "cache and weights directory; eff = bound / streamed; cached: (c) the same again, cache and weights\n"
+              "cache and weights directory; eff = bound / streamed; https: (b) from nginx, restore https://...;\n"
+              "cached: (c) restore oci:// again, cache and weights\n"
               "kept; local_c: restore from a local file with the weights in place; c/l = cached / local_c;\n"
               "cold: the server's cold boot to GET /readyz 200 (model file local; add model_download_s in --json\n"
-              "for a fresh host); link: Gbit/s curl achieved through the shaped loopback.\n");
+              "for a fresh host); link: Gbit/s curl achieved through the shaped loopback (below the rate: the\n"
+              "machine, not the link, set the pace; --json has the bound and efficiency at that rate too).\n");
 }
 
 // ---- the run ------------------------------------------------------------------
@@ -952,21 +1003,26 @@ Status PushSnapshot(Ctx& c, const Preset& p) {
   return Status::Ok();
 }
 
+void NoteError(const std::string& message) {
+  while (Pending().stopping.load()) ::sleep(1);
+  Note("error: " + message);
+}
+
 int RunBenchFetch(const FetchBenchArgs& a) {
-  if (::geteuid() != 0) return Fail(FailedPrecondition("bench fetch needs root (network namespaces, tc, CRIU)"));
+  if (::geteuid() != 0) return Failed(FailedPrecondition("bench fetch needs root (network namespaces, tc, CRIU)"));
   for (const char* tool : {"ip", "tc", "curl", "nginx", "docker-registry", "openssl"}) {
-    if (auto p = OnPath(tool); !p.ok()) return Fail(p.status());
+    if (auto p = OnPath(tool); !p.ok()) return Failed(p.status());
   }
   StartSignalWatcher();
   Ctx c;
   c.args = &a;
   std::error_code ec;
   c.self = fs::read_symlink("/proc/self/exe", ec).string();
-  if (ec) return Fail(IoError("cannot find this executable (/proc/self/exe): " + ec.message()));
+  if (ec) return Failed(IoError("cannot find this executable (/proc/self/exe): " + ec.message()));
   auto server = FindSibling("hotboot-server");
-  if (!server.ok()) return Fail(server.status());
+  if (!server.ok()) return Failed(server.status());
   c.server = *server;
-  if (Status s = PrepareDirs(c, a); !s.ok()) return Fail(s);
+  if (Status s = PrepareDirs(c, a); !s.ok()) return Failed(s);
   struct RemoveScratch {
     const Ctx& c;
     bool keep;
@@ -979,6 +1035,10 @@ int RunBenchFetch(const FetchBenchArgs& a) {
       }
     }
   } remove_scratch{c, a.keep};
+  if (!a.keep) {
+    std::lock_guard<std::mutex> lock(Pending().mu);
+    Pending().scratch = c.scratch;
+  }
   Note("bench directory " + c.home + "; this run's files in " + c.scratch);
   // Without a push subcommand, `hotboot push --help` prints the top-level help and exits 0.
   auto push_help = RunCommand({c.self, "push", "--help"}, c.Log("push-help"), std::chrono::seconds(30));
@@ -991,43 +1051,43 @@ int RunBenchFetch(const FetchBenchArgs& a) {
     Preset p;
     p.name = name;
     auto model = EnsureModel("", name);
-    if (!model.ok()) return Fail(model.status());
+    if (!model.ok()) return Failed(model.status());
     p.model = *model;
     auto snap = EnsureSnapshot(c, name);
-    if (!snap.ok()) return Fail(snap.status().Prefixed("snapshot of preset " + name));
+    if (!snap.ok()) return Failed(snap.status().Prefixed("snapshot of preset " + name));
     p.snapshot = *snap;
     auto sb = FileSize(p.snapshot), mb = FileSize(p.model);
-    if (!sb.ok() || !mb.ok()) return Fail(!sb.ok() ? sb.status() : mb.status());
+    if (!sb.ok() || !mb.ok()) return Failed(!sb.ok() ? sb.status() : mb.status());
     p.snapshot_bytes = *sb;
     p.model_bytes = *mb;
     for (const auto& [from, to] : {std::pair{p.snapshot, c.www + "/" + name + ".hbsnap"},
                                    std::pair{p.model, c.www + "/" + name + ".safetensors"}}) {
-      if (Status s = Publish(from, to); !s.ok()) return Fail(s);
+      if (Status s = Publish(from, to); !s.ok()) return Failed(s);
     }
     presets.push_back(p);
   }
 
   const std::string ns_name = "hotboot-bench-" + std::to_string(::getpid());
   auto ns = Netns::Create(ns_name, c.Log("netns"));
-  if (!ns.ok()) return Fail(ns.status().Prefixed("network namespace " + ns_name));
+  if (!ns.ok()) return Failed(ns.status().Prefixed("network namespace " + ns_name));
   c.ns = ns->get();
   c.ep.tls = !a.plain_http;
   Tls tls;
   if (c.ep.tls) {
     auto t = MakeTls(c.scratch + "/tls", c.Log("openssl"));
-    if (!t.ok()) return Fail(t.status().Prefixed("TLS certificates"));
+    if (!t.ok()) return Failed(t.status().Prefixed("TLS certificates"));
     tls = *t;
     c.ep.ca = tls.ca;
   }
   auto registry = StartRegistry(*c.ns, c.ep, tls, c.scratch + "/registry");
-  if (!registry.ok()) return Fail(registry.status().Prefixed("docker-registry"));
+  if (!registry.ok()) return Failed(registry.status().Prefixed("docker-registry"));
   auto nginx = StartFileServer(*c.ns, c.ep, tls, c.scratch + "/nginx", c.www);
-  if (!nginx.ok()) return Fail(nginx.status().Prefixed("nginx"));
+  if (!nginx.ok()) return Failed(nginx.status().Prefixed("nginx"));
   Note("namespace " + ns_name + ": docker-registry on " + c.ep.registry() + ", nginx on " + c.ep.file_url("") +
        (c.ep.tls ? " (TLS, CA " + c.ep.ca + ")" : " (plain HTTP)"));
   if (c.oci) {
     for (const auto& p : presets) {
-      if (Status s = PushSnapshot(c, p); !s.ok()) return Fail(s.Prefixed("push " + p.name));
+      if (Status s = PushSnapshot(c, p); !s.ok()) return Failed(s.Prefixed("push " + p.name));
     }
   }
 
@@ -1043,8 +1103,8 @@ int RunBenchFetch(const FetchBenchArgs& a) {
       Note(p.name + ": cold boot of the server (repeat " + std::to_string(rep + 1) + ")");
       auto t = ColdBoot(c, p.model, p.name + "-cold");
       if (!t.ok()) {
-        Note("error: " + t.status().message());
-        if (!a.keep_going) return Fail(t.status());
+        if (!a.keep_going) return Failed(t.status());
+        NoteError(t.status().message());
         failed = true;
         continue;
       }
@@ -1052,7 +1112,7 @@ int RunBenchFetch(const FetchBenchArgs& a) {
       Note("  ready in " + Fixed(*t) + " s");
     }
     for (double rate : a.rates) {
-      if (Status s = c.ns->Shape(rate); !s.ok()) return Fail(s.Prefixed("tc"));
+      if (Status s = c.ns->Shape(rate); !s.ok()) return Failed(s.Prefixed("tc"));
       for (const auto& p : presets) {
         const std::string tag = p.name + "-" + Fixed(rate, 1) + "g-r" + std::to_string(rep + 1);
         Note(p.name + " at " + Fixed(rate, 1) + " Gbit/s, repeat " + std::to_string(rep + 1) + " of " +
@@ -1063,12 +1123,13 @@ int RunBenchFetch(const FetchBenchArgs& a) {
         Status st = MeasureLocal(c, p, tag, &s);
         if (st.ok()) st = MeasureDownloadThenRestore(c, p, tag, &s);
         if (st.ok() && c.oci) st = MeasureStreamed(c, p, tag, &s);
+        if (st.ok() && c.oci) st = MeasureStreamedHttps(c, p, tag, &s);
         if (st.ok()) st = MeasureModelDownload(c, p, tag, &s);
         Case& k = *std::find_if(cases.begin(), cases.end(),
                                 [&](const Case& x) { return x.preset == p.name && x.rate == rate; });
         if (!st.ok()) {
-          Note("error: " + st.message());
-          if (!a.keep_going) return Fail(st.Prefixed(tag));
+          if (!a.keep_going) return Failed(st.Prefixed(tag));
+          NoteError(st.message());
           failed = true;
           k.errors.push_back(st.message());
           continue;
