@@ -697,8 +697,11 @@ bool RemoveEntry(int dir_fd, const SafeDir* weights, const Entry& e, bool dry_ru
     ::unlinkat(weights->fd(), SidecarName(e.item.name).c_str(), 0);
     return true;
   }
+  // A blob's lock is made when missing and held while it goes, so no read
+  // starts on it meanwhile; a partial's is only looked at (a fetch that
+  // starts now makes a partial of another name).
   Fd lock;
-  if (TryLock(dir_fd, e.hex, /*create=*/!dry_run, &lock) == LockState::kHeld) return false;
+  if (TryLock(dir_fd, e.hex, /*create=*/!dry_run && e.item.kind == "blob", &lock) == LockState::kHeld) return false;
   if (e.item.kind == "partial" && HoldsOpen(e.owner, e.st)) return false;
   if (dry_run) return true;
   const std::string rel = e.item.kind == "blob" ? std::string(kBlobDir) + "/" + e.hex : "tmp/" + e.item.name;
