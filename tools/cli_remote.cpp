@@ -48,8 +48,12 @@ bool IsRemoteSnapshot(const std::string& s) { return fetch::IsOciRef(s) || fetch
 fetch::ProgressFn ProgressPrinter(const std::string& label, bool json_events) {
   const bool tty = ::isatty(2) == 1;
   if (Quiet() || (!tty && !json_events)) return nullptr;
-  return [label, tty, json_events](const fetch::Progress& p) {
+  auto last = std::make_shared<double>(-1);
+  return [label, tty, json_events, last](const fetch::Progress& p) {
     std::lock_guard lk(g_progress_mu);
+    // At most 5 lines a second, and the last one.
+    if (p.elapsed_s - *last < 0.2 && p.done < p.total) return;
+    *last = p.elapsed_s;
     const double rate = p.elapsed_s > 0 ? static_cast<double>(p.done) / p.elapsed_s : 0;
     const double eta = rate > 0 && p.total > p.done ? static_cast<double>(p.total - p.done) / rate : 0;
     if (json_events) {
