@@ -3,7 +3,10 @@
 #include "hotboot/oci.h"
 
 #include <fcntl.h>
+#include <openssl/ec.h>
 #include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -16,6 +19,7 @@
 #include <fstream>
 #include <random>
 #include <string>
+#include <thread>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -576,6 +580,153 @@ TEST_F(RegistryTest, PlainHttpRegistryWithoutAuth) {
   auto g = (*reg)->GetBlob(Sha256Digest(blob), 6, 5, AppendTo(&got));
   ASSERT_TRUE(g.ok()) << g.status().ToString();
   EXPECT_EQ(got, "plain");
+}
+
+TEST_F(RegistryTest, ManyThreadsShareOneRegistry) {
+  const Pushed& p = PushOnce();
+  ASSERT_FALSE(HasFailure());
+  auto reg = Connect("models/llm:v1", Opts());  // not yet authenticated: threads race to it
+  ASSERT_NE(reg, nullptr);
+  const uint64_t part = p.blob.size() / 8;
+  std::vector<std::string> got(8);
+  std::vector<Status> st(8);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 8; ++i) {
+    threads.emplace_back([&, i] {
+      auto r = reg->GetBlob(p.blob_digest, i * part, part, AppendTo(&got[i]));
+      st[i] = r.status();
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < 8; ++i) {
+    ASSERT_TRUE(st[i].ok()) << i << ": " << st[i].ToString();
+    EXPECT_TRUE(got[i] == p.blob.substr(i * part, part)) << i;
+  }
+}
+
+// ---------------------------------------------------------------- Bearer
+
+std::string B64Url(const std::string& s) {
+  std::string b = B64(s);
+  for (char& c : b) c = c == '+' ? '-' : c == '/' ? '_' : c;
+  while (!b.empty() && b.back() == '=') b.pop_back();
+  return b;
+}
+
+// An ES256 JWT as docker/distribution's token auth accepts it: the signing
+// certificate rides in the x5c header and is the registry's root bundle.
+std::string MakeJwt(const std::string& key_pem, const std::string& cert_pem, const std::string& claims) {
+  FILE* kf = fopen(key_pem.c_str(), "r");
+  FILE* cf = fopen(cert_pem.c_str(), "r");
+  if (kf == nullptr || cf == nullptr) return "";
+  EVP_PKEY* key = PEM_read_PrivateKey(kf, nullptr, nullptr, nullptr);
+  X509* cert = PEM_read_X509(cf, nullptr, nullptr, nullptr);
+  fclose(kf);
+  fclose(cf);
+  if (key == nullptr || cert == nullptr) return "";
+  unsigned char* der = nullptr;
+  int der_len = i2d_X509(cert, &der);
+  std::string cert_der(reinterpret_cast<char*>(der), static_cast<size_t>(der_len));
+  OPENSSL_free(der);
+  X509_free(cert);
+  const std::string header = "{\"alg\":\"ES256\",\"typ\":\"JWT\",\"x5c\":[\"" + B64(cert_der) + "\"]}";
+  const std::string signing_input = B64Url(header) + "." + B64Url(claims);
+  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+  size_t sig_len = 0;
+  std::string sig;
+  if (EVP_DigestSignInit(ctx, nullptr, EVP_sha256(), nullptr, key) == 1 &&
+      EVP_DigestSign(ctx, nullptr, &sig_len, reinterpret_cast<const unsigned char*>(signing_input.data()),
+                     signing_input.size()) == 1) {
+    sig.resize(sig_len);
+    if (EVP_DigestSign(ctx, reinterpret_cast<unsigned char*>(sig.data()), &sig_len,
+                       reinterpret_cast<const unsigned char*>(signing_input.data()), signing_input.size()) != 1) {
+      sig.clear();
+    }
+    sig.resize(sig_len);
+  }
+  EVP_MD_CTX_free(ctx);
+  EVP_PKEY_free(key);
+  // DER ECDSA-Sig-Value -> JWS's raw r || s.
+  const unsigned char* p = reinterpret_cast<const unsigned char*>(sig.data());
+  ECDSA_SIG* es = d2i_ECDSA_SIG(nullptr, &p, static_cast<long>(sig.size()));
+  if (es == nullptr) return "";
+  unsigned char raw[64];
+  BN_bn2binpad(ECDSA_SIG_get0_r(es), raw, 32);
+  BN_bn2binpad(ECDSA_SIG_get0_s(es), raw + 32, 32);
+  ECDSA_SIG_free(es);
+  return signing_input + "." + B64Url(std::string(reinterpret_cast<char*>(raw), 64));
+}
+
+TEST(BearerRegistryTest, TokenFromTheRealmIsUsed) {
+  if (access("/usr/bin/docker-registry", X_OK) != 0 || access("/usr/sbin/nginx", X_OK) != 0 ||
+      access("/usr/bin/openssl", X_OK) != 0) {
+    GTEST_SKIP() << "docker-registry, nginx or openssl is missing";
+  }
+  const std::string dir = MakeTempDir("bearer-test");
+  chmod(dir.c_str(), 0755);
+  int rc = 0;
+  std::string out = Shell("/usr/bin/openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+                          "-keyout " + dir + "/signer.key -out " + dir + "/signer.pem -days 2 "
+                          "-subj /CN=hotboot-token-signer 2>&1", &rc);
+  ASSERT_EQ(rc, 0) << out;
+  const long now = static_cast<long>(time(nullptr));
+  const std::string claims =
+      "{\"iss\":\"hotboot-issuer\",\"sub\":\"hotboot\",\"aud\":\"hotboot-registry\",\"exp\":" +
+      std::to_string(now + 3600) + ",\"nbf\":" + std::to_string(now - 60) + ",\"iat\":" + std::to_string(now - 60) +
+      ",\"jti\":\"t1\",\"access\":[{\"type\":\"repository\",\"name\":\"bearer/repo\","
+      "\"actions\":[\"pull\",\"push\"]}]}";
+  const std::string jwt = MakeJwt(dir + "/signer.key", dir + "/signer.pem", claims);
+  ASSERT_FALSE(jwt.empty());
+  // nginx is the realm: it answers every token request with this token,
+  // under "access_token" (the OAuth2 name; docker's own is "token").
+  fs::create_directories(dir + "/docroot");
+  WriteFile(dir + "/docroot/token", "{\"access_token\":\"" + jwt + "\",\"expires_in\":3600}");
+  auto realm = FileServer::Start(dir + "/nginx", dir + "/docroot");
+  ASSERT_TRUE(realm.ok()) << realm.status().ToString();
+  RegistryServer::TokenAuth ta{(*realm)->url("token"), "hotboot-registry", "hotboot-issuer", dir + "/signer.pem"};
+  auto server = RegistryServer::StartWithTokenAuth(dir + "/registry", ta);
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+
+  // One CA file trusting both the registry and the realm.
+  const std::string cas = dir + "/cas.pem";
+  WriteFile(cas, ReadFile((*server)->ca_cert()) + ReadFile((*realm)->ca_cert()));
+  RemoteOptions o;
+  o.tls.ca_cert = cas;
+  o.authfile = (*server)->WriteAuthFile(dir + "/auth.json", "anyone", "anything");
+  auto ref = ParseOciRef("oci://" + (*server)->host() + "/bearer/repo:t");
+  ASSERT_TRUE(ref.ok());
+  auto reg = Registry::Connect(*ref, o);
+  ASSERT_TRUE(reg.ok()) << reg.status().ToString();
+  const std::string blob = RandomBytes(100000, 9);
+  Status st = (*reg)->PushBlobBytes(Sha256Digest(blob), blob);
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  OciManifest m = SampleManifest();
+  m.config = {"application/vnd.hotboot.snapshot.config.v1+json", Sha256Digest(blob), blob.size(), {}};
+  m.layers = {m.config};
+  auto d = (*reg)->PutManifest("t", kOciManifestType, m.ToJson());
+  ASSERT_TRUE(d.ok()) << d.status().ToString();
+  auto got_m = (*reg)->GetManifest("t");
+  ASSERT_TRUE(got_m.ok()) << got_m.status().ToString();
+  EXPECT_EQ(got_m->bytes, m.ToJson());
+  std::string got;
+  auto g = (*reg)->GetBlob(Sha256Digest(blob), 10, 1000, AppendTo(&got));
+  ASSERT_TRUE(g.ok()) << g.status().ToString();
+  EXPECT_EQ(got, blob.substr(10, 1000));
+
+  // A repository the token does not cover: the registry refuses the token
+  // it just got; that is a credentials problem, said as one.
+  auto other_ref = ParseOciRef("oci://" + (*server)->host() + "/bearer/other:t");
+  ASSERT_TRUE(other_ref.ok());
+  auto other = Registry::Connect(*other_ref, o);
+  ASSERT_TRUE(other.ok());
+  auto r = (*other)->GetManifest("t");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Code::kFailedPrecondition) << r.status().ToString();
+  EXPECT_THAT(r.status().message(), HasSubstr("anyone"));
+  std::cout << "[token for another repository] " << r.status().ToString() << "\n";
+  server->reset();
+  realm->reset();
+  fs::remove_all(dir);
 }
 
 // ---------------------------------------------------------------- HttpFile

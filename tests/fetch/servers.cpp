@@ -244,6 +244,16 @@ Result<Tls> MakeTls(const std::string& dir) {
 // ---------------------------------------------------------------- registry
 
 Result<std::unique_ptr<RegistryServer>> RegistryServer::Start(const std::string& dir, bool tls, bool auth) {
+  return StartImpl(dir, tls, auth, nullptr);
+}
+
+Result<std::unique_ptr<RegistryServer>> RegistryServer::StartWithTokenAuth(const std::string& dir,
+                                                                          const TokenAuth& token) {
+  return StartImpl(dir, /*tls=*/true, /*auth=*/false, &token);
+}
+
+Result<std::unique_ptr<RegistryServer>> RegistryServer::StartImpl(const std::string& dir, bool tls, bool auth,
+                                                                  const TokenAuth* token) {
   const std::string bin = "/usr/bin/docker-registry";
   if (!Executable(bin)) return NotFound(bin + " is missing (apt-get install docker-registry)");
   const std::string htpasswd = "/usr/bin/htpasswd";
@@ -268,6 +278,10 @@ Result<std::unique_ptr<RegistryServer>> RegistryServer::Start(const std::string&
     while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.pop_back();
     HB_RETURN_IF_ERROR(WriteText(dir + "/htpasswd", line + "\n"));
     auth_yaml = "auth:\n  htpasswd:\n    realm: hotboot-test\n    path: " + dir + "/htpasswd\n";
+  }
+  if (token != nullptr) {
+    auth_yaml = "auth:\n  token:\n    realm: " + token->realm + "\n    service: " + token->service +
+                "\n    issuer: " + token->issuer + "\n    rootcertbundle: " + token->root_cert_bundle + "\n";
   }
   HB_ASSIGN_OR_RETURN(s->port_, FreePort());
   const std::string config = dir + "/config.yml";

@@ -36,6 +36,14 @@ class RegistryServer {
  public:
   static Result<std::unique_ptr<RegistryServer>> Start(const std::string& dir, bool tls = true,
                                                        bool auth = true);
+  // Bearer-token auth instead of htpasswd (TLS on): the registry sends
+  // clients to `realm` and accepts JWTs issued by `issuer` for `service`,
+  // signed by a certificate in `root_cert_bundle` (an x5c chain).
+  struct TokenAuth {
+    std::string realm, service, issuer, root_cert_bundle;
+  };
+  static Result<std::unique_ptr<RegistryServer>> StartWithTokenAuth(const std::string& dir,
+                                                                    const TokenAuth& token);
   ~RegistryServer();
   RegistryServer(const RegistryServer&) = delete;
   RegistryServer& operator=(const RegistryServer&) = delete;
@@ -57,6 +65,8 @@ class RegistryServer {
 
  private:
   RegistryServer() = default;
+  static Result<std::unique_ptr<RegistryServer>> StartImpl(const std::string& dir, bool tls, bool auth,
+                                                           const TokenAuth* token);
   std::string dir_, storage_, ca_cert_, user_, password_;
   int port_ = 0;
   pid_t pid_ = -1;
