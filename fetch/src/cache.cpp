@@ -32,6 +32,7 @@
 
 #include "hotboot/job.h"
 #include "hotboot/node_cache.h"
+#include "hotboot/oci.h"
 
 namespace hotboot::fetch {
 
@@ -287,20 +288,14 @@ struct RefIndex {
   std::map<std::string, std::vector<std::string>> refs_of;  // digest -> references
 };
 
-// The digests a manifest object lists (config and layers), each checked.
+// The digests a manifest lists (config and layers), by the one manifest
+// parser (oci.h), which checks each; none when it does not parse.
 std::vector<std::string> ManifestDigests(const json& m) {
   std::vector<std::string> out;
-  if (!m.is_object()) return out;
-  auto take = [&](const json& d) {
-    if (d.is_object() && d.contains("digest") && d["digest"].is_string()) {
-      const std::string s = d["digest"].get<std::string>();
-      if (IsValidDigest(s)) out.push_back(s);
-    }
-  };
-  if (m.contains("config")) take(m["config"]);
-  if (m.contains("layers") && m["layers"].is_array()) {
-    for (const auto& l : m["layers"]) take(l);
-  }
+  auto parsed = OciManifest::Parse(m.dump());
+  if (!parsed.ok()) return out;
+  out.push_back(parsed->config.digest);
+  for (const auto& l : parsed->layers) out.push_back(l.digest);
   return out;
 }
 
@@ -641,8 +636,8 @@ Status NodeCache::RecordRef(const std::string& ref, const std::string& manifest_
   if (dir_fd_ < 0) return FailedPrecondition("the cache directory " + dir_ + " was not created (opened for reading only)");
   if (ref.empty() || ref.size() > 4096) return InvalidArgument("record a reference: '" + ref.substr(0, 100) + "' is not one");
   if (manifest_bytes.size() > (4u << 20)) return Corrupt("the manifest of " + ref + " is over 4 MiB");
+  HB_RETURN_IF_ERROR(OciManifest::Parse(manifest_bytes).status().Prefixed(ref + " (" + manifest_digest + ")"));
   json manifest = json::parse(manifest_bytes, nullptr, false);
-  if (!manifest.is_object()) return Corrupt("the manifest of " + ref + " (" + manifest_digest + ") is not a JSON object");
   const json rec = {{"ref", ref},
                     {"digest", manifest_digest},
                     {"manifest", std::move(manifest)},

@@ -106,6 +106,17 @@ std::string Sha(const std::string& bytes) {
   return hex;
 }
 
+// An OCI manifest listing `config` and `layers`.
+std::string Manifest(const std::string& config, const std::vector<std::string>& layers) {
+  json ls = json::array();
+  for (const auto& l : layers) ls.push_back({{"mediaType", "application/vnd.hotboot.part"}, {"digest", l}, {"size", 1}});
+  return json{{"schemaVersion", 2},
+              {"mediaType", "application/vnd.oci.image.manifest.v1+json"},
+              {"config", {{"mediaType", "application/vnd.hotboot.config"}, {"digest", config}, {"size", 2}}},
+              {"layers", ls}}
+      .dump();
+}
+
 // A pid that ran and is gone.
 pid_t DeadPid() {
   const pid_t pid = ::fork();
@@ -240,12 +251,10 @@ TEST_F(CacheTest, ListShowsBlobsWithTheirRefsPartialsAndWeights) {
   ASSERT_TRUE(c);
   const std::string a = Put(*c, std::string(5000, 'a'));
   const std::string b = Put(*c, std::string(7000, 'b'));
-  const std::string manifest = json{{"schemaVersion", 2},
-                                    {"config", {{"digest", a}, {"size", 5000}}},
-                                    {"layers", json::array({{{"digest", b}, {"size", 7000}}})}}
-                                   .dump();
+  const std::string manifest = Manifest(a, {b});
   ASSERT_TRUE(c->RecordRef("oci://127.0.0.1:5000/m:v1", Sha(manifest), manifest).ok());
   ASSERT_TRUE(c->RecordRef("oci://127.0.0.1:5000/m:v2", Sha(manifest), manifest).ok());
+  EXPECT_EQ(c->RecordRef("oci://127.0.0.1:5000/m:v3", Sha("{}"), "{}").code(), Code::kCorrupt);
   auto partial = c->NewPartial(Sha("arriving"), 100);
   ASSERT_TRUE(partial.ok());
   WeightsFile("weights-0123456789abcdef0123456789abcdef.bin", 9000);
@@ -309,7 +318,7 @@ TEST_F(CacheTest, GcRemovesUnreferencedBlobsDeadPartialsStaleLocksOnly) {
   ASSERT_TRUE(c);
   const std::string kept = Put(*c, std::string(4096, 'k'));
   const std::string garbage = Put(*c, std::string(4096, 'g'));
-  const std::string manifest = json{{"layers", json::array({{{"digest", kept}}})}}.dump();
+  const std::string manifest = Manifest(Sha("{}"), {kept});
   ASSERT_TRUE(c->RecordRef("oci://127.0.0.1:5000/m:v1", Sha(manifest), manifest).ok());
   // A partial of a fetch that died, one of a live fetch (ours, open), and a
   // lock file whose blob is absent.
