@@ -606,21 +606,24 @@ Status NodeCache::Publish(PartialBlob& p, bool already_hashed) {
   }
   const std::string rel = std::string(kBlobDir) + "/" + *hex;
   // Never over an existing blob: it has the same bytes, and a reader may have it open.
-  if (::renameat2(dir_fd_, tmp_rel.c_str(), dir_fd_, rel.c_str(), RENAME_NOREPLACE) != 0) {
-    const int err = errno;
-    if (err == EEXIST) {
-      Discard(p);
-      return Status::Ok();
-    }
+  int rc = ::renameat2(dir_fd_, tmp_rel.c_str(), dir_fd_, rel.c_str(), RENAME_NOREPLACE);
+  int err = rc == 0 ? 0 : errno;
+  if (err == EINVAL) {  // a file system without RENAME_NOREPLACE
     struct stat st{};
-    if (err == EINVAL && ::fstatat(dir_fd_, rel.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 &&
-        ::renameat(dir_fd_, tmp_rel.c_str(), dir_fd_, rel.c_str()) == 0) {
-      // a file system without RENAME_NOREPLACE, and no blob there yet
+    if (::fstatat(dir_fd_, rel.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) {
+      err = EEXIST;
     } else {
-      Discard(p);
-      if (err == EINVAL) return Status::Ok();  // it is there now
-      return ErrnoError("rename " + p.path + " to " + dir_ + "/" + rel, err);
+      rc = ::renameat(dir_fd_, tmp_rel.c_str(), dir_fd_, rel.c_str());
+      err = rc == 0 ? 0 : errno;
     }
+  }
+  if (err == EEXIST) {  // another fetch published it first
+    Discard(p);
+    return Status::Ok();
+  }
+  if (err != 0) {
+    Discard(p);
+    return ErrnoError("rename " + p.path + " to " + dir_ + "/" + rel, err);
   }
   ::close(p.fd);
   p.fd = -1;
