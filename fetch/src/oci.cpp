@@ -387,10 +387,6 @@ Status RegistryImpl::Authenticate(const HttpResponse& r, const Scope& scope, con
                    header.substr(0, 300));
   }
   std::string scope_str = ScopeString(ref_.repository, scope.push, scope.also_pull);
-  if (!auth_header_.empty() && auth_scope_ == scope_str) {
-    // A token for exactly this scope was just refused.
-    return Refused(r.code, tried);
-  }
   std::string url = realm->second;
   url += (url.find('?') == std::string::npos ? "?" : "&");
   auto svc = ch->params.find("service");
@@ -434,7 +430,10 @@ Status RegistryImpl::Authenticate(const HttpResponse& r, const Scope& scope, con
 Result<HttpResponse> RegistryImpl::Send(HttpRequest req, const Scope& scope) {
   const std::vector<std::string> base_headers = req.headers;
   const std::string what = req.method + " " + req.url;
-  for (int attempt = 0; attempt < 3; ++attempt) {
+  // A 401 gets one fresh authentication (a first one, a token that expired
+  // or lacks this scope); a 401 to what it yielded is a refusal.
+  bool renewed = false;
+  for (int attempt = 0; attempt < 4; ++attempt) {
     std::string auth;
     {
       std::lock_guard<std::mutex> l(mu_);
@@ -446,9 +445,15 @@ Result<HttpResponse> RegistryImpl::Send(HttpRequest req, const Scope& scope) {
     if (r.code != 401) return r;
     std::lock_guard<std::mutex> l(mu_);
     if (auth_header_ != auth) continue;  // another thread authenticated meanwhile
+    if (renewed) {
+      HB_RETURN_IF_ERROR(LoadCredentials());
+      return Refused(r.code, what);
+    }
     HB_RETURN_IF_ERROR(Authenticate(r, scope, what));
+    renewed = true;
   }
   std::lock_guard<std::mutex> l(mu_);
+  HB_RETURN_IF_ERROR(LoadCredentials());
   return Refused(401, what);
 }
 
