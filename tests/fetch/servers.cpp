@@ -169,12 +169,13 @@ bool TcpAccepts(int port) {
 }
 
 // Polls until `ready` says yes, the child exits, or 20 s pass.
-Status WaitReady(pid_t pid, const std::string& what, const std::string& log,
+Status WaitReady(pid_t* pid, const std::string& what, const std::string& log,
                  const std::function<bool()>& ready) {
   auto deadline = Clock::now() + std::chrono::seconds(20);
   while (Clock::now() < deadline) {
     int st = 0;
-    if (waitpid(pid, &st, WNOHANG) == pid) {
+    if (waitpid(*pid, &st, WNOHANG) == *pid) {
+      *pid = -1;  // reaped: never signal that number again
       return IoError(what + " exited (status " + std::to_string(st) + ") before it answered; log " + log +
                      ":\n" + ReadTail(log));
     }
@@ -243,13 +244,27 @@ Result<Tls> MakeTls(const std::string& dir) {
 
 // ---------------------------------------------------------------- registry
 
+namespace {
+// FreePort's port can be taken by another process before the server binds
+// it (tests run in parallel): try again with another.
+template <typename F>
+auto RetryOnPortClash(F start) -> decltype(start()) {
+  for (int attempt = 0;; ++attempt) {
+    auto r = start();
+    if (r.ok() || attempt == 4) return r;
+    const std::string& m = r.status().message();
+    if (m.find("ddress already in use") == std::string::npos) return r;
+  }
+}
+}  // namespace
+
 Result<std::unique_ptr<RegistryServer>> RegistryServer::Start(const std::string& dir, bool tls, bool auth) {
-  return StartImpl(dir, tls, auth, nullptr);
+  return RetryOnPortClash([&] { return StartImpl(dir, tls, auth, nullptr); });
 }
 
 Result<std::unique_ptr<RegistryServer>> RegistryServer::StartWithTokenAuth(const std::string& dir,
                                                                           const TokenAuth& token) {
-  return StartImpl(dir, /*tls=*/true, /*auth=*/false, &token);
+  return RetryOnPortClash([&] { return StartImpl(dir, /*tls=*/true, /*auth=*/false, &token); });
 }
 
 Result<std::unique_ptr<RegistryServer>> RegistryServer::StartImpl(const std::string& dir, bool tls, bool auth,
@@ -299,7 +314,7 @@ Result<std::unique_ptr<RegistryServer>> RegistryServer::StartImpl(const std::str
   const bool have_curl = Executable("/usr/bin/curl");
   const std::string ca = s->ca_cert_;
   const int port = s->port_;
-  HB_RETURN_IF_ERROR(WaitReady(s->pid_, "docker-registry on " + s->host(), s->log_path(), [&] {
+  HB_RETURN_IF_ERROR(WaitReady(&s->pid_, "docker-registry on " + s->host(), s->log_path(), [&] {
     if (!have_curl) return TcpAccepts(port);
     std::string code = HttpCode(url, ca);
     return code == "200" || code == "401";
@@ -331,6 +346,11 @@ std::string RegistryServer::BlobDataPath(const std::string& digest) const {
 
 Result<std::unique_ptr<FileServer>> FileServer::Start(const std::string& dir, const std::string& docroot,
                                                       bool ranges) {
+  return RetryOnPortClash([&] { return StartImpl(dir, docroot, ranges); });
+}
+
+Result<std::unique_ptr<FileServer>> FileServer::StartImpl(const std::string& dir, const std::string& docroot,
+                                                          bool ranges) {
   const std::string bin = "/usr/sbin/nginx";
   if (!Executable(bin)) return NotFound(bin + " is missing (apt-get install nginx-light)");
   std::unique_ptr<FileServer> s(new FileServer());
@@ -361,7 +381,7 @@ Result<std::unique_ptr<FileServer>> FileServer::Start(const std::string& dir, co
   const bool have_curl = Executable("/usr/bin/curl");
   const std::string url = "https://127.0.0.1:" + std::to_string(s->port_) + "/";
   const int port = s->port_;
-  Status st = WaitReady(s->pid_, "nginx on 127.0.0.1:" + std::to_string(port), log, [&] {
+  Status st = WaitReady(&s->pid_, "nginx on 127.0.0.1:" + std::to_string(port), log, [&] {
     if (!have_curl) return TcpAccepts(port);
     return HttpCode(url, t.ca_cert) != "000";
   });

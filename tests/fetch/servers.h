@@ -4,6 +4,9 @@
 // Each runs as a child process (the proxy as a thread) that the object owns;
 // the destructor stops it and removes its directory.
 //
+// Servers die with the thread that started them (PR_SET_PDEATHSIG), so start
+// them on a thread that outlives their use (the test's own).
+//
 // Skip-friendly: Start returns kNotFound when the server's binary (or
 // openssl/htpasswd) is missing, so a test can GTEST_SKIP() on that code.
 #pragma once
@@ -89,6 +92,8 @@ class FileServer {
 
  private:
   FileServer() = default;
+  static Result<std::unique_ptr<FileServer>> StartImpl(const std::string& dir, const std::string& docroot,
+                                                       bool ranges);
   std::string dir_, ca_cert_;
   int port_ = 0;
   pid_t pid_ = -1;
