@@ -345,12 +345,12 @@ std::string RegistryServer::BlobDataPath(const std::string& digest) const {
 // ---------------------------------------------------------------- nginx
 
 Result<std::unique_ptr<FileServer>> FileServer::Start(const std::string& dir, const std::string& docroot,
-                                                      bool ranges) {
-  return RetryOnPortClash([&] { return StartImpl(dir, docroot, ranges); });
+                                                      bool ranges, bool claim_ranges) {
+  return RetryOnPortClash([&] { return StartImpl(dir, docroot, ranges, claim_ranges); });
 }
 
 Result<std::unique_ptr<FileServer>> FileServer::StartImpl(const std::string& dir, const std::string& docroot,
-                                                          bool ranges) {
+                                                          bool ranges, bool claim_ranges) {
   const std::string bin = "/usr/sbin/nginx";
   if (!Executable(bin)) return NotFound(bin + " is missing (apt-get install nginx-light)");
   std::unique_ptr<FileServer> s(new FileServer());
@@ -373,6 +373,7 @@ Result<std::unique_ptr<FileServer>> FileServer::StartImpl(const std::string& dir
           "  server {\n    listen 127.0.0.1:" + std::to_string(s->port_) + " ssl;\n"
           "    ssl_certificate " + t.cert + ";\n    ssl_certificate_key " + t.key + ";\n"
           "    root " + docroot + ";\n" + (ranges ? "" : "    max_ranges 0;\n") +
+          (!ranges && claim_ranges ? "    add_header Accept-Ranges bytes always;\n" : "") +
           "    location / { }\n  }\n}\n";
   const std::string config = dir + "/nginx.conf";
   HB_RETURN_IF_ERROR(WriteText(config, conf));

@@ -77,11 +77,13 @@ class RegistryServer {
 
 // nginx serving docroot over HTTPS (a config under dir; pid, logs and temp
 // paths all under dir; `daemon off; master_process off`). ranges=false
-// serves whole files only (max_ranges 0). kNotFound when nginx is missing.
+// serves whole files only (max_ranges 0); with claim_ranges it still says
+// Accept-Ranges: bytes (a server that claims ranges and answers 200 whole).
+// kNotFound when nginx is missing.
 class FileServer {
  public:
   static Result<std::unique_ptr<FileServer>> Start(const std::string& dir, const std::string& docroot,
-                                                   bool ranges = true);
+                                                   bool ranges = true, bool claim_ranges = false);
   ~FileServer();
   FileServer(const FileServer&) = delete;
   FileServer& operator=(const FileServer&) = delete;
@@ -93,7 +95,7 @@ class FileServer {
  private:
   FileServer() = default;
   static Result<std::unique_ptr<FileServer>> StartImpl(const std::string& dir, const std::string& docroot,
-                                                       bool ranges);
+                                                       bool ranges, bool claim_ranges);
   std::string dir_, ca_cert_;
   int port_ = 0;
   pid_t pid_ = -1;
