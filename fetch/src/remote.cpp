@@ -152,6 +152,8 @@ class RemoteSnapshot::Impl {
     manifest_bytes_ = mb.bytes;
     HB_ASSIGN_OR_RETURN(cache_, NodeCache::Open(o.cache_dir));
     if (o.job) cache_->SetJob(o.job);
+    // Recorded first: gc keeps the blobs a recorded reference lists.
+    HB_RETURN_IF_ERROR(cache_->RecordRef(name_, manifest_digest_, manifest_bytes_));
     // In layer order, so that two fetches of overlapping artifacts never
     // wait on each other in a cycle.
     for (auto& s : segs_) HB_RETURN_IF_ERROR(Back(s));
@@ -237,12 +239,21 @@ class RemoteSnapshot::Impl {
       if (!s.asked && !s.cached) stats_.bytes_skipped += s.size;
       if (!s.temp || s.digest.empty()) continue;
       const bool complete = std::all_of(s.pieces.begin(), s.pieces.end(), [](const Piece& p) { return p.state == Piece::kDone; });
-      if (!complete) continue;  // discarded with the source
+      if (!complete) {
+        // Never (or not wholly) needed: nothing half-fetched is kept.
+        cache_->Discard(s.partial);
+        s.fd = -1;
+        s.partial.path.clear();
+        s.lock = BlobLock();
+        continue;
+      }
       HB_RETURN_IF_ERROR(cache_->Publish(s.partial).Prefixed(name_));
       s.fd = s.partial.fd = -1;
+      // Others waiting to fetch it find it now (our mapping stays valid
+      // whatever happens to the name).
+      s.lock = BlobLock();
       ++stats_.blobs_published;
     }
-    if (!manifest_digest_.empty()) HB_RETURN_IF_ERROR(cache_->RecordRef(name_, manifest_digest_, manifest_bytes_));
     return Status::Ok();
   }
 

@@ -1,0 +1,263 @@
+// The streamed source (fetch.h): a snapshot pushed to a real registry, or
+// served by nginx, read back through SnapshotReader while it arrives, must
+// be the same bytes as the file; cached blobs are reused; a cut connection
+// resumes; a damaged blob is refused and never kept.
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "hotboot/cache.h"
+#include "hotboot/fetch.h"
+#include "hotboot/snapshot_file.h"
+#include "servers.h"
+
+namespace hotboot::fetch {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::CuttingProxy;
+using testing::FileServer;
+using testing::RegistryServer;
+
+std::string Random(size_t n, uint32_t seed) {
+  std::mt19937 g(seed);
+  std::string s(n, '\0');
+  for (auto& c : s) c = static_cast<char>(g() & 0x3f);  // compressible, not trivially
+  return s;
+}
+
+class RemoteTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("hotboot-remote-test." + std::to_string(::getpid()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    // Two large sections (one blob each) between small ones.
+    std::vector<snapfile::SectionSource> secs;
+    secs.push_back({.name = "criu/a.img", .bytes = Random(300 << 10, 1)});
+    secs.push_back({.name = "weights/w.bin", .bytes = Random(40 << 20, 2)});
+    secs.push_back({.name = "criu/b.img", .bytes = Random(100 << 10, 3)});
+    secs.push_back({.name = "criu/pages.img", .bytes = Random(24 << 20, 4)});
+    secs.push_back({.name = "criu/c.img", .bytes = "tail"});
+    snap_ = (dir_ / "s.hbsnap").string();
+    snapfile::WriteOptions wo;
+    wo.zstd_level = 1;
+    wo.transforms = false;
+    ASSERT_TRUE(snapfile::WriteSnapshot(snap_, R"({"test":1})", secs, wo).ok());
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  std::unique_ptr<RegistryServer> StartRegistry() {
+    auto r = RegistryServer::Start((dir_ / "registry").string(), /*tls=*/true, /*auth=*/true);
+    if (!r.ok()) {
+      if (r.status().code() == Code::kNotFound) return nullptr;
+      ADD_FAILURE() << r.status().message();
+      return nullptr;
+    }
+    return std::move(r).value();
+  }
+
+  RemoteOptions Remote(const RegistryServer& reg) {
+    RemoteOptions o;
+    o.tls.ca_cert = reg.ca_cert();
+    o.authfile = reg.WriteAuthFile((dir_ / "auth.json").string(), reg.user(), reg.password());
+    return o;
+  }
+
+  FetchOptions Fetch(const RemoteOptions& r, const std::string& cache) {
+    FetchOptions o;
+    o.remote = r;
+    o.cache_dir = (dir_ / cache).string();
+    o.piece = 1 << 20;
+    o.connections = 4;
+    return o;
+  }
+
+  std::string FileBytes() {
+    std::ifstream in(snap_, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  }
+
+  fs::path dir_;
+  std::string snap_;
+};
+
+TEST_F(RemoteTest, PartsCoverTheFileAndLargeSectionsStandAlone) {
+  auto r = snapfile::SnapshotReader::Open(snap_);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  const auto parts = PartsOf(**r);
+  ASSERT_EQ(parts.size(), 5u) << "head+small, weights, small, pages, small+index";
+  uint64_t at = 0;
+  for (const auto& p : parts) {
+    EXPECT_EQ(p.offset, at);
+    EXPECT_GT(p.size, 0u);
+    at += p.size;
+  }
+  EXPECT_EQ(at, (*r)->file_size());
+  EXPECT_TRUE(parts[1].own_section);
+  EXPECT_EQ(parts[1].sections, std::vector<std::string>{"weights/w.bin"});
+  EXPECT_EQ(parts[1].content_hash, (*r)->FindSection("weights/w.bin")->content_hash.Hex());
+  EXPECT_TRUE(parts[3].own_section);
+  EXPECT_FALSE(parts[4].own_section);
+}
+
+TEST_F(RemoteTest, PushedSnapshotReadsBackVerifiedAndIsCachedBlobByBlob) {
+  auto reg = StartRegistry();
+  if (!reg) GTEST_SKIP() << "docker-registry is not installed";
+  const RemoteOptions remote = Remote(*reg);
+  auto ref = ParseOciRef("oci://" + reg->host() + "/t/snap:v1");
+  ASSERT_TRUE(ref.ok());
+  PushOptions po;
+  po.remote = remote;
+  po.upload_chunk = 4 << 20;
+  auto pushed = Push(snap_, *ref, po);
+  ASSERT_TRUE(pushed.ok()) << pushed.status().message();
+  EXPECT_EQ(pushed->bytes_uploaded, pushed->bytes_total);
+
+  // A second push uploads nothing: every blob is there.
+  auto again = Push(snap_, *ref, po);
+  ASSERT_TRUE(again.ok()) << again.status().message();
+  EXPECT_EQ(again->bytes_uploaded, 0u);
+  EXPECT_EQ(again->digest, pushed->digest);
+
+  auto src = RemoteSnapshot::Open(ref->str(), Fetch(remote, "cache"));
+  ASSERT_TRUE(src.ok()) << src.status().message();
+  auto reader = snapfile::SnapshotReader::Open(*src);
+  ASSERT_TRUE(reader.ok()) << reader.status().message();
+  // Every chunk, section hash and the whole-file digest, read while fetched.
+  Status v = (*reader)->Verify(2);
+  ASSERT_TRUE(v.ok()) << v.message();
+  std::string all(FileBytes().size(), '\0');
+  ASSERT_TRUE((*src)->ReadAt(0, all.size(), all.data()).ok());
+  EXPECT_TRUE(all == FileBytes()) << "the layers concatenated are the file";
+  ASSERT_TRUE((*src)->Finish().ok());
+  const FetchStats st = (*src)->stats();
+  EXPECT_EQ(st.source, "oci");
+  EXPECT_EQ(st.resolved, pushed->digest);
+  EXPECT_EQ(st.bytes_fetched, pushed->bytes_total);
+  EXPECT_EQ(st.blobs_published, 5);
+
+  // From the node cache now: nothing over the network.
+  auto src2 = RemoteSnapshot::Open(ref->str(), Fetch(remote, "cache"));
+  ASSERT_TRUE(src2.ok()) << src2.status().message();
+  auto r2 = snapfile::SnapshotReader::Open(*src2);
+  ASSERT_TRUE(r2.ok());
+  ASSERT_TRUE((*r2)->Verify(2).ok());
+  ASSERT_TRUE((*src2)->Finish().ok());
+  EXPECT_EQ((*src2)->stats().bytes_fetched, 0u);
+  EXPECT_EQ((*src2)->stats().bytes_from_cache, pushed->bytes_total);
+}
+
+TEST_F(RemoteTest, OnlyWhatIsAskedForIsFetched) {
+  auto reg = StartRegistry();
+  if (!reg) GTEST_SKIP() << "docker-registry is not installed";
+  const RemoteOptions remote = Remote(*reg);
+  auto ref = ParseOciRef("oci://" + reg->host() + "/t/snap:v1");
+  ASSERT_TRUE(ref.ok());
+  auto pushed = Push(snap_, *ref, {.remote = remote});
+  ASSERT_TRUE(pushed.ok()) << pushed.status().message();
+  auto src = RemoteSnapshot::Open(ref->str(), Fetch(remote, "cache"));
+  ASSERT_TRUE(src.ok()) << src.status().message();
+  auto reader = snapfile::SnapshotReader::Open(*src);
+  ASSERT_TRUE(reader.ok()) << reader.status().message();
+  (*src)->PrefetchAllBut(**reader, {"weights/w.bin"});
+  ASSERT_TRUE((*reader)->ReadSection("criu/pages.img").ok());
+  ASSERT_TRUE((*src)->Finish().ok());
+  const FetchStats st = (*src)->stats();
+  const uint64_t weights_blob = pushed->parts[1].part.size;
+  EXPECT_EQ(st.bytes_fetched, pushed->bytes_total - weights_blob);
+  EXPECT_EQ(st.bytes_skipped, weights_blob);
+  auto cache = NodeCache::Open((dir_ / "cache").string());
+  ASSERT_TRUE(cache.ok());
+  EXPECT_FALSE((*cache)->Find(pushed->parts[1].part.digest)) << "a blob never fetched is not in the cache";
+  EXPECT_TRUE((*cache)->Find(pushed->parts[3].part.digest));
+  EXPECT_TRUE(fs::is_empty(dir_ / "cache" / "tmp")) << "no partial left behind";
+}
+
+TEST_F(RemoteTest, ACutConnectionResumesWhereItBroke) {
+  auto reg = StartRegistry();
+  if (!reg) GTEST_SKIP() << "docker-registry is not installed";
+  RemoteOptions remote = Remote(*reg);
+  auto ref = ParseOciRef("oci://" + reg->host() + "/t/snap:v1");
+  ASSERT_TRUE(Push(snap_, *ref, {.remote = remote}).ok());
+  // Every one of the first 6 connections is cut after 300 KiB (of 1 MiB pieces).
+  auto proxy = CuttingProxy::Start(reg->port(), 300 << 10, 6);
+  ASSERT_TRUE(proxy.ok()) << proxy.status().message();
+  const std::string via = "oci://127.0.0.1:" + std::to_string((*proxy)->port()) + "/t/snap:v1";
+  remote.authfile = reg->WriteAuthFile((dir_ / "auth-proxy.json").string(), reg->user(), reg->password());
+  // The auth file names the registry by the proxy's address.
+  {
+    std::ifstream in(remote.authfile);
+    std::string j((std::istreambuf_iterator<char>(in)), {});
+    const std::string from = reg->host(), to = "127.0.0.1:" + std::to_string((*proxy)->port());
+    j.replace(j.find(from), from.size(), to);
+    std::ofstream(remote.authfile) << j;
+  }
+  auto src = RemoteSnapshot::Open(via, Fetch(remote, "cache"));
+  ASSERT_TRUE(src.ok()) << src.status().message();
+  auto reader = snapfile::SnapshotReader::Open(*src);
+  ASSERT_TRUE(reader.ok()) << reader.status().message();
+  Status v = (*reader)->Verify(2);
+  ASSERT_TRUE(v.ok()) << v.message();
+  ASSERT_TRUE((*src)->Finish().ok());
+  EXPECT_GE((*proxy)->connections(), 7) << "connections were cut and made again";
+}
+
+TEST_F(RemoteTest, ABlobAlteredOnTheRegistryIsRefusedAndNotKept) {
+  auto reg = StartRegistry();
+  if (!reg) GTEST_SKIP() << "docker-registry is not installed";
+  const RemoteOptions remote = Remote(*reg);
+  auto ref = ParseOciRef("oci://" + reg->host() + "/t/snap:v1");
+  auto pushed = Push(snap_, *ref, {.remote = remote});
+  ASSERT_TRUE(pushed.ok()) << pushed.status().message();
+  const std::string data = reg->BlobDataPath(pushed->parts[1].part.digest);
+  {
+    std::fstream f(data, std::ios::in | std::ios::out | std::ios::binary);
+    ASSERT_TRUE(f.good()) << data;
+    f.seekp(static_cast<std::streamoff>(pushed->parts[1].part.size / 2));
+    f.put('\x5a');
+  }
+  auto src = RemoteSnapshot::Open(ref->str(), Fetch(remote, "cache"));
+  ASSERT_TRUE(src.ok()) << src.status().message();
+  auto reader = snapfile::SnapshotReader::Open(*src);
+  ASSERT_TRUE(reader.ok()) << reader.status().message();
+  auto w = (*reader)->ReadSection("weights/w.bin");
+  ASSERT_FALSE(w.ok());
+  EXPECT_EQ(w.status().code(), Code::kCorrupt) << w.status().message();
+  EXPECT_NE(w.status().message().find("weights/w.bin"), std::string::npos) << w.status().message();
+  src->reset();
+  reader->reset();
+  auto cache = NodeCache::Open((dir_ / "cache").string());
+  ASSERT_TRUE(cache.ok());
+  EXPECT_FALSE((*cache)->Find(pushed->parts[1].part.digest));
+  EXPECT_TRUE(fs::is_empty(dir_ / "cache" / "tmp")) << "the partial was discarded";
+}
+
+TEST_F(RemoteTest, HttpsUrlWithRangesReadsTheFile) {
+  fs::create_directories(dir_ / "www");
+  fs::copy_file(snap_, dir_ / "www" / "s.hbsnap");
+  auto srv = FileServer::Start((dir_ / "nginx").string(), (dir_ / "www").string());
+  if (!srv.ok() && srv.status().code() == Code::kNotFound) GTEST_SKIP() << "nginx is not installed";
+  ASSERT_TRUE(srv.ok()) << srv.status().message();
+  RemoteOptions remote;
+  remote.tls.ca_cert = (*srv)->ca_cert();
+  auto src = RemoteSnapshot::Open((*srv)->url("s.hbsnap"), Fetch(remote, "cache"));
+  ASSERT_TRUE(src.ok()) << src.status().message();
+  auto reader = snapfile::SnapshotReader::Open(*src);
+  ASSERT_TRUE(reader.ok()) << reader.status().message();
+  Status v = (*reader)->Verify(2);
+  ASSERT_TRUE(v.ok()) << v.message();
+  ASSERT_TRUE((*src)->Finish().ok());
+  EXPECT_EQ((*src)->stats().source, "https");
+  EXPECT_EQ((*src)->stats().bytes_fetched, fs::file_size(snap_));
+  EXPECT_TRUE(fs::is_empty(dir_ / "cache" / "tmp"));
+}
+
+}  // namespace
+}  // namespace hotboot::fetch
