@@ -89,10 +89,12 @@ Result<std::shared_ptr<fetch::RemoteSnapshot>> OpenRemote(const std::string& ref
 }
 
 json FetchJson(const fetch::FetchStats& s) {
-  return {{"source", s.source},       {"resolved", s.resolved},
+  json out = {{"source", s.source},       {"resolved", s.resolved},
           {"size", s.size},           {"bytes_fetched", s.bytes_fetched},
           {"bytes_from_cache", s.bytes_from_cache}, {"bytes_skipped", s.bytes_skipped},
           {"blobs_published", s.blobs_published},   {"fetch_ms", s.fetch_ms}};
+  if (s.source == "oci") out["manifest_digest"] = s.resolved;
+  return out;
 }
 
 }  // namespace hotboot::cli
