@@ -497,7 +497,11 @@ Status PlaceProvidedFiles(const Manifest& m, const snapfile::SnapshotReader& rea
                           bool signature_checked) {
   for (const ProvidedFile& f : m.process.provided_files) {
     HB_ASSIGN_OR_RETURN(const bool reuse, Reusable(f, dir, signature_checked));
-    if (reuse) continue;
+    if (reuse) {
+      // Its last use, for `hotboot cache prune` (least recently used first).
+      ::utimensat(dir.fd(), f.name.c_str(), nullptr, AT_SYMLINK_NOFOLLOW);
+      continue;
+    }
     HB_RETURN_IF_ERROR(ExtractToCache(reader, f.section, dir, f.name, threads).Prefixed("weights file " + f.name));
     if (signature_checked) HB_RETURN_IF_ERROR(WriteSignedMark(dir, f.name).Prefixed("weights file " + f.name));
   }
