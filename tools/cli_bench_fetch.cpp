@@ -557,8 +557,8 @@ Result<std::unique_ptr<Child>> StartFileServer(const Netns& ns, const Endpoints&
 
 struct Ctx {
   const FetchBenchArgs* args = nullptr;
-  std::string self;        // this executable
-  std::string server;      // hotboot-server
+  std::string self;        // this executable, copied into the bench directory
+  std::string server;      // hotboot-server, likewise
   std::string home;        // the bench directory (kept: snapshots, weights)
   std::string weights;     // HOTBOOT_WEIGHTS_DIR of every server, build, restore
   std::string scratch;     // this run's (removed unless --keep)
@@ -599,6 +599,60 @@ std::string HomeDir() {
   if (const char* h = std::getenv("HOTBOOT_HOME"); h && *h) return h;
   const char* home = std::getenv("HOME");
   return std::string(home && *home ? home : "/root") + "/.cache/hotboot";
+}
+
+// True when both files hold the same bytes.
+bool SameBytes(const std::string& a, const std::string& b) {
+  std::error_code ec1, ec2;
+  if (fs::file_size(a, ec1) != fs::file_size(b, ec2) || ec1 || ec2) return false;
+  std::ifstream fa(a, std::ios::binary), fb(b, std::ios::binary);
+  std::vector<char> ba(1 << 20), bb(1 << 20);
+  while (fa && fb) {
+    fa.read(ba.data(), static_cast<std::streamsize>(ba.size()));
+    fb.read(bb.data(), static_cast<std::streamsize>(bb.size()));
+    if (fa.gcount() != fb.gcount() || std::memcmp(ba.data(), bb.data(), static_cast<size_t>(fa.gcount())) != 0) {
+      return false;
+    }
+  }
+  return fa.eof() && fb.eof();
+}
+
+// Copies from to dir/name (a temporary, then rename) unless it holds the same
+// bytes already; true when it changed.
+Result<bool> Pin(const std::string& from, const std::string& dir, const std::string& name) {
+  const std::string to = dir + "/" + name, tmp = to + ".tmp";
+  if (SameBytes(from, to)) return false;
+  std::error_code ec;
+  fs::copy_file(from, tmp, fs::copy_options::overwrite_existing, ec);
+  if (ec) return IoError("copy " + from + " to " + tmp + ": " + ec.message());
+  if (::chmod(tmp.c_str(), 0755) != 0) return ErrnoError("chmod " + tmp, errno);
+  if (::rename(tmp.c_str(), to.c_str()) != 0) return ErrnoError("rename " + tmp + " to " + to, errno);
+  return true;
+}
+
+// The executables every command of the run uses, copied into the bench
+// directory: this very hotboot (read through /proc/self/exe, the file this
+// process runs even if a rebuild replaced the path) and its hotboot-server.
+// A build elsewhere can then neither break an exec mid-run nor change the
+// server a snapshot maps (CRIU restores the very file); when the server
+// changed, the snapshots made with the old one are removed and built again.
+Status PinBinaries(Ctx& c) {
+  const std::string dir = c.home + "/bin";
+  HB_RETURN_IF_ERROR(MakeDirs(dir));
+  HB_ASSIGN_OR_RETURN(std::string server, FindSibling("hotboot-server"));
+  HB_RETURN_IF_ERROR(Pin("/proc/self/exe", dir, "hotboot").status());
+  HB_ASSIGN_OR_RETURN(bool server_changed, Pin(server, dir, "hotboot-server"));
+  c.self = dir + "/hotboot";
+  c.server = dir + "/hotboot-server";
+  if (server_changed) {
+    std::error_code ec;
+    for (fs::directory_iterator it(c.home + "/snapshots", ec), end; !ec && it != end; it.increment(ec)) {
+      if (it->path().extension() != ".hbsnap") continue;
+      Note("removing " + it->path().string() + ": made with another hotboot-server than " + server);
+      fs::remove(it->path(), ec);
+    }
+  }
+  return Status::Ok();
 }
 
 // The preset's snapshot under the bench directory, built with `hotboot
@@ -1037,6 +1091,116 @@ void NoteError(const std::string& message) {
   Note("error: " + message);
 }
 
+// The snapshots and models, made or found before anything is timed, and
+// published in nginx's docroot.
+Result<std::vector<Preset>> PreparePresets(Ctx& c) {
+  std::vector<Preset> presets;
+  for (const auto& name : c.args->presets) {
+    Preset p;
+    p.name = name;
+    HB_ASSIGN_OR_RETURN(p.model, EnsureModel("", name));
+    auto snap = EnsureSnapshot(c, name);
+    if (!snap.ok()) return snap.status().Prefixed("snapshot of preset " + name);
+    p.snapshot = *snap;
+    HB_ASSIGN_OR_RETURN(p.snapshot_bytes, FileSize(p.snapshot));
+    HB_ASSIGN_OR_RETURN(p.model_bytes, FileSize(p.model));
+    HB_RETURN_IF_ERROR(Publish(p.snapshot, c.www + "/" + name + ".hbsnap"));
+    HB_RETURN_IF_ERROR(Publish(p.model, c.www + "/" + name + ".safetensors"));
+    presets.push_back(p);
+  }
+  return presets;
+}
+
+// The namespace and the servers in it; destroyed servers first, then the
+// namespace (with anything still inside).
+struct Servers {
+  std::unique_ptr<Netns> ns;
+  std::unique_ptr<Child> registry, nginx;
+};
+
+Result<Servers> StartServers(Ctx& c, const std::string& ns_name) {
+  Servers s;
+  auto ns = Netns::Create(ns_name, c.Log("netns"));
+  if (!ns.ok()) return ns.status().Prefixed("network namespace " + ns_name);
+  s.ns = std::move(*ns);
+  c.ns = s.ns.get();
+  c.ep.tls = !c.args->plain_http;
+  Tls tls;
+  if (c.ep.tls) {
+    auto t = MakeTls(c.scratch + "/tls", c.Log("openssl"));
+    if (!t.ok()) return t.status().Prefixed("TLS certificates");
+    tls = *t;
+    c.ep.ca = tls.ca;
+  }
+  auto registry = StartRegistry(*c.ns, c.ep, tls, c.scratch + "/registry");
+  if (!registry.ok()) return registry.status().Prefixed("docker-registry");
+  s.registry = std::move(*registry);
+  auto nginx = StartFileServer(*c.ns, c.ep, tls, c.scratch + "/nginx", c.www);
+  if (!nginx.ok()) return nginx.status().Prefixed("nginx");
+  s.nginx = std::move(*nginx);
+  c.servers = {s.registry->pid(), s.nginx->pid()};
+  Note("namespace " + ns_name + ": docker-registry on " + c.ep.registry() + ", nginx on " + c.ep.file_url("") +
+       (c.ep.tls ? " (TLS, CA " + c.ep.ca + ")" : " (plain HTTP)"));
+  return s;
+}
+
+// One preset at the rate the loopback has now, once.
+Status MeasureCase(Ctx& c, const Preset& p, const std::string& tag, Sample* s) {
+  s->snapshot_bytes = p.snapshot_bytes;
+  HB_RETURN_IF_ERROR(MeasureLocal(c, p, tag, s));
+  HB_RETURN_IF_ERROR(MeasureDownloadThenRestore(c, p, tag, s));
+  if (c.oci) {
+    HB_RETURN_IF_ERROR(MeasureStreamed(c, p, tag, s));
+    HB_RETURN_IF_ERROR(MeasureStreamedHttps(c, p, tag, s));
+  }
+  return MeasureModelDownload(c, p, tag, s);
+}
+
+// One repeat: the cold boots (they do not cross the link: once per preset,
+// unshaped), then every rate and preset. A failed case is recorded when
+// --keep-going, else returned.
+Status RunRepeat(Ctx& c, const std::vector<Preset>& presets, int rep, std::vector<Case>* cases, bool* failed) {
+  const FetchBenchArgs& a = *c.args;
+  auto find = [&](const std::string& preset, double rate) -> Case& {
+    return *std::find_if(cases->begin(), cases->end(),
+                         [&](const Case& x) { return x.preset == preset && x.rate == rate; });
+  };
+  std::map<std::string, double> cold;
+  for (const auto& p : presets) {
+    Note(p.name + ": cold boot of the server (repeat " + std::to_string(rep + 1) + ")");
+    auto t = ColdBoot(c, p.model, p.name + "-cold-r" + std::to_string(rep + 1));
+    if (!t.ok()) {
+      if (!a.keep_going) return t.status();
+      NoteError(t.status().message());
+      *failed = true;
+      for (double r : a.rates) find(p.name, r).errors.push_back(t.status().message());
+      continue;
+    }
+    cold[p.name] = *t;
+    Note("  ready in " + Fixed(*t) + " s");
+  }
+  for (double rate : a.rates) {
+    HB_RETURN_IF_ERROR(c.ns->Shape(rate).Prefixed("tc"));
+    for (const auto& p : presets) {
+      const std::string tag = p.name + "-" + Fixed(rate, 1) + "g-r" + std::to_string(rep + 1);
+      Note(p.name + " at " + Fixed(rate, 1) + " Gbit/s, repeat " + std::to_string(rep + 1) + " of " +
+           std::to_string(a.repeat));
+      Sample s;
+      s.cold_s = cold.count(p.name) ? cold[p.name] : 0;
+      Case& k = find(p.name, rate);
+      if (Status st = MeasureCase(c, p, tag, &s); !st.ok()) {
+        if (!a.keep_going) return st.Prefixed(tag);
+        NoteError(st.message());
+        *failed = true;
+        k.errors.push_back(st.message());
+        continue;
+      }
+      k.samples.push_back(s);
+    }
+  }
+  return Status::Ok();
+}
+
 int RunBenchFetch(const FetchBenchArgs& a) {
   if (::geteuid() != 0) return Failed(FailedPrecondition("bench fetch needs root (network namespaces, tc, CRIU)"));
   for (const char* tool : {"ip", "tc", "curl", "nginx", "docker-registry", "openssl"}) {
@@ -1045,13 +1209,8 @@ int RunBenchFetch(const FetchBenchArgs& a) {
   StartSignalWatcher();
   Ctx c;
   c.args = &a;
-  std::error_code ec;
-  c.self = fs::read_symlink("/proc/self/exe", ec).string();
-  if (ec) return Failed(IoError("cannot find this executable (/proc/self/exe): " + ec.message()));
-  auto server = FindSibling("hotboot-server");
-  if (!server.ok()) return Failed(server.status());
-  c.server = *server;
   if (Status s = PrepareDirs(c, a); !s.ok()) return Failed(s);
+  if (Status s = PinBinaries(c); !s.ok()) return Failed(s.Prefixed("copying the executables"));
   struct RemoveScratch {
     const Ctx& c;
     bool keep;
@@ -1074,99 +1233,23 @@ int RunBenchFetch(const FetchBenchArgs& a) {
   c.oci = push_help.ok() && push_help->find(" push [OPTIONS]") != std::string::npos;
   if (!c.oci) Note("warning: this hotboot has no `push`: cases (b) and (c) are not run");
 
-  // The snapshots and models, before anything is timed.
-  std::vector<Preset> presets;
-  for (const auto& name : a.presets) {
-    Preset p;
-    p.name = name;
-    auto model = EnsureModel("", name);
-    if (!model.ok()) return Failed(model.status());
-    p.model = *model;
-    auto snap = EnsureSnapshot(c, name);
-    if (!snap.ok()) return Failed(snap.status().Prefixed("snapshot of preset " + name));
-    p.snapshot = *snap;
-    auto sb = FileSize(p.snapshot), mb = FileSize(p.model);
-    if (!sb.ok() || !mb.ok()) return Failed(!sb.ok() ? sb.status() : mb.status());
-    p.snapshot_bytes = *sb;
-    p.model_bytes = *mb;
-    for (const auto& [from, to] : {std::pair{p.snapshot, c.www + "/" + name + ".hbsnap"},
-                                   std::pair{p.model, c.www + "/" + name + ".safetensors"}}) {
-      if (Status s = Publish(from, to); !s.ok()) return Failed(s);
-    }
-    presets.push_back(p);
-  }
-
+  auto presets = PreparePresets(c);
+  if (!presets.ok()) return Failed(presets.status());
   const std::string ns_name = "hotboot-bench-" + std::to_string(::getpid());
-  auto ns = Netns::Create(ns_name, c.Log("netns"));
-  if (!ns.ok()) return Failed(ns.status().Prefixed("network namespace " + ns_name));
-  c.ns = ns->get();
-  c.ep.tls = !a.plain_http;
-  Tls tls;
-  if (c.ep.tls) {
-    auto t = MakeTls(c.scratch + "/tls", c.Log("openssl"));
-    if (!t.ok()) return Failed(t.status().Prefixed("TLS certificates"));
-    tls = *t;
-    c.ep.ca = tls.ca;
-  }
-  auto registry = StartRegistry(*c.ns, c.ep, tls, c.scratch + "/registry");
-  if (!registry.ok()) return Failed(registry.status().Prefixed("docker-registry"));
-  auto nginx = StartFileServer(*c.ns, c.ep, tls, c.scratch + "/nginx", c.www);
-  if (!nginx.ok()) return Failed(nginx.status().Prefixed("nginx"));
-  c.servers = {(*registry)->pid(), (*nginx)->pid()};
-  Note("namespace " + ns_name + ": docker-registry on " + c.ep.registry() + ", nginx on " + c.ep.file_url("") +
-       (c.ep.tls ? " (TLS, CA " + c.ep.ca + ")" : " (plain HTTP)"));
+  auto servers = StartServers(c, ns_name);
+  if (!servers.ok()) return Failed(servers.status());
   if (c.oci) {
-    for (const auto& p : presets) {
+    for (const auto& p : *presets) {
       if (Status s = PushSnapshot(c, p); !s.ok()) return Failed(s.Prefixed("push " + p.name));
     }
   }
-
   std::vector<Case> cases;
-  for (const auto& p : presets) {
+  for (const auto& p : *presets) {
     for (double r : a.rates) cases.push_back({p.name, r, {}, {}});
   }
   bool failed = false;
-  for (int rep = 0; rep < a.repeat && !(failed && !a.keep_going); ++rep) {
-    // The cold boot does not cross the link: once per preset and repeat, unshaped.
-    std::map<std::string, double> cold;
-    for (const auto& p : presets) {
-      Note(p.name + ": cold boot of the server (repeat " + std::to_string(rep + 1) + ")");
-      auto t = ColdBoot(c, p.model, p.name + "-cold");
-      if (!t.ok()) {
-        if (!a.keep_going) return Failed(t.status());
-        NoteError(t.status().message());
-        failed = true;
-        continue;
-      }
-      cold[p.name] = *t;
-      Note("  ready in " + Fixed(*t) + " s");
-    }
-    for (double rate : a.rates) {
-      if (Status s = c.ns->Shape(rate); !s.ok()) return Failed(s.Prefixed("tc"));
-      for (const auto& p : presets) {
-        const std::string tag = p.name + "-" + Fixed(rate, 1) + "g-r" + std::to_string(rep + 1);
-        Note(p.name + " at " + Fixed(rate, 1) + " Gbit/s, repeat " + std::to_string(rep + 1) + " of " +
-             std::to_string(a.repeat));
-        Sample s;
-        s.snapshot_bytes = p.snapshot_bytes;
-        s.cold_s = cold.count(p.name) ? cold[p.name] : 0;
-        Status st = MeasureLocal(c, p, tag, &s);
-        if (st.ok()) st = MeasureDownloadThenRestore(c, p, tag, &s);
-        if (st.ok() && c.oci) st = MeasureStreamed(c, p, tag, &s);
-        if (st.ok() && c.oci) st = MeasureStreamedHttps(c, p, tag, &s);
-        if (st.ok()) st = MeasureModelDownload(c, p, tag, &s);
-        Case& k = *std::find_if(cases.begin(), cases.end(),
-                                [&](const Case& x) { return x.preset == p.name && x.rate == rate; });
-        if (!st.ok()) {
-          if (!a.keep_going) return Failed(st.Prefixed(tag));
-          NoteError(st.message());
-          failed = true;
-          k.errors.push_back(st.message());
-          continue;
-        }
-        k.samples.push_back(s);
-      }
-    }
+  for (int rep = 0; rep < a.repeat; ++rep) {
+    if (Status s = RunRepeat(c, *presets, rep, &cases, &failed); !s.ok()) return Failed(s);
   }
 
   std::vector<ojson> results;
@@ -1192,7 +1275,9 @@ void AddBenchFetch(CLI::App& bench, Runner* run) {
   f->footer(
       "Needs root. Builds (or reuses) the reference server's snapshot of each preset under the bench\n"
       "directory (--workdir, default $HOTBOOT_HOME/bench-fetch; every server maps its weights from its\n"
-      "weights/ directory, HOTBOOT_WEIGHTS_DIR), creates a network namespace hotboot-bench-PID with its\n"
+      "weights/ directory, HOTBOOT_WEIGHTS_DIR; every command runs the copies of hotboot and\n"
+      "hotboot-server it keeps in its bin/, and a changed server means new snapshots), creates a\n"
+      "network namespace hotboot-bench-PID with its\n"
       "loopback up, and runs Debian's docker-registry (127.0.0.1:5000) and nginx (127.0.0.1:8443,\n"
       "static files with Range) inside it, over TLS with a CA the bench makes with openssl (or plain\n"
       "HTTP with --plain-http), and pushes each snapshot (`hotboot push`). Then, for each rate, its\n"
