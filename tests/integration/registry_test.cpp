@@ -303,12 +303,15 @@ class Registry : public ::testing::Test {
     pid_t pid = -1;
   };
   // hotboot restore REF --detach --json with `extra` options; a replica it
-  // starts is stopped at TearDown.
+  // starts is stopped at TearDown. --no-latency-check: the canary still runs
+  // and must answer what the build recorded, but not within the build's warm
+  // bound (warm + 200 ms), which a restored replica's first request on a
+  // loaded 2-core CI host misses now and then; warmth is not what this suite tests.
   Restore RestoreRef(const std::string& ref, const std::string& cache, const std::vector<std::string>& extra) {
     Restore r;
     r.port = FreePort();
     std::vector<std::string> argv = {Bin("hotboot"), "restore", ref, "--port", std::to_string(r.port), "--detach",
-                                     "--json", "--cache-dir", cache};
+                                     "--json", "--no-latency-check", "--cache-dir", cache};
     argv.insert(argv.end(), extra.begin(), extra.end());
     r.cmd = RunCmd(argv, 180);
     r.out = ParseJson(r.cmd.out);
@@ -366,7 +369,7 @@ TEST_F(Registry, PushThenRestoreOnAFreshHost) {
   EmptyWeights();
   const std::string cache = Cache("cache");
   Restore r = RestoreRef(reg->Ref("hb/fresh:v1"), cache, Remote(*reg));
-  ExpectServes(r, *a_);
+  ASSERT_NO_FATAL_FAILURE(ExpectServes(r, *a_));
   const json f = r.out["fetch"];
   EXPECT_EQ(f.value("source", ""), "oci") << r.out.dump();
   EXPECT_EQ(f.value("manifest_digest", ""), push.value("digest", "")) << r.out.dump();
@@ -427,7 +430,8 @@ TEST_F(Registry, ParallelRestoresOnOneHostDownloadOnce) {
   const std::string base = test_dir_ + "/restore.";
   for (int i = 0; i < 2; ++i) {
     std::vector<std::string> argv = {Bin("hotboot"), "restore", reg->Ref("hb/parallel:v1"), "--port",
-                                     std::to_string(ports[i]), "--detach", "--json", "--cache-dir", cache};
+                                     std::to_string(ports[i]), "--detach", "--json", "--no-latency-check",
+                                     "--cache-dir", cache};
     const auto rem = Remote(*reg);
     argv.insert(argv.end(), rem.begin(), rem.end());
     cli[i] = Spawn(argv, base + std::to_string(i) + ".out", base + std::to_string(i) + ".err");
@@ -446,7 +450,8 @@ TEST_F(Registry, ParallelRestoresOnOneHostDownloadOnce) {
     const json g = Generate(ports[i], a_->canary["prompt"], a_->canary["max_tokens"]);
     EXPECT_EQ(g["tokens"], a_->canary["tokens"]) << "replica " << i;
   }
-  EXPECT_GE(fetched, U64(BlobWith(push, "weights/"), "size"));
+  // Between them, one snapshot's bytes (a fresh host needs them all), not two.
+  EXPECT_GE(fetched, a_->size - a_->size / 10);
   EXPECT_LE(fetched, a_->size + a_->size / 10) << "two restores on one host fetched about twice";
 }
 
@@ -471,7 +476,7 @@ TEST_F(Registry, ARegistryThatDropsTheConnectionMidBlob) {
   const std::string cache = Cache("cache");
   Restore r = RestoreRef("oci://" + host + "/hb/cut:v1", cache,
                          {"--authfile", auth, "--ca-cert", reg->server->ca_cert()});
-  ExpectServes(r, *a_);
+  ASSERT_NO_FATAL_FAILURE(ExpectServes(r, *a_));
   EXPECT_EQ(r.out["fetch"].value("manifest_digest", ""), push.value("digest", "")) << r.out.dump();
   // Every byte came through the proxy, each about once (resumed, not refetched).
   const uint64_t fetched = U64(r.out["fetch"], "bytes_fetched");
@@ -524,7 +529,7 @@ TEST_F(Registry, ATagThatMovedRestoresTheNewSnapshot) {
   const json pa = Push(*reg, *a_, "hb/moving:t");
   ASSERT_TRUE(pa.is_object());
   Restore ra = RestoreRef(reg->Ref("hb/moving:t"), cache, Remote(*reg));
-  ExpectServes(ra, *a_);
+  ASSERT_NO_FATAL_FAILURE(ExpectServes(ra, *a_));
   EXPECT_EQ(ra.out["fetch"].value("manifest_digest", ""), pa.value("digest", ""));
   StopReplica(ra.pid);
 
@@ -532,7 +537,7 @@ TEST_F(Registry, ATagThatMovedRestoresTheNewSnapshot) {
   ASSERT_TRUE(pb.is_object());
   ASSERT_NE(pa.value("digest", ""), pb.value("digest", ""));
   Restore rb = RestoreRef(reg->Ref("hb/moving:t"), cache, Remote(*reg));
-  ExpectServes(rb, *b_);
+  ASSERT_NO_FATAL_FAILURE(ExpectServes(rb, *b_));
   EXPECT_EQ(rb.out["fetch"].value("manifest_digest", ""), pb.value("digest", "")) << rb.out.dump();
   EXPECT_LE(U64(rb.out["fetch"], "bytes_fetched") + U64(BlobWith(pb, "weights/"), "size"), b_->size)
       << "the weights were on this host already: " << rb.out.dump();
@@ -648,7 +653,7 @@ TEST_F(Registry, RestoreFromAnHttpsFileServerOnAFreshHost) {
   EmptyWeights();
   const std::string cache = Cache("cache");
   Restore r = RestoreRef((*files)->url("a.hbsnap"), cache, {"--ca-cert", (*files)->ca_cert()});
-  ExpectServes(r, *a_);
+  ASSERT_NO_FATAL_FAILURE(ExpectServes(r, *a_));
   const json f = r.out["fetch"];
   EXPECT_EQ(f.value("source", ""), "https") << r.out.dump();
   EXPECT_GT(U64(f, "bytes_fetched"), 0u) << f.dump();
