@@ -321,17 +321,20 @@ bool IsSha256Digest(std::string_view d) {
   return true;
 }
 
+// A decimal of at most 19 digits (no sign, no spaces): fits in 64 bits.
+bool ParseDecimal(std::string_view s, uint64_t* out) {
+  if (s.empty() || s.size() > 19) return false;
+  uint64_t x = 0;
+  for (char c : s) {
+    if (c < '0' || c > '9') return false;
+    x = x * 10 + static_cast<uint64_t>(c - '0');
+  }
+  *out = x;
+  return true;
+}
+
 bool ParseContentRange(std::string_view v, uint64_t* first, uint64_t* last, int64_t* total) {
-  auto num = [](std::string_view s, uint64_t* out) {
-    if (s.empty() || s.size() > 19) return false;
-    uint64_t x = 0;
-    for (char c : s) {
-      if (c < '0' || c > '9') return false;
-      x = x * 10 + static_cast<uint64_t>(c - '0');
-    }
-    *out = x;
-    return true;
-  };
+  const auto num = ParseDecimal;
   if (v.substr(0, 6) != "bytes ") return false;
   v.remove_prefix(6);
   size_t dash = v.find('-'), slash = v.find('/');
@@ -449,16 +452,7 @@ class HttpFileImpl final : public HttpFile {
   }
 
  private:
-  static bool ParseLength(const std::string& s, uint64_t* out) {
-    if (s.empty() || s.size() > 19) return false;
-    uint64_t x = 0;
-    for (char c : s) {
-      if (c < '0' || c > '9') return false;
-      x = x * 10 + static_cast<uint64_t>(c - '0');
-    }
-    *out = x;
-    return true;
-  }
+  static bool ParseLength(const std::string& s, uint64_t* out) { return internal::ParseDecimal(s, out); }
   std::string url_;
   HttpClient http_;
   uint64_t size_ = 0;

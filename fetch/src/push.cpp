@@ -8,7 +8,6 @@
 #include <unistd.h>
 
 #include <chrono>
-#include <ctime>
 
 #include <nlohmann/json.hpp>
 #include <openssl/evp.h>
@@ -55,15 +54,6 @@ std::string Joined(const std::vector<std::string>& v, size_t max_chars) {
     out += s;
   }
   return out;
-}
-
-std::string NowRfc3339() {
-  std::time_t t = std::time(nullptr);
-  std::tm tm{};
-  ::gmtime_r(&t, &tm);
-  char b[32];
-  std::strftime(b, sizeof b, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return b;
 }
 
 }  // namespace
@@ -151,7 +141,6 @@ Result<PushResult> Push(const std::string& snapshot, const OciRef& ref, const Pu
   HB_ASSIGN_OR_RETURN(const bool has_cfg, reg->HasBlob(m.config.digest));
   if (!has_cfg) HB_RETURN_IF_ERROR(reg->PushBlobBytes(m.config.digest, cfg_bytes).Prefixed("push the config"));
   res.config_digest = m.config.digest;
-  m.annotations["org.opencontainers.image.created"] = NowRfc3339();
   m.annotations["org.hotboot.file-digest"] = reader->file_digest_hex();
   m.annotations["org.hotboot.file-size"] = std::to_string(reader->file_size());
   if (reader->trust().has_chunk_hashes) m.annotations["org.hotboot.root"] = reader->trust().root_hex();

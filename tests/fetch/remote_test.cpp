@@ -70,6 +70,27 @@ class RemoteTest : public ::testing::Test {
     return o;
   }
 
+  // Starts the registry and pushes the snapshot as t/snap:v1 into reg_,
+  // remote_, ref_ and pushed_; false when docker-registry is missing (the
+  // test skips) or the push failed (the test has failed).
+  bool StartAndPush(uint64_t chunk = 64ull << 20) {
+    reg_ = StartRegistry();
+    if (!reg_) return false;
+    remote_ = Remote(*reg_);
+    auto ref = ParseOciRef("oci://" + reg_->host() + "/t/snap:v1");
+    EXPECT_TRUE(ref.ok());
+    if (!ref.ok()) return false;
+    ref_ = *ref;
+    PushOptions po;
+    po.remote = remote_;
+    po.upload_chunk = chunk;
+    auto pushed = Push(snap_, ref_, po);
+    EXPECT_TRUE(pushed.ok()) << pushed.status().message();
+    if (!pushed.ok()) return false;
+    pushed_ = *pushed;
+    return true;
+  }
+
   FetchOptions Fetch(const RemoteOptions& r, const std::string& cache) {
     FetchOptions o;
     o.remote = r;
@@ -86,7 +107,19 @@ class RemoteTest : public ::testing::Test {
 
   fs::path dir_;
   std::string snap_;
+  std::unique_ptr<RegistryServer> reg_;
+  RemoteOptions remote_;
+  OciRef ref_;
+  PushResult pushed_;
 };
+
+#define START_AND_PUSH(...)                                              \
+  do {                                                                   \
+    if (!StartAndPush(__VA_ARGS__)) {                                    \
+      if (HasFailure()) return;                                          \
+      GTEST_SKIP() << "docker-registry is not installed";                \
+    }                                                                    \
+  } while (0)
 
 TEST_F(RemoteTest, PartsCoverTheFileAndLargeSectionsStandAlone) {
   auto r = snapfile::SnapshotReader::Open(snap_);
@@ -108,19 +141,15 @@ TEST_F(RemoteTest, PartsCoverTheFileAndLargeSectionsStandAlone) {
 }
 
 TEST_F(RemoteTest, PushedSnapshotReadsBackVerifiedAndIsCachedBlobByBlob) {
-  auto reg = StartRegistry();
-  if (!reg) GTEST_SKIP() << "docker-registry is not installed";
-  const RemoteOptions remote = Remote(*reg);
-  auto ref = ParseOciRef("oci://" + reg->host() + "/t/snap:v1");
-  ASSERT_TRUE(ref.ok());
-  PushOptions po;
-  po.remote = remote;
-  po.upload_chunk = 4 << 20;
-  auto pushed = Push(snap_, *ref, po);
-  ASSERT_TRUE(pushed.ok()) << pushed.status().message();
+  START_AND_PUSH(4 << 20);
+  const RemoteOptions& remote = remote_;
+  const OciRef* ref = &ref_;
+  const PushResult* pushed = &pushed_;
   EXPECT_EQ(pushed->bytes_uploaded, pushed->bytes_total);
 
   // A second push uploads nothing: every blob is there.
+  PushOptions po;
+  po.remote = remote;
   auto again = Push(snap_, *ref, po);
   ASSERT_TRUE(again.ok()) << again.status().message();
   EXPECT_EQ(again->bytes_uploaded, 0u);
@@ -155,14 +184,9 @@ TEST_F(RemoteTest, PushedSnapshotReadsBackVerifiedAndIsCachedBlobByBlob) {
 }
 
 TEST_F(RemoteTest, OnlyWhatIsAskedForIsFetched) {
-  auto reg = StartRegistry();
-  if (!reg) GTEST_SKIP() << "docker-registry is not installed";
-  const RemoteOptions remote = Remote(*reg);
-  auto ref = ParseOciRef("oci://" + reg->host() + "/t/snap:v1");
-  ASSERT_TRUE(ref.ok());
-  auto pushed = Push(snap_, *ref, {.remote = remote});
-  ASSERT_TRUE(pushed.ok()) << pushed.status().message();
-  auto src = RemoteSnapshot::Open(ref->str(), Fetch(remote, "cache"));
+  START_AND_PUSH();
+  const PushResult* pushed = &pushed_;
+  auto src = RemoteSnapshot::Open(ref_.str(), Fetch(remote_, "cache"));
   ASSERT_TRUE(src.ok()) << src.status().message();
   auto reader = snapfile::SnapshotReader::Open(*src);
   ASSERT_TRUE(reader.ok()) << reader.status().message();
@@ -181,11 +205,9 @@ TEST_F(RemoteTest, OnlyWhatIsAskedForIsFetched) {
 }
 
 TEST_F(RemoteTest, ACutConnectionResumesWhereItBroke) {
-  auto reg = StartRegistry();
-  if (!reg) GTEST_SKIP() << "docker-registry is not installed";
-  RemoteOptions remote = Remote(*reg);
-  auto ref = ParseOciRef("oci://" + reg->host() + "/t/snap:v1");
-  ASSERT_TRUE(Push(snap_, *ref, {.remote = remote}).ok());
+  START_AND_PUSH();
+  RegistryServer* reg = reg_.get();
+  RemoteOptions remote = remote_;
   // Every one of the first 6 connections is cut after 300 KiB (of 1 MiB pieces).
   auto proxy = CuttingProxy::Start(reg->port(), 300 << 10, 6);
   ASSERT_TRUE(proxy.ok()) << proxy.status().message();
@@ -210,20 +232,16 @@ TEST_F(RemoteTest, ACutConnectionResumesWhereItBroke) {
 }
 
 TEST_F(RemoteTest, ABlobAlteredOnTheRegistryIsRefusedAndNotKept) {
-  auto reg = StartRegistry();
-  if (!reg) GTEST_SKIP() << "docker-registry is not installed";
-  const RemoteOptions remote = Remote(*reg);
-  auto ref = ParseOciRef("oci://" + reg->host() + "/t/snap:v1");
-  auto pushed = Push(snap_, *ref, {.remote = remote});
-  ASSERT_TRUE(pushed.ok()) << pushed.status().message();
-  const std::string data = reg->BlobDataPath(pushed->parts[1].part.digest);
+  START_AND_PUSH();
+  const PushResult* pushed = &pushed_;
+  const std::string data = reg_->BlobDataPath(pushed->parts[1].part.digest);
   {
     std::fstream f(data, std::ios::in | std::ios::out | std::ios::binary);
     ASSERT_TRUE(f.good()) << data;
     f.seekp(static_cast<std::streamoff>(pushed->parts[1].part.size / 2));
     f.put('\x5a');
   }
-  auto src = RemoteSnapshot::Open(ref->str(), Fetch(remote, "cache"));
+  auto src = RemoteSnapshot::Open(ref_.str(), Fetch(remote_, "cache"));
   ASSERT_TRUE(src.ok()) << src.status().message();
   auto reader = snapfile::SnapshotReader::Open(*src);
   ASSERT_TRUE(reader.ok()) << reader.status().message();
