@@ -90,8 +90,15 @@ Result<Snap> BuildOne(const std::string& name, const std::string& spec) {
 }
 
 // Called with HOTBOOT_WEIGHTS_DIR already set to WeightsDir() (the fixture does).
+std::optional<Built>& SuiteSnapshots() {
+  static std::optional<Built> built;
+  return built;
+}
+
 const Built& Snapshots() {
-  static Built built = [] {
+  std::optional<Built>& built = SuiteSnapshots();
+  if (built) return *built;
+  built = [] {
     Built x;
     x.root = Root();
     x.weights = WeightsDir();
@@ -109,7 +116,7 @@ const Built& Snapshots() {
     if (b.ok()) x.b = *b;
     return x;
   }();
-  return built;
+  return *built;
 }
 
 // --- the servers, started once (the corruption case starts its own) -------
@@ -144,8 +151,14 @@ std::unique_ptr<Reg> StartRegistry(const std::string& dir) {
   return r;
 }
 
+std::unique_ptr<Reg>& SharedRegistrySlot() {
+  static std::unique_ptr<Reg> reg;
+  return reg;
+}
+
 Reg& SharedRegistry() {
-  static std::unique_ptr<Reg> reg = StartRegistry(Root() + "/registry-shared");
+  std::unique_ptr<Reg>& reg = SharedRegistrySlot();
+  if (!reg) reg = StartRegistry(Root() + "/registry-shared");
   return *reg;
 }
 
@@ -234,6 +247,15 @@ std::string Hex(const std::string& digest) {
 
 class Registry : public ::testing::Test {
  protected:
+  // The suite leaves nothing behind: the shared registry stops, and the
+  // model, snapshots, caches and weights (about 0.5 GB) go.
+  static void TearDownTestSuite() {
+    SharedRegistrySlot().reset();
+    SuiteSnapshots().reset();
+    std::error_code ec;
+    fs::remove_all(Root(), ec);
+  }
+
   void SetUp() override {
     if (::access("/usr/bin/docker-registry", X_OK) != 0 && ::access("/usr/sbin/nginx", X_OK) != 0) {
       GTEST_SKIP() << "neither docker-registry nor nginx is installed (tools/install-deps installs both)";
@@ -255,6 +277,8 @@ class Registry : public ::testing::Test {
   void TearDown() override {
     for (pid_t p : replicas_) StopReplica(p);
     if (!env_set_) return;  // skipped before SetUp changed anything
+    std::error_code ec;
+    if (!HasFailure()) fs::remove_all(test_dir_, ec);  // a failed case's caches stay, to look at
     saved_ ? ::setenv("HOTBOOT_WEIGHTS_DIR", saved_->c_str(), 1) : ::unsetenv("HOTBOOT_WEIGHTS_DIR");
     for (int pid : Servers()) EXPECT_TRUE(servers_before_.count(pid)) << "hotboot-server " << pid << " left running";
   }
