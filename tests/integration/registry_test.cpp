@@ -123,7 +123,7 @@ const Built& Snapshots() {
 
 struct Reg {
   std::unique_ptr<srv::RegistryServer> server;
-  std::string auth;  // good credentials, for the registry (and any proxy added with AllowHost)
+  std::string auth;  // an auth.json with good credentials for the registry's host
   Status status;     // why it did not start
   std::string Ref(const std::string& repo_tag) const { return "oci://" + server->host() + "/" + repo_tag; }
 };
