@@ -413,7 +413,9 @@ class RemoteSnapshot::Impl {
   Status Fetch(Segment& s, size_t i) {
     Piece& pc = s.pieces[i];
     Status last;
-    for (int attempt = 0; attempt < std::max(1, opts_.attempts); ++attempt) {
+    // `attempts` counts tries in a row that brought nothing: a connection
+    // cut every few MiB still moves forward and is not given up.
+    for (int attempt = 0; attempt < std::max(1, opts_.attempts);) {
       if (attempt > 0) {
         // Back off before asking again: 100 ms, 200 ms, 400 ms, ...
         std::unique_lock lk(mu_);
@@ -426,6 +428,7 @@ class RemoteSnapshot::Impl {
         at = pc.arrived;
       }
       if (at >= pc.len) return Status::Ok();
+      const uint64_t before = at;
       Sink sink = [&](const char* data, size_t n) -> Status {
         if (stopping_) return Internal("stopped");
         uint64_t w;
@@ -453,12 +456,15 @@ class RemoteSnapshot::Impl {
       };
       Result<uint64_t> got = s.digest.empty() ? file_->Get(pc.begin + at, pc.len - at, sink)
                                               : registry_->GetBlob(s.digest, pc.begin + at, pc.len - at, sink);
+      bool progressed;
       {
         std::lock_guard lk(mu_);
         if (pc.arrived >= pc.len) return Status::Ok();
+        progressed = pc.arrived > before;
       }
       last = got.ok() ? Truncated("the server ended the response early") : got.status();
       if (!Retryable(last)) break;
+      attempt = progressed ? 1 : attempt + 1;
     }
     const std::string where = s.digest.empty() ? "bytes " + std::to_string(s.offset + pc.begin) + "-" +
                                                      std::to_string(s.offset + pc.begin + pc.len - 1)
