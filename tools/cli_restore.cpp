@@ -200,15 +200,19 @@ int RunRestore(const RestoreArgs& a, const ProcessStart& start) {
     if (!r.ok()) return FailJson(r.status(), a.json_out);
   }
   RestoreResult& res = *r;
-  // The replica is ready and every chunk it was made of was checked; what
-  // was fetched is now checked blob by blob and kept in the node cache.
+  // The replica is ready and every chunk it was made of was checked. What
+  // was fetched is checked blob by blob and kept in the node cache after the
+  // replica is reported ready (hashing and syncing a weights blob takes
+  // seconds that nobody needs to wait for); this process ends only once
+  // that is done.
   json fetched;
-  if (remote) {
+  if (remote) fetched = FetchJson(remote->stats());
+  auto keep_fetched = [remote] {
+    if (!remote) return;
     if (Status f = remote->Finish(); !f.ok()) {
       Note("warning: the replica is ready, but the node cache did not keep what was fetched: " + f.message());
     }
-    fetched = FetchJson(remote->stats());
-  }
+  };
   std::string handed_over;
   if (a.detach) {
     if (res.control_channel) {
@@ -254,8 +258,14 @@ int RunRestore(const RestoreArgs& a, const ProcessStart& start) {
                          : "");
   }
   std::fflush(stdout);
-  if (a.detach) return kExitOk;
-  return Supervise(*res.replica);
+  if (a.detach) {
+    keep_fetched();
+    return kExitOk;
+  }
+  std::thread keeper(keep_fetched);
+  const int rc = Supervise(*res.replica);
+  keeper.join();
+  return rc;
 }
 
 }  // namespace
