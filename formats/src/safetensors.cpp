@@ -1,6 +1,6 @@
 #include "hotboot/safetensors.h"
 
-#include "io_util.h"
+#include "hotboot/io.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>

@@ -17,9 +17,9 @@
 #include <filesystem>
 
 #include "crypto.h"
-#include "io_util.h"
+#include "hotboot/io.h"
 #include "records.h"
-#include "temp_files.h"
+#include "hotboot/temp_files.h"
 
 namespace hotboot::snapfile {
 

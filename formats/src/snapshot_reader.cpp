@@ -19,7 +19,7 @@
 
 #include "crypto.h"
 #include "hotboot/snapshot_file.h"
-#include "io_util.h"
+#include "hotboot/io.h"
 #include "pipeline.h"
 #include "records.h"
 #include "xxh3_fast.h"

@@ -14,10 +14,10 @@
 #include "crypto.h"
 #include "hotboot/signing.h"
 #include "hotboot/snapshot_file.h"
-#include "io_util.h"
+#include "hotboot/io.h"
 #include "pipeline.h"
 #include "records.h"
-#include "temp_files.h"
+#include "hotboot/temp_files.h"
 #include "xxh3_fast.h"
 
 namespace hotboot::snapfile {

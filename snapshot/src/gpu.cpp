@@ -4,14 +4,11 @@
 
 #include <algorithm>
 #include <chrono>
-#include <filesystem>
-#include <fstream>
 #include <map>
 #include <set>
 
 namespace hotboot {
 
-namespace fs = std::filesystem;
 using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
@@ -30,35 +27,6 @@ std::string GiB(uint64_t b) {
 }
 
 }  // namespace
-
-const char* CudaProcessStateName(CudaProcessState s) {
-  switch (s) {
-    case CudaProcessState::kRunning: return "running";
-    case CudaProcessState::kLocked: return "locked";
-    case CudaProcessState::kCheckpointed: return "checkpointed";
-    case CudaProcessState::kFailed: return "failed";
-  }
-  return "?";
-}
-
-std::vector<pid_t> ProcessTree(pid_t root) {
-  std::vector<pid_t> out{root};
-  // /proc/P/task/T/children lists the children of thread T (Linux >= 3.5
-  // with CONFIG_PROC_CHILDREN, which every distribution kernel has).
-  for (size_t i = 0; i < out.size(); ++i) {
-    std::error_code ec;
-    for (const auto& t : fs::directory_iterator("/proc/" + std::to_string(out[i]) + "/task", ec)) {
-      std::ifstream in(t.path() / "children");
-      long child = 0;
-      while (in >> child) {
-        if (std::find(out.begin(), out.end(), static_cast<pid_t>(child)) == out.end()) {
-          out.push_back(static_cast<pid_t>(child));
-        }
-      }
-    }
-  }
-  return out;
-}
 
 std::vector<GpuDevice> GpuCaptureInfo::Captured() const {
   std::vector<GpuDevice> out;

@@ -12,7 +12,7 @@
 #include <fstream>
 #include <set>
 
-#include "../snapshot/fake_cuda.h"
+#include "../host/fake_cuda.h"
 #include "hotboot/builder.h"
 #include "hotboot/restore.h"
 #include "test_util.h"

@@ -3,7 +3,6 @@
 // bit (the model's determinism rests on it).
 #include <algorithm>
 #include <cstring>
-#include <mutex>
 
 #include "kernel_test_util.h"
 
@@ -123,39 +122,6 @@ TEST(PackTest, Fp16AndBf16SourcesPackLikeTheirFp32Values) {
   for (int64_t r = 0; r < n; ++r) {
     from_b.UnpackRow(r, row.data());
     for (int64_t c = 0; c < k; ++c) ASSERT_EQ(row[c], Bf16ToF32(b[r * k + c])) << r << "," << c;
-  }
-}
-
-TEST(ThreadPoolTest, RunsEveryIndexOnceManyTimes) {
-  ThreadPool pool(4);
-  ASSERT_EQ(pool.size(), 4);
-  std::vector<int> hits(4);
-  for (int it = 0; it < 2000; ++it) {
-    pool.Run([&](int t) { hits[t]++; });
-  }
-  for (int h : hits) EXPECT_EQ(h, 2000);
-  int64_t sum = 0;
-  std::mutex mu;
-  ParallelFor(&pool, 1000, [&](int64_t b, int64_t e) {
-    int64_t s = 0;
-    for (int64_t i = b; i < e; ++i) s += i;
-    std::lock_guard<std::mutex> l(mu);
-    sum += s;
-  });
-  EXPECT_EQ(sum, 999 * 1000 / 2);
-}
-
-TEST(ThreadPoolTest, SplitCoversTheRange) {
-  for (int64_t total : {0, 1, 7, 100}) {
-    for (int parts : {1, 2, 3, 8}) {
-      int64_t next = 0;
-      for (int i = 0; i < parts; ++i) {
-        Range r = Split(total, parts, i);
-        EXPECT_EQ(r.begin, next);
-        next = r.end;
-      }
-      EXPECT_EQ(next, total);
-    }
   }
 }
 

@@ -16,7 +16,7 @@
 #include "hotboot/restore.h"
 #include "hotboot/signing.h"
 #include "hotboot/snapshot_file.h"
-#include "../snapshot/fake_cuda.h"
+#include "../host/fake_cuda.h"
 
 namespace hotboot {
 namespace {

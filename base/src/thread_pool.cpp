@@ -6,9 +6,9 @@
 #include <thread>
 #include <vector>
 
-#include "hotboot/kernels.h"
+#include "hotboot/thread_pool.h"
 
-namespace hotboot::kernels {
+namespace hotboot {
 namespace {
 
 constexpr auto kSpin = std::chrono::microseconds(200);
@@ -102,4 +102,4 @@ void ParallelFor(ThreadPool* pool, int64_t total, const std::function<void(int64
   });
 }
 
-}  // namespace hotboot::kernels
+}  // namespace hotboot

@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "hotboot/gpu.h"
+#include "hotboot/cuda_driver.h"
 
 namespace hotboot::test {
 

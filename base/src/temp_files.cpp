@@ -1,4 +1,4 @@
-#include "temp_files.h"
+#include "hotboot/temp_files.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -10,7 +10,7 @@
 #include <cstdlib>
 #include <filesystem>
 
-namespace hotboot::snapfile {
+namespace hotboot {
 
 namespace fs = std::filesystem;
 
@@ -66,4 +66,4 @@ void SyncParentDir(const std::string& path) {
   }
 }
 
-}  // namespace hotboot::snapfile
+}  // namespace hotboot

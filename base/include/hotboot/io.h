@@ -1,4 +1,5 @@
-// Whole-buffer pread/write loops shared by the formats readers and writers.
+// Whole-buffer pread/write loops: a short read is Truncated naming the byte,
+// EINTR is retried, any other errno names the path.
 #pragma once
 
 #include <unistd.h>

@@ -40,6 +40,9 @@ Result<std::vector<MappedFile>> MappedFiles(pid_t pid);
 nlohmann::json ToJson(const HostInfo& h);
 HostInfo HostInfoFromJson(const nlohmann::json& j);
 
+// `root` and all its descendants (host PIDs), parents before children.
+std::vector<pid_t> ProcessTree(pid_t root);
+
 // Parses "6.18.44-fc" into {6, 18}; {0,0} when unparsable.
 std::pair<int, int> KernelMajorMinor(const std::string& release);
 

@@ -1,8 +1,11 @@
 #include "hotboot/host_info.h"
 
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
+
+#include <algorithm>
 
 namespace hotboot {
 namespace {
@@ -49,6 +52,25 @@ TEST(HostInfo, MappedFilesOfThisProcessIncludeItsExecutable) {
   for (const auto& f : *files) found |= f.path == self && f.size > 0;
   EXPECT_TRUE(found);
   EXPECT_FALSE(MappedFiles(999999999).ok());
+}
+
+TEST(ProcessTree, ListsChildrenAfterTheirParent) {
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  pid_t child = ::fork();
+  if (child == 0) {
+    char c;
+    ::close(fds[1]);
+    (void)!::read(fds[0], &c, 1);  // lives until the test closes the pipe
+    ::_exit(0);
+  }
+  ::close(fds[0]);
+  auto tree = ProcessTree(::getpid());
+  ::close(fds[1]);
+  ::waitpid(child, nullptr, 0);
+  ASSERT_FALSE(tree.empty());
+  EXPECT_EQ(tree.front(), ::getpid());
+  EXPECT_NE(std::find(tree.begin(), tree.end(), child), tree.end());
 }
 
 }  // namespace

@@ -12,7 +12,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "hotboot/gpu.h"
+#include "hotboot/cuda_driver.h"
 
 #if __has_include(<cuda.h>)
 #include <cuda.h>
@@ -308,6 +308,16 @@ Result<std::unique_ptr<CudaDriver>> LoadCudaDriver(const std::string& library) {
   auto d = std::make_unique<DlCudaDriver>();
   HB_RETURN_IF_ERROR(d->Open(library));
   return std::unique_ptr<CudaDriver>(std::move(d));
+}
+
+const char* CudaProcessStateName(CudaProcessState s) {
+  switch (s) {
+    case CudaProcessState::kRunning: return "running";
+    case CudaProcessState::kLocked: return "locked";
+    case CudaProcessState::kCheckpointed: return "checkpointed";
+    case CudaProcessState::kFailed: return "failed";
+  }
+  return "?";
 }
 
 }  // namespace hotboot

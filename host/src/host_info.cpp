@@ -4,7 +4,9 @@
 #include <sys/utsname.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -114,6 +116,25 @@ std::pair<int, int> KernelMajorMinor(const std::string& release) {
   int major = 0, minor = 0;
   if (std::sscanf(release.c_str(), "%d.%d", &major, &minor) != 2) return {0, 0};
   return {major, minor};
+}
+
+std::vector<pid_t> ProcessTree(pid_t root) {
+  std::vector<pid_t> out{root};
+  // /proc/P/task/T/children lists the children of thread T (Linux >= 3.5
+  // with CONFIG_PROC_CHILDREN, which every distribution kernel has).
+  for (size_t i = 0; i < out.size(); ++i) {
+    std::error_code ec;
+    for (const auto& t : std::filesystem::directory_iterator("/proc/" + std::to_string(out[i]) + "/task", ec)) {
+      std::ifstream in(t.path() / "children");
+      long child = 0;
+      while (in >> child) {
+        if (std::find(out.begin(), out.end(), static_cast<pid_t>(child)) == out.end()) {
+          out.push_back(static_cast<pid_t>(child));
+        }
+      }
+    }
+  }
+  return out;
 }
 
 }  // namespace hotboot

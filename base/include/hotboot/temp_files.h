@@ -8,7 +8,7 @@
 
 #include "hotboot/status.h"
 
-namespace hotboot::snapfile {
+namespace hotboot {
 
 // path + ".tmp." + this process's id.
 std::string TempPathFor(const std::string& path);
@@ -20,4 +20,4 @@ Result<int> CreateTemporary(const std::string& path, unsigned mode);
 // fsync of the directory that holds path (after a rename into it).
 void SyncParentDir(const std::string& path);
 
-}  // namespace hotboot::snapfile
+}  // namespace hotboot
