@@ -1,5 +1,6 @@
 // The janitor, the cgroup of a job, the owner rule and the sweep, on the
 // real cgroup v2 of this host (skipped where it is not writable).
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -41,13 +42,29 @@ bool Alive(pid_t p) { return OwnerAlive(p, ProcessStartTime(p)); }
 // Starts in `cg` a shell that forks a child which setsid()s (it leaves our
 // process group and session, as a daemonizing server does); returns the
 // shell's pid and writes the grandchild's to *grandchild.
+// Returns once the child is in the cgroup: a caller that ends the cgroup
+// right away must not find it still empty (the child, moved in later,
+// would then escape it and outlive the test: CI saw a test wait 300 s on it).
 pid_t StartEscapingTree(Cgroup& cg, const std::string& pidfile) {
+  int in[2];
+  if (::pipe2(in, O_CLOEXEC) != 0) return -1;
   pid_t p = ::fork();
   if (p == 0) {
-    (void)!::write(cg.procs_fd(), "0", 1);
+    ::close(in[0]);
+    if (::write(cg.procs_fd(), "0", 1) != 1) ::_exit(126);
+    (void)!::write(in[1], "k", 1);
     ::execl("/bin/sh", "sh", "-c", ("setsid sh -c 'echo $$ > " + pidfile + "; exec sleep 300' & exec sleep 300").c_str(),
             nullptr);
     ::_exit(127);
+  }
+  ::close(in[1]);
+  char c = 0;
+  const bool moved = p > 0 && ::read(in[0], &c, 1) == 1;
+  ::close(in[0]);
+  if (!moved && p > 0) {
+    ::kill(p, SIGKILL);
+    ::waitpid(p, nullptr, 0);
+    return -1;
   }
   return p;
 }
