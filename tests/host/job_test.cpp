@@ -2,8 +2,11 @@
 // real cgroup v2 of this host (skipped where it is not writable).
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include <cstring>
 
 #include <chrono>
 #include <cstdlib>
@@ -183,8 +186,18 @@ TEST(Janitor, AJobThatEndsNormallyLeavesNothingAndTheJanitorExits) {
 }
 
 TEST(Sweep, ADeadJobsJournalIsReplayedAndALiveOnesIsLeftAlone) {
-  const std::string parent = CgroupParentOrSkip();
-  if (parent.empty()) GTEST_SKIP() << "needs root and a writable cgroup v2";
+  const std::string shared = CgroupParentOrSkip();
+  if (shared.empty()) GTEST_SKIP() << "needs root and a writable cgroup v2";
+  // A parent of this test's own: every Job::Start sweeps dead owners'
+  // cgroups under its parent, so one that another test process starts
+  // meanwhile (ctest -j) would end this dead owner's cgroup first and this
+  // sweep would find nothing to count (CI saw exactly that).
+  const std::string parent = shared + "/sweep-test." + std::to_string(::getpid());
+  ASSERT_EQ(::mkdir(parent.c_str(), 0755), 0) << parent << ": " << std::strerror(errno);
+  struct RemoveParent {
+    std::string path;
+    ~RemoveParent() { ::rmdir(path.c_str()); }
+  } remove_parent{parent};
   const std::string dir = Scratch("sweep");
   const std::string state = dir + "/state";
   fs::create_directories(state + "/jobs");
