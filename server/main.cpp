@@ -28,6 +28,12 @@ int main(int argc, char** argv) {
   app.add_option("--device", o.device, "auto: a CUDA GPU when usable, else the CPU; cpu; cuda")
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   app.add_option("--max-batch", o.max_batch, "Requests decoded together")->check(CLI::Range(1, 8));
+  app.add_option("--keep-warm-interval", o.keep_warm_interval_s,
+                 "Keep-warm: after this many seconds without a request, send ourselves one synthetic request of a "
+                 "warmup shape (in turn), so caches and a GPU's clocks stay warm; counted in /metrics "
+                 "(hotboot_keep_warm_requests_total), not as a request. Paused while captured; a snapshot built with "
+                 "it restores with it. 0: off")
+      ->check(CLI::Range(0.0, 86400.0));
   app.add_flag("--control-stdio", control,
                "Take hotboot's control commands as JSON lines on stdin, answer on stdout (server/CONTROL.md)");
   app.footer(

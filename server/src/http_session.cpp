@@ -110,6 +110,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
       return BadRequest("prompt (" + std::to_string(prompt.size()) + " tokens) plus max_tokens exceeds the context of " +
                         std::to_string(limit) + " tokens");
     }
+    srv_->NoteRealRequest();
     const auto t0 = Clock::now();
     const int n_prompt = static_cast<int>(prompt.size());
     GenJob job;
@@ -132,6 +133,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
       return Reply(500, json{{"error", r.status().message()}}.dump(), "application/json", keep_alive_);
     }
     const double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+    srv_->NoteRealRequest();
     const Tokenizer& tok = srv_->model->tokenizer();
     std::string instance, id;
     {

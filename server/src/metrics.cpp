@@ -27,6 +27,21 @@ std::string Metrics::Render(const std::string& state, const std::string& instanc
   o << "hotboot_generate_seconds_count " << generate_count << "\n";
   o << "# HELP hotboot_tokens_generated_total Tokens generated.\n# TYPE hotboot_tokens_generated_total counter\n";
   o << "hotboot_tokens_generated_total " << tokens_generated << "\n";
+  o << "# HELP hotboot_seconds_since_last_request Seconds since the last real /v1/generate came or was answered "
+       "(keep-warm requests do not count; restarts at a restore).\n# TYPE hotboot_seconds_since_last_request gauge\n";
+  o << "hotboot_seconds_since_last_request "
+    << std::chrono::duration<double>(Clock::now() - last_request).count() << "\n";
+  o << "# HELP hotboot_keep_warm_interval_seconds Idle time after which the server sends itself a keep-warm request "
+       "(0: off).\n# TYPE hotboot_keep_warm_interval_seconds gauge\n";
+  o << "hotboot_keep_warm_interval_seconds " << keep_warm_interval_s << "\n";
+  o << "# HELP hotboot_keep_warm_requests_total Synthetic keep-warm requests run (not in the request counters).\n"
+       "# TYPE hotboot_keep_warm_requests_total counter\n";
+  o << "hotboot_keep_warm_requests_total " << keep_warm_count << "\n";
+  if (keep_warm_last_ms >= 0) {
+    o << "# HELP hotboot_keep_warm_last_latency_seconds Latency of the last keep-warm request.\n"
+         "# TYPE hotboot_keep_warm_last_latency_seconds gauge\n";
+    o << "hotboot_keep_warm_last_latency_seconds " << keep_warm_last_ms / 1000 << "\n";
+  }
   return o.str();
 }
 

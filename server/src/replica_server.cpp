@@ -8,6 +8,7 @@
 
 #include <cerrno>
 #include <climits>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <future>
@@ -173,6 +174,7 @@ ReplicaServer::Impl::Impl(ServerOptions o, Logger l) : opts(std::move(o)), log(s
   std::seed_seq seq(words.begin(), words.end());
   rng.seed(seq);
   instance = "c-" + NewRequestId().substr(0, 12);
+  metrics.keep_warm_interval_s = std::max(0.0, opts.keep_warm_interval_s);
 }
 
 std::string ReplicaServer::Impl::NewRequestId() {
@@ -201,7 +203,75 @@ bool ReplicaServer::Impl::SetState(ReplicaState to, const std::string& why) {
   }
   Log(std::string("state ") + StateName(to) + (why.empty() ? "" : ": " + why));
   Emit(ev);
+  if (to == ReplicaState::kWarm && opts.keep_warm_interval_s > 0) asio::post(ioc, [this] { StartKeepWarm(); });
   return true;
+}
+
+// ---------------------------------------------------------------- keep-warm
+//
+// A replica idle for longer than the interval sends itself one request of a
+// warmup shape (in turn) through the inference queue real requests take. One
+// at a time, and only when nothing else is queued or running, so a real
+// request waits behind at most one of them. It runs only in `warm`: the
+// timer stops at before_capture, and a restored replica starts it again when
+// it becomes warm (mark_ready) -- with the idle clock restarted, since the
+// monotonic clock of a restored process is the new host's.
+
+void ReplicaServer::Impl::NoteRealRequest() {
+  last_activity = Clock::now();
+  std::lock_guard lock(metrics.mu);
+  metrics.last_request = last_activity;
+}
+
+void ReplicaServer::Impl::StartKeepWarm() {
+  last_activity = Clock::now();
+  ArmKeepWarm(std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(opts.keep_warm_interval_s)));
+}
+
+void ReplicaServer::Impl::StopKeepWarm() {
+  if (keep_warm_timer) keep_warm_timer->cancel();
+}
+
+void ReplicaServer::Impl::ArmKeepWarm(Clock::duration after) {
+  if (!keep_warm_timer) keep_warm_timer = std::make_unique<asio::steady_timer>(ioc);
+  keep_warm_timer->expires_after(after);
+  keep_warm_timer->async_wait([this](boost::system::error_code ec) {
+    if (!ec) KeepWarmTick();
+  });
+}
+
+void ReplicaServer::Impl::KeepWarmTick() {
+  if (opts.keep_warm_interval_s <= 0 || keep_warm_inflight || keep_warm_shapes.empty()) return;
+  if (state() != ReplicaState::kWarm) return;  // StartKeepWarm runs again on the way back to warm
+  const auto interval =
+      std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(opts.keep_warm_interval_s));
+  const auto idle = Clock::now() - last_activity;
+  if (idle < interval) return ArmKeepWarm(interval - idle);
+  {
+    // A real request running longer than the interval: it keeps things warm.
+    std::lock_guard lock(q_mu);
+    if (inflight > 0) return ArmKeepWarm(interval);
+  }
+  const KeepWarmShape& shape = keep_warm_shapes[keep_warm_next++ % keep_warm_shapes.size()];
+  GenJob job;
+  job.prompt = shape.prompt;
+  job.max_tokens = shape.max_tokens;
+  const auto t0 = Clock::now();
+  job.done = [this, t0, interval](Result<GenerateResult> r) {
+    const double ms = MsBetween(t0, Clock::now());
+    asio::post(ioc, [this, ms, interval, ok = r.ok(), why = r.ok() ? std::string() : r.status().message()] {
+      keep_warm_inflight = false;
+      last_activity = Clock::now();
+      if (!ok) Log("keep-warm request failed: " + why);
+      {
+        std::lock_guard lock(metrics.mu);
+        metrics.keep_warm_count++;
+        metrics.keep_warm_last_ms = ms;
+      }
+      if (state() == ReplicaState::kWarm) ArmKeepWarm(interval);
+    });
+  };
+  if (Submit(std::move(job))) keep_warm_inflight = true;
 }
 
 void ReplicaServer::Impl::Emit(const json& j) {
@@ -370,6 +440,7 @@ bool ReplicaServer::Impl::BootSteps() {
     prompt.insert(prompt.end(), ids.begin(), ids.end());
     const int room = cfg.max_seq_len - shape.max_tokens;
     if (static_cast<int>(prompt.size()) > room) prompt.resize(static_cast<size_t>(std::max(1, room)));
+    keep_warm_shapes.push_back({prompt, shape.max_tokens});  // read on the io thread once warm
     for (int b : shape.batch_sizes) {
       if (b > std::max(1, opts.max_batch)) continue;
       std::vector<GenerateRequest> reqs(static_cast<size_t>(b), GenerateRequest{prompt, shape.max_tokens});
@@ -406,6 +477,11 @@ bool ReplicaServer::Impl::BootSteps() {
     metrics.phase_ms["time_to_ready"] = MsBetween(process_start, Clock::now());
   }
   Log("warmup done in " + std::to_string(static_cast<int>(warm_ms)) + " ms");
+  if (opts.keep_warm_interval_s > 0) {
+    char b[64];
+    std::snprintf(b, sizeof b, "%g s", opts.keep_warm_interval_s);
+    Log(std::string("keep-warm: one warmup-shaped request after ") + b + " without requests");
+  }
   return SetState(ReplicaState::kWarm);
 }
 
@@ -480,6 +556,7 @@ json ReplicaServer::Impl::HandleControl(const json& cmd) {
       boost::system::error_code ec;
       if (acceptor) acceptor->close(ec);
       acceptor.reset();
+      StopKeepWarm();  // a keep-warm request already queued is waited for below, like any other
     });
     // Let in-flight requests finish, then close every connection.
     if (!WaitIdle(std::chrono::seconds(60))) {
@@ -569,6 +646,8 @@ json ReplicaServer::Impl::HandleControl(const json& cmd) {
         }
       }
       restore_started = t_restore;
+      // This host's monotonic clock: the build host's readings mean nothing here.
+      metrics.last_request = Clock::now();
     }
     SetState(ReplicaState::kVerifying);
     return {{"ok", true}, {"digest", digest}, {"port", bound_port.load()}, {"instance", instance}};

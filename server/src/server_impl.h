@@ -39,6 +39,12 @@ struct Metrics {
   uint64_t generate_count = 0;
   double generate_ms_sum = 0;
   uint64_t tokens_generated = 0;
+  // Keep-warm (ServerOptions::keep_warm_interval_s). Its synthetic requests
+  // are counted here only, never in responses/generate_*/tokens_generated.
+  double keep_warm_interval_s = 0;
+  uint64_t keep_warm_count = 0;
+  double keep_warm_last_ms = -1;                  // < 0: none yet
+  Clock::time_point last_request = Clock::now();  // last real /v1/generate (arrival or answer)
   std::string Render(const std::string& state, const std::string& instance, const std::string& boot_kind);
 };
 
@@ -119,6 +125,25 @@ struct ReplicaServer::Impl {
   auto OnIo(F fn) -> decltype(fn());
 
   std::string NewRequestId();
+
+  // Keep-warm. Everything here lives on the io thread.
+  struct KeepWarmShape {
+    std::vector<int32_t> prompt;
+    int max_tokens;
+  };
+  std::vector<KeepWarmShape> keep_warm_shapes;  // the warmup shapes at batch 1, set by the boot
+  std::unique_ptr<asio::steady_timer> keep_warm_timer;
+  bool keep_warm_inflight = false;
+  size_t keep_warm_next = 0;
+  Clock::time_point last_activity = Clock::now();  // a real request, or a keep-warm one, came or ended
+  // A real request came or was answered: resets the idle clock.
+  void NoteRealRequest();
+  // Entered warm (boot, mark_ready, resume): the idle clock starts now, the
+  // timer is armed. Posted to the io thread by SetState.
+  void StartKeepWarm();
+  void StopKeepWarm();
+  void ArmKeepWarm(Clock::duration after);
+  void KeepWarmTick();
   Clock::time_point restore_started = Clock::now();
 };
 

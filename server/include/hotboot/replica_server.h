@@ -31,6 +31,11 @@ struct ServerOptions {
   // control_out_fd (normally 0 and 1); -1: no control channel.
   int control_in_fd = -1;
   int control_out_fd = -1;
+  // Keep-warm: when no request has come for this long (seconds), the server
+  // sends itself one synthetic request of a warmup shape through the
+  // inference queue, so its caches (and a GPU's clocks) do not go cold.
+  // 0: off. Never while captured (quiescing/frozen/restored/verifying).
+  double keep_warm_interval_s = 0;
   // Loads the model; tests inject a fake. Default: Model::Load.
   std::function<Result<std::unique_ptr<Model>>(const std::string&, LoadTimings*)> loader;
 };
