@@ -757,14 +757,16 @@ Runner AddBench(CLI::App& app) {
   fmt->add_option("--threads", a->threads,
                   "Threads for ours, for zstd -T, the write floor and the reference (default: all cores)")
       ->check(CLI::NonNegativeNumber);
-  Runner gpu, trust, fetch;
+  Runner gpu, trust, fetch, burst;
   AddBenchGpu(app, &gpu);
   AddBenchTrust(app, &trust);
   AddBenchFetch(app, &fetch);
-  return [a, gpu, trust, fetch] {
+  AddBenchBurst(app, &burst);
+  return [a, gpu, trust, fetch, burst] {
     if (const int rc = gpu(); rc >= 0) return rc;
     if (const int rc = trust(); rc >= 0) return rc;
     if (const int rc = fetch(); rc >= 0) return rc;
+    if (const int rc = burst(); rc >= 0) return rc;
     return RunBenchFormat(*a);
   };
 }

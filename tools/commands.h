@@ -41,5 +41,7 @@ void AddBenchGpu(CLI::App& bench, Runner* run);
 void AddBenchTrust(CLI::App& bench, Runner* run);
 // `bench fetch`: restore from a registry, streamed, vs download-then-restore, under shaped links.
 void AddBenchFetch(CLI::App& bench, Runner* run);
+// `bench burst`: N restores from a registry at once onto one fresh host, vs one alone and N cold boots.
+void AddBenchBurst(CLI::App& bench, Runner* run);
 
 }  // namespace hotboot::cli

@@ -85,6 +85,7 @@ int main(int argc, char** argv) {
       "  hotboot bench gpu [--json]                                     weight upload vs pinned H2D GB/s\n"
       "  hotboot bench trust --snapshot SNAP                            what signature checks cost a restore\n"
       "  hotboot bench fetch [--presets small,1b] [--rates 1,5,10]      registry restore vs download, shaped links\n"
+      "  hotboot bench burst --replicas N [--preset small] [--json]     N restores at once vs one, vs N cold boots\n"
       "  hotboot cache ls | gc | prune --keep 40G                       the node cache\n\n"
       "Exit codes: 0 ok, 1 failed, 2 usage, 3 snapshot incompatible with this host,\n"
       "4 snapshot corrupt/truncated/not a snapshot, 5 replica not ready, 6 timeout,\n"
@@ -110,7 +111,7 @@ int main(int argc, char** argv) {
   add("push", "Upload a snapshot to an OCI registry (oci://HOST/REPO:TAG); only blobs the registry lacks travel", AddPush);
   add("pull", "Fetch a snapshot (oci:// or https://) into the node cache ahead of a restore", AddPull);
   add("cache", "The node cache: `cache ls`, `cache gc`, `cache prune --keep SIZE` (blobs fetched from registries, and the weights directory)", AddCache);
-  add("bench", "Benchmarks; `bench format`: the snapshot container vs tar+zstd, the write floor and a plain-zstd reference; `bench gpu`: weight upload vs the pinned H2D ceiling; `bench trust`: what signature and chunk SHA-256 checks cost a restore; `bench fetch`: restore from a registry, streamed, vs download-then-restore, under shaped links", AddBench);
+  add("bench", "Benchmarks; `bench format`: the snapshot container vs tar+zstd, the write floor and a plain-zstd reference; `bench gpu`: weight upload vs the pinned H2D ceiling; `bench trust`: what signature and chunk SHA-256 checks cost a restore; `bench fetch`: restore from a registry, streamed, vs download-then-restore, under shaped links; `bench burst`: N restores from a registry at once onto one fresh host, vs one alone and N cold boots", AddBench);
 
   try {
     app.parse(argc, argv);

@@ -1,0 +1,202 @@
+// What the benches that start real processes share (`bench fetch`, `bench
+// burst`): children with their output captured and stopped on every exit
+// path, a network namespace with its loopback shaped by tc, Debian's
+// docker-registry and nginx inside it, the bench directory's pinned
+// executables and snapshots, and the signal watcher that undoes it all on
+// Ctrl-C. A bench is a CLI (tools/), so these may print notes; they never exit
+// except from the signal watcher.
+#pragma once
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "hotboot/status.h"
+
+namespace hotboot::cli::bench {
+
+using Clock = std::chrono::steady_clock;
+
+// Inside a bench's namespace nothing else listens: fixed ports.
+inline constexpr int kRegistryPort = 5000;
+inline constexpr int kFilePort = 8443;
+inline constexpr auto kRestoreTimeout = std::chrono::minutes(15);
+inline constexpr auto kCommandTimeout = std::chrono::minutes(30);  // a build of the 1b preset, a 2 GB download at 1 Gbit/s
+inline constexpr auto kServerStartTimeout = std::chrono::seconds(30);
+
+double SecondsSince(Clock::time_point t);
+std::string Fixed(double v, int digits = 2);
+std::string Joined(const std::vector<std::string>& argv);
+// The last lines of a log, for an error message ("" when there are none).
+std::string LogTail(const std::string& path, int lines = 12);
+double Median(std::vector<double> v);
+// The q-quantile (0..1) of v, nearest rank (the value a replica really had).
+double Quantile(std::vector<double> v, double q);
+
+// ---- what a stop signal must undo ---------------------------------------------
+
+// The children still running, the namespace and the scratch directory, for
+// the signal watcher: SIGINT/SIGTERM/SIGHUP are blocked in every thread of the
+// bench and taken by one thread, which stops the children, removes the
+// namespace and the scratch directory, and exits 128+signal.
+struct Undo {
+  std::mutex mu;
+  std::set<pid_t> children;
+  std::string netns;
+  std::string scratch;  // removed too, unless kept
+  std::atomic<bool> stopping{false};
+};
+Undo& Pending();
+// `what` names the bench in the message ("bench fetch").
+void StartSignalWatcher(const std::string& what);
+// A failure the bench reports (Fail's exit code), unless it is only the
+// watcher stopping the children: then the watcher's exit is awaited.
+int Failed(const Status& s);
+// Note("error: ..."), likewise.
+void NoteError(const std::string& message);
+
+// ---- processes ----------------------------------------------------------------
+
+Result<std::string> OnPath(const std::string& name);
+
+// A child process of the bench: stdin /dev/null, stderr appended to a log,
+// stdout to a pipe (capture) or the log. It gets SIGTERM if the bench dies.
+// With cgroup_procs_fd >= 0 it writes "0" there before it execs (a cgroup's
+// cgroup.procs, host/cgroup.h): everything it starts stays in that cgroup.
+class Child {
+ public:
+  static Result<std::unique_ptr<Child>> Start(const std::vector<std::string>& argv, const std::string& log,
+                                              bool capture, int cgroup_procs_fd = -1);
+  Child(const Child&) = delete;
+  Child& operator=(const Child&) = delete;
+  ~Child() { Stop(); }
+
+  pid_t pid() const { return pid_; }
+  const std::string& command() const { return command_; }
+  const std::string& log() const { return log_; }
+
+  // Its status once it exited, without waiting.
+  std::optional<int> Exited();
+  // Its stdout's first line; an error when it ends or the deadline passes first.
+  Result<std::string> ReadLine(Clock::duration timeout) { return Read(timeout, true); }
+  // All of its stdout, until it closes it.
+  Result<std::string> ReadAll(Clock::duration timeout) { return Read(timeout, false); }
+  // Waits for it to exit (SIGTERM, then SIGKILL after `grace`, when stop).
+  int Wait(bool stop = false, std::chrono::seconds grace = std::chrono::seconds(20));
+  int Stop() { return Wait(true); }
+
+  static std::string Describe(int status);
+
+ private:
+  Child(pid_t pid, int out, std::string command, std::string log)
+      : pid_(pid), out_(out), command_(std::move(command)), log_(std::move(log)) {}
+  void Reaped();
+  Result<std::string> Read(Clock::duration timeout, bool line_only);
+
+  pid_t pid_;
+  int out_;
+  int status_ = 0;
+  std::string command_, log_, got_;
+};
+
+// Runs argv to the end; its stdout when it exits 0, else an error with its log's end.
+Result<std::string> RunCommand(const std::vector<std::string>& argv, const std::string& log,
+                               Clock::duration timeout = kCommandTimeout);
+
+// ---- the namespace ------------------------------------------------------------
+
+// The processes whose network namespace is `name`'s.
+std::vector<pid_t> PidsInNetns(const std::string& name);
+// Ends every process in `name`'s network namespace, then removes it.
+void RemoveNetns(const std::string& name);
+
+// A network namespace with only its loopback, up; removed (with everything
+// still running in it) when destroyed.
+class Netns {
+ public:
+  static Result<std::unique_ptr<Netns>> Create(const std::string& name, const std::string& log);
+  ~Netns();
+  Netns(const Netns&) = delete;
+  Netns& operator=(const Netns&) = delete;
+
+  const std::string& name() const { return name_; }
+  // argv as run inside: ip netns exec NAME argv...
+  std::vector<std::string> Exec(const std::vector<std::string>& argv) const;
+  // The loopback's egress, token bucket at `gbit` Gbit/s: a burst of 1 ms of
+  // the rate (at least 1 MB, so that 64 KiB GSO packets pass), 50 ms of queue.
+  Status Shape(double gbit);
+  // fn on a thread of ours inside the namespace (setns is per thread for
+  // network namespaces); its sockets are the namespace's.
+  Status RunInside(const std::function<Status()>& fn) const;
+
+ private:
+  Netns(std::string name, std::string log) : name_(std::move(name)), log_(std::move(log)) {}
+  std::string name_, log_;
+};
+
+// ---- the servers inside ---------------------------------------------------------
+
+Status WriteText(const std::string& path, const std::string& text);
+Status MakeDirs(const std::string& path, mode_t mode = 0755);
+
+// A CA of the bench's and a certificate for 127.0.0.1 signed by it (openssl CLI).
+struct Tls {
+  std::string ca, cert, key;
+};
+Result<Tls> MakeTls(const std::string& dir, const std::string& log);
+
+// What the clients inside need to reach the servers.
+struct Endpoints {
+  bool tls = true;
+  std::string ca;  // empty without TLS
+  std::string registry() const;
+  std::string file_url(const std::string& name) const;
+  // curl's options for the file server / the registry.
+  std::vector<std::string> curl_tls() const;
+  // hotboot push/restore's options for the registry.
+  std::vector<std::string> hotboot_remote() const;
+};
+
+// Debian's docker-registry (the CNCF distribution registry) on
+// 127.0.0.1:5000 inside, filesystem storage under dir, no auth.
+Result<std::unique_ptr<Child>> StartRegistry(const Netns& ns, const Endpoints& ep, const Tls& tls,
+                                             const std::string& dir);
+// nginx serving docroot on 127.0.0.1:8443 inside (Range, as nginx does for
+// static files), everything it writes under dir.
+Result<std::unique_ptr<Child>> StartFileServer(const Netns& ns, const Endpoints& ep, const Tls& tls,
+                                               const std::string& dir, const std::string& docroot);
+
+// ---- the bench's directories and snapshots ---------------------------------------
+
+// Removes everything in a directory the bench owns (its weights, the node cache).
+Status EmptyDir(const std::string& dir);
+Result<uint64_t> FileSize(const std::string& path);
+// $HOTBOOT_HOME, else ~/.cache/hotboot.
+std::string HomeDir();
+
+struct Binaries {
+  std::string hotboot, server;  // the copies in the bench directory's bin/
+};
+// The executables every command of a run uses, copied into `home`/bin: this
+// very hotboot (read through /proc/self/exe, the file this process runs even
+// if a rebuild replaced the path) and its hotboot-server. A build elsewhere
+// can then neither break an exec mid-run nor change the server a snapshot
+// maps (CRIU restores the very file); when the server changed, the snapshots
+// made with the old one (home/snapshots/*.hbsnap) are removed.
+Result<Binaries> PinBinaries(const std::string& home);
+
+// home/snapshots/PRESET.hbsnap, built with `hotboot build --preset P` (log:
+// `log`) unless one is there that maps its weights from `weights_dir`.
+Result<std::string> EnsureSnapshot(const Binaries& bin, const std::string& home, const std::string& weights_dir,
+                                   const std::string& preset, bool rebuild, const std::string& log);
+
+}  // namespace hotboot::cli::bench
