@@ -37,17 +37,17 @@ int RunBuild(const BuildArgs& a) {
   BuildSpec spec;
   if (!a.spec_path.empty()) {
     std::ifstream in(a.spec_path);
-    if (!in) return Fail(NotFound("cannot read build spec " + a.spec_path));
+    if (!in) return FailJson(NotFound("cannot read build spec " + a.spec_path), a.json_out);
     json j = json::parse(in, nullptr, false);
-    if (j.is_discarded()) return Fail(InvalidArgument("build spec " + a.spec_path + " is not valid JSON"));
+    if (j.is_discarded()) return FailJson(InvalidArgument("build spec " + a.spec_path + " is not valid JSON"), a.json_out);
     auto s = BuildSpec::FromJson(j);
-    if (!s.ok()) return Fail(s.status());
+    if (!s.ok()) return FailJson(s.status(), a.json_out);
     spec = std::move(s).value();
   }
   if (a.port > 0) {
     if (a.canary_path.empty()) {
-      return Fail(InvalidArgument("--port (a server that does not speak hotboot's control protocol) needs "
-                                  "--canary-path: a deterministic request whose answer restore can check"));
+      return FailJson(InvalidArgument("--port (a server that does not speak hotboot's control protocol) needs "
+                                  "--canary-path: a deterministic request whose answer restore can check"), a.json_out);
     }
     spec.mode = "transparent";
     spec.http.port = a.port;
@@ -64,19 +64,19 @@ int RunBuild(const BuildArgs& a) {
     return c;
   };
   for (const auto* p : {&a.after_restore_path, &a.before_capture_path}) {
-    if (!p->empty() && (*p)[0] != '/') return Fail(InvalidArgument("hook path '" + *p + "' must start with /"));
+    if (!p->empty() && (*p)[0] != '/') return FailJson(InvalidArgument("hook path '" + *p + "' must start with /"), a.json_out);
   }
   if (!a.after_restore_path.empty()) spec.http.after_restore = hook(a.after_restore_path);
   if (!a.before_capture_path.empty()) spec.http.before_capture = hook(a.before_capture_path);
   if (!a.command.empty()) {
     spec.command = a.command;
   } else if (spec.transparent() && spec.command.empty()) {
-    return Fail(InvalidArgument("a transparent build needs the server's COMMAND (after --)"));
+    return FailJson(InvalidArgument("a transparent build needs the server's COMMAND (after --)"), a.json_out);
   } else if (spec.command.empty()) {
     auto server = FindSibling("hotboot-server");
-    if (!server.ok()) return Fail(server.status());
+    if (!server.ok()) return FailJson(server.status(), a.json_out);
     auto model = EnsureModel(a.model, a.preset);
-    if (!model.ok()) return Fail(model.status());
+    if (!model.ok()) return FailJson(model.status(), a.json_out);
     spec.command = {*server, "--model", *model, "--port", "0", "--control-stdio"};
     spec.labels["model"] = *model;
   }
@@ -112,24 +112,30 @@ int RunBuild(const BuildArgs& a) {
     if (log_file) {
       *log_file << line << '\n';
     } else if (!Quiet()) {
-      std::fprintf(stderr, "  server | %s\n", line.c_str());
+      ForwardLine("server", line);
     }
   };
   ev.on_pack_progress = [&](uint64_t d, uint64_t t) { pack.Update(d, t); };
 
   Status cuda_failed;
   auto cuda = CudaDriverIfPresent(a.cuda_lib, &cuda_failed);
-  if (!cuda_failed.ok()) return Fail(cuda_failed);
+  if (!cuda_failed.ok()) return FailJson(cuda_failed, a.json_out);
   auto criu = MakeLibCriu();
   auto r = BuildSnapshot(spec, a.out, *criu, ev, cuda.get());
   if (!r.ok()) {
     pack.Finish();
-    int rc = Fail(r.status());
-    std::fprintf(stderr, "hotboot: no snapshot was written to %s\n", a.out.c_str());
-    return rc == kExitCorrupt ? kExitFailure : rc;
+    // A build that failed is not a corrupt snapshot: exit 1, not 4.
+    int rc = ExitCodeFor(r.status());
+    rc = rc == kExitCorrupt ? kExitFailure : rc;
+    if (a.json_out) {
+      PrintFailureJson(r.status().message(), rc, {{"outcome", CodeName(r.status().code())}, {"path", a.out}});
+    }
+    Fail(r.status());
+    Note("no snapshot was written to " + a.out);
+    return rc;
   }
   const json m = ToJsonValue(r->manifest);
-  for (const auto& w : r->warnings) std::fprintf(stderr, "hotboot: warning: %s\n", w.c_str());
+  for (const auto& w : r->warnings) Note("warning: " + w);
   if (a.json_out) {
     json out = {{"path", r->path},
                 {"file_bytes", r->file_size},
@@ -189,7 +195,9 @@ Runner AddBuild(CLI::App& app) {
           ->check(CLI::Range(kMinZstdLevel, kMaxZstdLevel));
   app.add_option("--ready-timeout", a->ready_timeout_s, "Seconds to wait for the server to become warm");
   app.add_option("--server-log", a->server_log, "Append the server's log here instead of stderr");
-  app.add_flag("--json", a->json_out, "Print the result as JSON");
+  app.add_flag("--json", a->json_out,
+               "Print the result as JSON (on failure too: ok false, error, outcome, exit_code, exit)");
+  AddLogFormatOption(app);
   auto* http = app.add_option_group("Any HTTP server (transparent mode)",
                                     "For a COMMAND that does not speak the control protocol (e.g. a PyTorch server)");
   http->add_option("--port", a->port, "Port the COMMAND listens on (restore keeps it)")->check(CLI::Range(1, 65535));

@@ -2,8 +2,13 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cstdio>
+#include <ctime>
+#include <mutex>
+#include <vector>
 #include <cstdlib>
 #include <filesystem>
 
@@ -15,10 +20,130 @@ namespace fs = std::filesystem;
 
 namespace {
 bool g_quiet = false;
-}
+std::atomic<LogFormat> g_log_format{LogFormat::kText};
+std::mutex g_log_mu;  // one line at a time from every thread
+}  // namespace
 
 void SetQuiet(bool q) { g_quiet = q; }
 bool Quiet() { return g_quiet; }
+void SetLogFormat(LogFormat f) { g_log_format.store(f); }
+LogFormat GetLogFormat() { return g_log_format.load(); }
+
+void AddLogFormatOption(CLI::App& app) {
+  app.add_option_function<std::string>(
+         "--log-format",
+         [](const std::string& v) { SetLogFormat(v == "json" ? LogFormat::kJson : LogFormat::kText); },
+         "hotboot's stderr lines (notes, warnings, errors, progress, the server's forwarded log): text (default) "
+         "or json, one object per line with ts (RFC 3339 UTC), level, component or source, msg")
+      ->check(CLI::IsMember({"text", "json"}));
+}
+
+std::string NowRfc3339() {
+  const auto now = std::chrono::system_clock::now();
+  const std::time_t t = std::chrono::system_clock::to_time_t(now);
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
+  std::tm tm{};
+  ::gmtime_r(&t, &tm);
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+                tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms));
+  return buf;
+}
+
+namespace {
+// The status line's slots, in the order they were first set; guarded by g_log_mu.
+std::vector<std::pair<std::string, std::string>> g_status;
+bool g_status_drawn = false;
+
+std::string StatusText() {
+  std::string out;
+  for (const auto& [slot, text] : g_status) {
+    if (text.empty()) continue;
+    if (!out.empty()) out += "  |  ";
+    out += text;
+  }
+  return out;
+}
+void ClearStatusLocked() {
+  if (g_status_drawn) std::fputs("\r\033[K", stderr);
+}
+void DrawStatusLocked() {
+  const std::string t = StatusText();
+  if (t.empty()) return;
+  std::fprintf(stderr, "\r\033[Khotboot: %s", t.c_str());
+  std::fflush(stderr);
+  g_status_drawn = true;
+}
+
+void JsonLine(nlohmann::json j) {
+  const std::string line = j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  std::lock_guard lk(g_log_mu);
+  std::fprintf(stderr, "%s\n", line.c_str());
+}
+}  // namespace
+
+void Log(const std::string& level, const std::string& msg, const nlohmann::json& fields) {
+  if (g_quiet && (level == "info" || level == "debug")) return;
+  if (g_log_format.load() == LogFormat::kJson) {
+    nlohmann::json j = {{"ts", NowRfc3339()}, {"level", level}, {"component", "hotboot"}, {"msg", msg}};
+    if (fields.is_object()) {
+      for (const auto& [k, v] : fields.items()) j[k] = v;
+    }
+    JsonLine(std::move(j));
+    return;
+  }
+  std::lock_guard lk(g_log_mu);
+  ClearStatusLocked();
+  if (level == "error") {
+    std::fprintf(stderr, "hotboot: error: %s\n", msg.c_str());
+  } else if (level == "warn") {
+    std::fprintf(stderr, "hotboot: warning: %s\n", msg.c_str());
+  } else {
+    std::fprintf(stderr, "hotboot: %s\n", msg.c_str());
+  }
+  if (g_status_drawn) DrawStatusLocked();
+}
+
+bool StatusLineEnabled() {
+  static const bool tty = ::isatty(STDERR_FILENO) == 1;
+  return tty && !g_quiet && g_log_format.load() == LogFormat::kText;
+}
+
+void StatusLine(const std::string& slot, const std::string& text) {
+  if (!StatusLineEnabled()) return;
+  std::lock_guard lk(g_log_mu);
+  auto it = std::find_if(g_status.begin(), g_status.end(), [&](const auto& s) { return s.first == slot; });
+  if (it == g_status.end()) {
+    g_status.emplace_back(slot, text);
+  } else {
+    it->second = text;
+  }
+  DrawStatusLocked();
+}
+
+void EndStatusLine() {
+  std::lock_guard lk(g_log_mu);
+  if (g_status_drawn) std::fputs("\n", stderr);
+  g_status_drawn = false;
+  g_status.clear();
+}
+
+void ForwardLine(const std::string& source, const std::string& line) {
+  if (g_log_format.load() == LogFormat::kJson) {
+    JsonLine({{"ts", NowRfc3339()}, {"level", "info"}, {"source", source}, {"msg", line}});
+    return;
+  }
+  std::lock_guard lk(g_log_mu);
+  ClearStatusLocked();
+  std::fprintf(stderr, "  %s | %s\n", source.c_str(), line.c_str());
+  if (g_status_drawn) DrawStatusLocked();
+}
+
+void LogEvent(nlohmann::json event) {
+  nlohmann::json j = {{"ts", NowRfc3339()}, {"level", "info"}, {"component", "hotboot"}};
+  for (auto& [k, v] : event.items()) j[k] = v;
+  JsonLine(std::move(j));
+}
 
 int ExitCodeFor(const Status& s) {
   switch (s.code()) {
@@ -34,24 +159,61 @@ int ExitCodeFor(const Status& s) {
   }
 }
 
-int Fail(const Status& s) {
-  std::fprintf(stderr, "hotboot: error: %s\n", s.message().c_str());
-  return ExitCodeFor(s);
-}
+namespace {
+std::atomic<bool> g_json_output{false};
+std::atomic<bool> g_failure_printed{false};
 
-int FailJson(const Status& s, bool json_out, const nlohmann::json& extra) {
-  const int rc = Fail(s);
-  if (json_out) {
-    nlohmann::json out = {{"ok", false}, {"error", s.message()}, {"outcome", CodeName(s.code())}, {"exit", rc}};
-    for (const auto& [k, v] : extra.items()) out[k] = v;
-    std::printf("%s\n", out.dump().c_str());
-    std::fflush(stdout);
-  }
+void PrintJsonLine(const nlohmann::json& j) {
+  std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+  std::fflush(stdout);
+}
+}  // namespace
+
+void SetJsonOutput(bool on) { g_json_output.store(on); }
+bool JsonOutput() { return g_json_output.load(); }
+bool FailurePrinted() { return g_failure_printed.load(); }
+void MarkFailurePrinted() { g_failure_printed.store(true); }
+
+int Fail(const Status& s) {
+  const int rc = ExitCodeFor(s);
+  Log("error", s.message(), {{"outcome", CodeName(s.code())}, {"exit_code", rc}});
+  if (g_json_output.load() && !g_failure_printed.exchange(true)) PrintJsonLine(FailureJson(s, rc));
   return rc;
 }
 
+nlohmann::json FailureJson(const Status& s, int exit_code) {
+  return {{"ok", false}, {"error", s.message()}, {"outcome", CodeName(s.code())}, {"exit_code", exit_code},
+          {"exit", exit_code}};
+}
+
+int PrintFailureJson(const std::string& error, int exit_code, nlohmann::json extra) {
+  nlohmann::json out = {{"ok", false}, {"error", error}, {"outcome", "failed"}, {"exit_code", exit_code},
+                        {"exit", exit_code}};
+  for (auto& [k, v] : extra.items()) out[k] = v;
+  out["exit_code"] = exit_code;
+  out["exit"] = exit_code;
+  g_failure_printed.store(true);
+  PrintJsonLine(out);
+  return exit_code;
+}
+
+int FailJson(const Status& s, bool json_out, const nlohmann::json& extra) {
+  const int rc = ExitCodeFor(s);
+  if (json_out && !g_failure_printed.exchange(true)) {
+    nlohmann::json out = FailureJson(s, rc);
+    for (const auto& [k, v] : extra.items()) out[k] = v;
+    PrintJsonLine(out);
+  }
+  return Fail(s);
+}
+
 void Note(const std::string& msg) {
-  if (!g_quiet) std::fprintf(stderr, "hotboot: %s\n", msg.c_str());
+  static const std::string kWarning = "warning: ";
+  if (msg.rfind(kWarning, 0) == 0) {
+    Log("warn", msg.substr(kWarning.size()));
+  } else {
+    Log("info", msg);
+  }
 }
 
 std::string HumanBytes(uint64_t n) {
@@ -136,6 +298,14 @@ void Progress::Update(uint64_t done, uint64_t total) {
   if (!started_) {
     started_ = true;
     start_ = std::chrono::steady_clock::now();
+  }
+  if (g_log_format.load() == LogFormat::kJson) {  // a JSON line per 10% (or 64 MiB of an unknown length)
+    const int step = total ? static_cast<int>(done * 10 / total) : static_cast<int>(done >> 26);
+    if (step == last_pct_) return;
+    last_pct_ = step;
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    LogEvent({{"event", "progress"}, {"what", label_}, {"bytes", done}, {"total", total}, {"elapsed_s", s}});
+    return;
   }
   if (total == 0) {  // a stream of unknown length: a line per 64 MiB
     const int step = static_cast<int>(done >> 26);

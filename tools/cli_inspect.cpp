@@ -324,6 +324,8 @@ int RunVerify(const VerifyArgs& a) {
     if (!s.ok()) {
       out["error"] = s.message();
       out["outcome"] = CodeName(s.code());
+      out["exit_code"] = ExitCodeFor(s);
+      MarkFailurePrinted();
     }
     std::printf("%s\n", out.dump().c_str());
     return s.ok() ? kExitOk : ExitCodeFor(s);

@@ -14,7 +14,6 @@ using json = nlohmann::json;
 
 namespace {
 std::mutex g_progress_mu;
-bool g_drawn = false;
 }  // namespace
 
 void AddRemoteOptions(CLI::App& app, RemoteArgs* a, bool with_cache) {
@@ -57,25 +56,19 @@ fetch::ProgressFn ProgressPrinter(const std::string& label, bool json_events) {
     const double rate = p.elapsed_s > 0 ? static_cast<double>(p.done) / p.elapsed_s : 0;
     const double eta = rate > 0 && p.total > p.done ? static_cast<double>(p.total - p.done) / rate : 0;
     if (json_events) {
-      std::fprintf(stderr, "%s\n",
-                   json{{"event", "progress"}, {"what", p.what}, {"bytes", p.done}, {"total", p.total},
-                        {"rate_bytes_per_s", static_cast<uint64_t>(rate)}, {"eta_s", eta}, {"elapsed_s", p.elapsed_s}}
-                       .dump()
-                       .c_str());
+      LogEvent({{"event", "progress"}, {"what", p.what}, {"bytes", p.done}, {"total", p.total},
+                {"rate_bytes_per_s", static_cast<uint64_t>(rate)}, {"eta_s", eta}, {"elapsed_s", p.elapsed_s}});
       return;
     }
     if (!tty) return;
-    std::fprintf(stderr, "\r\033[Khotboot: %s %s / %s  %s/s  ETA %.0f s", label.c_str(), HumanBytes(p.done).c_str(),
-                 HumanBytes(p.total).c_str(), HumanBytes(static_cast<uint64_t>(rate)).c_str(), eta);
-    g_drawn = true;
+    char eta_text[32];
+    std::snprintf(eta_text, sizeof eta_text, "ETA %.0f s", eta);
+    StatusLine("fetch", label + " " + HumanBytes(p.done) + " / " + HumanBytes(p.total) + "  " +
+                            HumanBytes(static_cast<uint64_t>(rate)) + "/s  " + eta_text);
   };
 }
 
-void EndProgress() {
-  std::lock_guard lk(g_progress_mu);
-  if (g_drawn) std::fprintf(stderr, "\n");
-  g_drawn = false;
-}
+void EndProgress() { EndStatusLine(); }
 
 Result<std::shared_ptr<fetch::RemoteSnapshot>> OpenRemote(const std::string& ref, const RemoteArgs& a,
                                                           bool json_events, std::shared_ptr<host::Job> job) {

@@ -4,13 +4,18 @@
 
 #include <atomic>
 #include <cstdio>
+#include <ctime>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <thread>
 
 #include "cli_common.h"
 #include "cli_remote.h"
 #include "cli_trust.h"
 #include "commands.h"
+#include "hotboot/keep_warm.h"
+#include "hotboot/metrics.h"
 #include "hotboot/restore.h"
 #include "hotboot/snapshot_file.h"
 
@@ -35,7 +40,160 @@ struct RestoreArgs {
   int verify_timeout_s = 120;
   TrustArgs trust;
   RemoteArgs remote;
+  // What operators watch (hotboot/metrics.h, hotboot/keep_warm.h).
+  int metrics_port = -1;  // -1: no listener
+  std::string metrics_host = "127.0.0.1";
+  std::string metrics_textfile;
+  double keep_warm_interval_s = 0;  // 0: off
 };
+
+using Clock = std::chrono::steady_clock;
+
+// The restore's metrics as it goes: phases from the events (their names with
+// '-' as '_'), then the library's own timings once ready; served on
+// --metrics-port and written to --metrics-textfile on every change that
+// matters (start, failure, ready, keep-warm, replica exit).
+class Observer {
+ public:
+  Observer(const RestoreArgs& a, const ProcessStart& start) : textfile_(a.metrics_textfile), start_(start.at) {
+    const double age = std::chrono::duration<double>(Clock::now() - start.at).count();
+    m_.start_time_unix_s =
+        std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count() - age;
+    m_.snapshot = a.snapshot;
+    m_.source = a.snapshot.rfind("oci://", 0) == 0 ? "oci"
+                : a.snapshot.rfind("http", 0) == 0 && IsRemoteSnapshot(a.snapshot) ? "https"
+                                                                                   : "file";
+    m_.keep_warm_interval_s = a.keep_warm_interval_s;
+    m_.port = a.port;
+    phase_start_ = start.at;
+    phase_ = "startup";
+  }
+
+  Status Serve(const std::string& host, int port) {
+    auto srv = MetricsServer::Start(host, port, [this] { return Render(); });
+    if (!srv.ok()) return srv.status();
+    server_ = std::move(srv).value();
+    return Status::Ok();
+  }
+  int served_port() const { return server_ ? server_->port() : 0; }
+
+  void Phase(const std::string& p) {
+    std::lock_guard lk(mu_);
+    ClosePhaseLocked();
+    phase_ = p;
+    m_.current_phase = p;
+  }
+
+  void Fetched(const fetch::FetchStats& s) {
+    std::lock_guard lk(mu_);
+    m_.fetched = true;
+    m_.fetch_network_bytes = s.bytes_fetched;
+    m_.fetch_cache_bytes = s.bytes_from_cache;
+    m_.fetch_skipped_bytes = s.bytes_skipped;
+    if (m_.digest.empty()) m_.digest = s.resolved;
+  }
+
+  void Failed(const Status& st) {
+    {
+      std::lock_guard lk(mu_);
+      ClosePhaseLocked();
+      m_.current_phase.clear();
+      m_.outcome = OutcomeFor(st.code(), st.message());
+      m_.replica_up = false;
+    }
+    Write();
+  }
+
+  void Ready(const RestoreResult& res) {
+    {
+      std::lock_guard lk(mu_);
+      phase_.clear();
+      m_.current_phase.clear();
+      m_.phase_s.clear();
+      for (const auto& [k, v] : res.timings_ms.items()) {
+        if (k != "total" && v.is_number()) m_.phase_s[k] = v.get<double>() / 1000;
+      }
+      m_.outcome = "ready";
+      m_.time_to_ready_s = res.time_to_ready_ms / 1000;
+      if (!res.digest.empty()) m_.digest = res.digest;
+      m_.capture_mode = res.control_channel ? "cooperative" : "transparent";
+      m_.replica_mode = res.cold ? "cold" : "restored";
+      m_.instance = res.instance;
+      m_.port = res.port;
+      m_.replica_up = true;
+    }
+    Write();
+  }
+
+  void ReplicaGone() {
+    {
+      std::lock_guard lk(mu_);
+      m_.replica_up = false;
+    }
+    Write();
+  }
+
+  void Watch(const KeepWarm* kw) {
+    std::lock_guard lk(mu_);
+    kw_ = kw;
+  }
+
+  std::string Render() {
+    std::lock_guard lk(mu_);
+    RestoreMetrics m = m_;
+    if (!phase_.empty()) m.phase_s[Normal(phase_)] += std::chrono::duration<double>(Clock::now() - phase_start_).count();
+    if (kw_) {
+      m.keep_warm_requests = kw_->sent();
+      m.keep_warm_failures = kw_->failed();
+      m.keep_warm_last_latency_s = kw_->last_latency_s();
+      m.idle_s = kw_->idle_s();
+    }
+    return RenderPrometheus(m);
+  }
+
+  // The textfile, when asked for; a failure to write it is said once and
+  // does not stop the replica.
+  void Write() {
+    if (textfile_.empty()) return;
+    Status st = WriteMetricsTextfile(textfile_, Render());
+    if (!st.ok() && !write_failed_.exchange(true)) Note("warning: " + st.message());
+  }
+
+ private:
+  static std::string Normal(std::string p) {
+    for (char& c : p) {
+      if (c == '-') c = '_';
+    }
+    return p;
+  }
+  void ClosePhaseLocked() {
+    const auto now = Clock::now();
+    if (!phase_.empty()) m_.phase_s[Normal(phase_)] += std::chrono::duration<double>(now - phase_start_).count();
+    phase_start_ = now;
+    phase_.clear();
+  }
+
+  std::mutex mu_;
+  RestoreMetrics m_;
+  std::string textfile_;
+  Clock::time_point start_;
+  std::string phase_;
+  Clock::time_point phase_start_;
+  const KeepWarm* kw_ = nullptr;
+  std::unique_ptr<MetricsServer> server_;
+  std::atomic<bool> write_failed_{false};
+};
+
+// What a person reads of each phase on the status line.
+std::string PhaseText(const std::string& p) {
+  static const std::map<std::string, std::string> kText = {
+      {"open", "opening"},           {"check", "checking"},          {"unpack", "unpacking"},
+      {"weights", "placing weights"}, {"criu-restore", "criu restore"}, {"gpu-restore", "GPU restore"},
+      {"after-restore", "after-restore hook"}, {"verify", "verifying"}, {"ready", "ready"},
+      {"cold-boot", "cold boot"}};
+  auto it = kText.find(p);
+  return it == kText.end() ? p : it->second;
+}
 
 // SIGTERM/SIGINT/SIGHUP are blocked in every thread and taken by one watcher:
 // before the replica is ready a signal ends us at once (the replica, seeing
@@ -96,7 +254,80 @@ int Supervise(Replica& replica) {
   }
 }
 
+// Keep-warm for a transparent replica, started once it is ready; null when
+// off, not applicable (said why) or the port cannot be observed (said why).
+std::unique_ptr<KeepWarm> StartKeepWarm(const RestoreArgs& a, const RestoreResult& res, Observer& obs) {
+  if (a.keep_warm_interval_s <= 0) return nullptr;
+  if (res.control_channel) {
+    Note("--keep-warm-interval applies to transparent snapshots; this replica is the reference server, which keeps "
+         "itself warm with its own --keep-warm-interval (given to it at build, and part of the snapshot): nothing "
+         "sent from here");
+    return nullptr;
+  }
+  if (res.keep_warm.empty()) {
+    Note("warning: keep-warm is off: the snapshot records no canary request to send");
+    return nullptr;
+  }
+  auto watcher = WatchTcpPort(res.replica->pid(), res.port);
+  if (!watcher.ok()) {
+    Note("warning: keep-warm is off: " + watcher.status().message() +
+         " (its idle time must be observed, not assumed)");
+    return nullptr;
+  }
+  const std::string host = a.host;
+  const int port = res.port;
+  const std::vector<HttpCall> calls = res.keep_warm;
+  const auto timeout = std::chrono::seconds(a.verify_timeout_s);
+  KeepWarmOptions ko;
+  ko.interval = std::chrono::milliseconds(static_cast<int64_t>(a.keep_warm_interval_s * 1000));
+  ko.poll = std::min<std::chrono::milliseconds>(std::chrono::milliseconds(200), ko.interval / 4 + std::chrono::milliseconds(1));
+  KeepWarmEvents ke;
+  ke.on_sent = [&obs, interval = a.keep_warm_interval_s](bool ok, double latency_s, const std::string& error) {
+    if (ok) {
+      char buf[96];
+      std::snprintf(buf, sizeof buf, "keep-warm: idle for over %g s; sent the canary request, answered in %s",
+                    interval, Ms(latency_s * 1000).c_str());
+      Log("info", buf, {{"event", "keep_warm"}, {"latency_s", latency_s}});
+    } else {
+      Log("warn", "keep-warm request failed: " + error, {{"event", "keep_warm"}, {"error", error}});
+    }
+    obs.Write();
+  };
+  ke.on_watch_error = [](const Status& st) {
+    Note("warning: keep-warm cannot observe the replica's port now (" + st.message() + "); nothing is sent until it can");
+  };
+  auto kw = std::make_unique<KeepWarm>(
+      ko, std::move(watcher).value(), [host, port, calls, timeout] { return SendKeepWarm(host, port, calls, timeout); },
+      std::move(ke));
+  obs.Watch(kw.get());
+  kw->Start();
+  char buf[128];
+  std::snprintf(buf, sizeof buf, "keep-warm: a canary request to the replica whenever it has been idle for %g s",
+                a.keep_warm_interval_s);
+  Note(buf);
+  return kw;
+}
+
 int RunRestore(const RestoreArgs& a, const ProcessStart& start) {
+  Observer obs(a, start);
+  // Every failure below: its outcome into the metrics (and the textfile),
+  // then the message and, with --json, the object.
+  auto fail = [&](const Status& s, const json& extra = json::object()) {
+    obs.Failed(s);
+    json more = {{"outcome", OutcomeFor(s.code(), s.message())}, {"code", CodeName(s.code())}};
+    for (const auto& [k, v] : extra.items()) more[k] = v;
+    return FailJson(s, a.json_out, more);
+  };
+  if (a.metrics_port >= 0) {
+    if (Status st = obs.Serve(a.metrics_host, a.metrics_port); !st.ok()) return fail(st.Prefixed("--metrics-port"));
+    Note("metrics on http://" + a.metrics_host + ":" + std::to_string(obs.served_port()) + "/metrics" +
+         (a.detach ? " until this process exits (with --detach, --metrics-textfile outlives it)" : ""));
+  }
+  if (a.detach && a.keep_warm_interval_s > 0) {
+    Note("warning: --keep-warm-interval needs the supervising hotboot restore; with --detach nothing keeps the "
+         "replica warm");
+  }
+  obs.Write();  // "restoring", so that a restore under way is visible too
   RestoreOptions o;
   // Timed from this process's start: exec, dynamic linking, option parsing
   // and loading the CUDA driver and libcriu are part of what the caller
@@ -114,18 +345,46 @@ int RunRestore(const RestoreArgs& a, const ProcessStart& start) {
     const char* t = std::getenv("TMPDIR");
     o.log_file = std::string(t && *t ? t : "/tmp") + "/hotboot-replica-" + std::to_string(a.port ? a.port : ::getpid()) + ".log";
   }
+  const bool json_log = GetLogFormat() == LogFormat::kJson;
   RestoreEvents ev;
+  std::mutex unpack_mu;
+  int unpack_step = -1;
   ev.on_phase = [&](const std::string& p) {
-    double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start.at).count();
+    obs.Phase(p);
+    const double s = std::chrono::duration<double>(Clock::now() - start.at).count();
     char buf[32];
     std::snprintf(buf, sizeof buf, "[%6.2fs] ", s);
-    Note(buf + p);
+    if (json_log) {
+      Log("info", PhaseText(p), {{"event", "phase"}, {"phase", p}, {"elapsed_s", s}});
+    } else if (StatusLineEnabled()) {
+      StatusLine("phase", buf + PhaseText(p));
+    } else {
+      Note(buf + p);
+    }
   };
-  ev.on_server_log = [](const std::string& line) { std::fprintf(stderr, "  replica | %s\n", line.c_str()); };
+  ev.on_unpack_progress = [&](uint64_t done, uint64_t total) {
+    if (total == 0) return;
+    std::lock_guard lk(unpack_mu);
+    if (json_log) {  // a line per 10%
+      const int step = static_cast<int>(done * 10 / total);
+      if (step == unpack_step) return;
+      unpack_step = step;
+      LogEvent({{"event", "progress"}, {"what", "unpack"}, {"bytes", done}, {"total", total}});
+    } else if (StatusLineEnabled()) {
+      const int pct = static_cast<int>(done * 100 / total);
+      if (pct == unpack_step) return;
+      unpack_step = pct;
+      const double s = std::chrono::duration<double>(Clock::now() - start.at).count();
+      char buf[32];
+      std::snprintf(buf, sizeof buf, "[%6.2fs] ", s);
+      StatusLine("phase", buf + std::string("unpacking ") + HumanBytes(done) + " / " + HumanBytes(total));
+    }
+  };
+  ev.on_server_log = [](const std::string& line) { ForwardLine("replica", line); };
 
   Status cuda_failed;
   auto cuda = CudaDriverIfPresent(a.cuda_lib, &cuda_failed);
-  if (!cuda_failed.ok()) return Fail(cuda_failed);
+  if (!cuda_failed.ok()) return fail(cuda_failed);
   // Said once, before anything starts: without a cgroup of its own, what the
   // replica forks and setsid()s can outlive this process.
   std::string containment = host::ContainmentProblem();
@@ -137,7 +396,7 @@ int RunRestore(const RestoreArgs& a, const ProcessStart& start) {
   // The policy is read before the snapshot is opened: a host that trusts
   // no one in particular restores what it is given, and says so.
   auto policy = LoadPolicy(a.trust);
-  if (!policy.ok()) return FailJson(policy.status().Prefixed("trust policy"), a.json_out);
+  if (!policy.ok()) return fail(policy.status().Prefixed("trust policy"));
   o.trust = std::move(policy).value();
   std::string unverified;
   if (!o.trust.in_force()) {
@@ -150,12 +409,12 @@ int RunRestore(const RestoreArgs& a, const ProcessStart& start) {
   std::shared_ptr<host::Job> fetch_job;
   if (IsRemoteSnapshot(a.snapshot)) {
     auto job = host::Job::Start({.kind = "fetch"});
-    if (!job.ok()) return FailJson(job.status(), a.json_out);
+    if (!job.ok()) return fail(job.status());
     fetch_job = *job;
-    auto src = OpenRemote(a.snapshot, a.remote, a.json_out, fetch_job);
+    auto src = OpenRemote(a.snapshot, a.remote, a.json_out || json_log, fetch_job);
     if (!src.ok()) {
-      const int rc = FailJson(src.status(), a.json_out, {{"replica_running", false}});
-      std::fprintf(stderr, "hotboot: no replica is running from this attempt\n");
+      const int rc = fail(src.status(), {{"replica_running", false}});
+      Note("no replica is running from this attempt");
       return rc;
     }
     remote = *src;
@@ -167,6 +426,7 @@ int RunRestore(const RestoreArgs& a, const ProcessStart& start) {
   auto criu = MakeLibCriu();
   auto r = RestoreReplica(o, *criu, ev, cuda.get());
   EndProgress();
+  if (remote) obs.Fetched(remote->stats());
   if (!r.ok()) {
     Status s = r.status();
     bool port_problem = s.message().find("already in use") != std::string::npos ||
@@ -176,30 +436,35 @@ int RunRestore(const RestoreArgs& a, const ProcessStart& start) {
     const bool refused = s.code() == Code::kCorrupt || s.code() == Code::kTruncated ||
                          s.code() == Code::kUnsupported || s.code() == Code::kUntrusted;
     if (!a.fallback_cold || port_problem || refused) {
-      int rc = Fail(s);
+      obs.Failed(s);
+      int rc = ExitCodeFor(s);
       if (rc == kExitFailure && s.message().find("readiness verification") != std::string::npos) rc = kExitNotReady;
-      std::fprintf(stderr, "hotboot: no replica is running from this attempt%s\n",
-                   a.fallback_cold ? "" : " (--fallback-cold would boot the server cold instead)");
       if (a.json_out) {
-        json out = {{"ok", false}, {"error", s.message()}, {"outcome", CodeName(s.code())},
-                    {"exit", rc}, {"replica_running", false}};
-        if (remote) out["fetch"] = FetchJson(remote->stats());
-        std::printf("%s\n", out.dump().c_str());
+        // The restore's outcome, as /metrics names it; "code" is the error's kind.
+        json extra = {{"outcome", OutcomeFor(s.code(), s.message())}, {"code", CodeName(s.code())},
+                      {"replica_running", false}};
+        if (remote) extra["fetch"] = FetchJson(remote->stats());
+        PrintFailureJson(s.message(), rc, std::move(extra));
       }
+      Fail(s);
+      Note(std::string("no replica is running from this attempt") +
+           (a.fallback_cold ? "" : " (--fallback-cold would boot the server cold instead)"));
       return rc;
     }
     auto reader = remote ? snapfile::SnapshotReader::Open(remote) : snapfile::SnapshotReader::Open(a.snapshot);
     auto manifest = reader.ok() ? ParseManifest((*reader)->manifest_json()) : Result<Manifest>(reader.status());
     if (!manifest.ok()) {
-      std::fprintf(stderr, "hotboot: cannot fall back to a cold boot: %s\n", manifest.status().message().c_str());
-      return FailJson(s, a.json_out);
+      Note("cannot fall back to a cold boot: " + manifest.status().message());
+      return fail(s);
     }
     Note("snapshot cannot be used here (" + s.message() + ")");
     Note("falling back to a cold boot of the same server, as asked by --fallback-cold");
     r = ColdBootFromManifest(*manifest, o, ev);
-    if (!r.ok()) return FailJson(r.status(), a.json_out);
+    if (!r.ok()) return fail(r.status());
   }
   RestoreResult& res = *r;
+  EndStatusLine();
+  obs.Ready(res);
   // The replica is ready and every chunk it was made of was checked. What
   // was fetched is checked blob by blob and kept in the node cache after the
   // replica is reported ready (hashing and syncing a weights blob takes
@@ -218,6 +483,7 @@ int RunRestore(const RestoreArgs& a, const ProcessStart& start) {
     if (res.control_channel) {
       auto d = res.replica->Call({{"cmd", "detach"}}, std::chrono::seconds(10));
       if (!d.ok()) {
+        obs.Failed(d.status());
         return Fail(d.status().Prefixed("detach"));  // the replica dies with us: never half-detached
       }
     }
@@ -227,7 +493,9 @@ int RunRestore(const RestoreArgs& a, const ProcessStart& start) {
     res.replica->CloseChannel();
   }
   if (a.json_out) {
-    json out = {{"pid", res.replica->pid()},
+    json out = {{"ok", true},
+                {"outcome", "ready"},
+                {"pid", res.replica->pid()},
                 {"port", res.port},
                 {"host", a.host},
                 {"instance", res.instance},
@@ -245,6 +513,7 @@ int RunRestore(const RestoreArgs& a, const ProcessStart& start) {
     if (!res.cold) out["trust"] = TrustJson(res.trust, &o.trust);
     if (!unverified.empty()) out["trust_warning"] = unverified;
     if (remote) out["fetch"] = fetched;
+    if (a.metrics_port >= 0) out["metrics_port"] = obs.served_port();
     std::printf("%s\n", out.dump().c_str());
   } else {
     if (!res.cold) {
@@ -263,8 +532,12 @@ int RunRestore(const RestoreArgs& a, const ProcessStart& start) {
     return kExitOk;
   }
   std::thread keeper(keep_fetched);
+  std::unique_ptr<KeepWarm> keep_warm = StartKeepWarm(a, res, obs);
   const int rc = Supervise(*res.replica);
+  if (keep_warm) keep_warm->Stop();
+  obs.ReplicaGone();
   keeper.join();
+  obs.Watch(nullptr);
   return rc;
 }
 
@@ -309,7 +582,28 @@ Runner AddRestore(CLI::App& app) {
                "Accept a canary answer slower than the build's warm bound");
   AddTrustOptions(app, &a->trust);
   AddRemoteOptions(app, &a->remote, /*with_cache=*/true);
-  app.add_flag("--json", a->json_out, "Print the result as one JSON line (also on failure: ok, error, outcome, exit)");
+  app.add_flag("--json", a->json_out,
+               "Print the result as one JSON line; on failure too: ok false, error, outcome (ready, not_ready, "
+               "incompatible, corrupt, untrusted, timeout, failed: as in /metrics), code, exit_code (and exit)");
+  auto* watch = app.add_option_group("What operators watch");
+  watch->add_option("--metrics-port", a->metrics_port,
+                    "Serve Prometheus metrics of this restore and its replica on GET /metrics (text format 0.0.4) "
+                    "while hotboot runs: outcome, time to ready, phases, fetched bytes, replica up, keep-warm; "
+                    "0 picks a free port")
+      ->check(CLI::Range(0, 65535));
+  watch->add_option("--metrics-host", a->metrics_host, "Address the metrics listener binds")->capture_default_str();
+  watch->add_option("--metrics-textfile", a->metrics_textfile,
+                    "Write the same metrics to this node-exporter textfile (e.g. /var/lib/node_exporter/"
+                    "hotboot.prom), atomically (temporary beside it, then rename): at start, on failure (so a failed "
+                    "restore is visible), when ready, after each keep-warm and when the replica exits");
+  watch->add_option("--keep-warm-interval", a->keep_warm_interval_s,
+                    "Transparent snapshots: when the replica has been idle this many seconds (observed on its "
+                    "port's TCP connections with sock_diag; never while a request is seen in flight), send it the "
+                    "snapshot's canary request and count it in the metrics. 0 (default): off. For the reference "
+                    "server (cooperative) this is the server's own job (hotboot-server --keep-warm-interval, fixed "
+                    "at build): restore sends nothing and says so. Needs the supervising restore (not --detach)")
+      ->check(CLI::Range(0.0, 86400.0));
+  AddLogFormatOption(app);
   return [a] {
     const ProcessStart start = StartOfProcess();
     StartSignalWatcher();

@@ -109,13 +109,7 @@ struct KeygenArgs {
 
 int RunKeygen(const KeygenArgs& a) {
   auto pub = snapfile::GenerateKeyPair(a.out);
-  if (!pub.ok()) {
-    if (a.json_out) {
-      std::printf("%s\n", json{{"ok", false}, {"error", pub.status().message()}}.dump().c_str());
-      return ExitCodeFor(pub.status());
-    }
-    return Fail(pub.status());
-  }
+  if (!pub.ok()) return FailJson(pub.status(), a.json_out);
   if (a.json_out) {
     std::printf("%s\n", json{{"ok", true},
                              {"private_key", a.out},
@@ -144,9 +138,11 @@ struct SignArgs {
 int RunSign(const SignArgs& a) {
   auto fail = [&](const Status& s) {
     if (!a.json_out) return Fail(s);
-    std::printf("%s\n", json{{"path", a.snapshot}, {"ok", false}, {"error", s.message()}, {"outcome", CodeName(s.code())}}
+    std::printf("%s\n", json{{"path", a.snapshot}, {"ok", false}, {"error", s.message()}, {"outcome", CodeName(s.code())},
+                             {"exit_code", ExitCodeFor(s)}, {"exit", ExitCodeFor(s)}}
                             .dump()
                             .c_str());
+    MarkFailurePrinted();
     return ExitCodeFor(s);
   };
   auto key = snapfile::LoadPrivateKey(a.key);

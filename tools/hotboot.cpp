@@ -10,6 +10,7 @@
 #include <iterator>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "cli_common.h"
 #include "commands.h"
@@ -117,9 +118,26 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     int rc = app.exit(e);
-    return rc == 0 ? 0 : kExitUsage;
+    if (rc == 0) return 0;
+    // A usage error with --json (before any "--") still answers in JSON.
+    for (int i = 1; i < argc && std::string(argv[i]) != "--"; ++i) {
+      if (std::string(argv[i]) == "--json") {
+        return PrintFailureJson(e.what(), kExitUsage, {{"outcome", "usage"}});
+      }
+    }
+    return kExitUsage;
   }
   SetQuiet(quiet);
+  // --json anywhere on the chosen command (e.g. `bench format --json`): its
+  // failures answer in JSON too (cli_common.h Fail).
+  for (std::vector<CLI::App*> level = app.get_subcommands(); !level.empty();) {
+    std::vector<CLI::App*> next;
+    for (CLI::App* sub : level) {
+      if (const CLI::Option* j = sub->get_option_no_throw("--json"); j && j->count() > 0) SetJsonOutput(true);
+      for (CLI::App* s : sub->get_subcommands()) next.push_back(s);
+    }
+    level = std::move(next);
+  }
   for (CLI::App* sub : app.get_subcommands()) {
     return runners.at(sub->get_name())();
   }

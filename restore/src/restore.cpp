@@ -17,6 +17,7 @@
 #include <set>
 
 #include "hotboot/http_client.h"
+#include "hotboot/keep_warm.h"
 #include "hotboot/manifest.h"
 #include "hotboot/node_cache.h"
 #include "hotboot/restore.h"
@@ -604,7 +605,7 @@ Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, con
   // each waiting only for its own bytes.
   std::future<std::pair<Status, double>> weights_beside;
   if (opts.source) weights_beside = std::async(std::launch::async, place_weights);
-  Status images_st = reader->ExtractTo(images, "criu/", opts.threads);
+  Status images_st = reader->ExtractTo(images, "criu/", opts.threads, ev.on_unpack_progress);
   if (!images_st.ok() && !weights_beside.valid()) return images_st;
   res.timings_ms["unpack"] = MsSince(tu);
 
@@ -674,6 +675,7 @@ Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, con
   res.timings_ms["total"] = res.time_to_ready_ms;
   res.port = port;
   res.replica = std::move(replica);
+  if (IsTransparent(manifest)) res.keep_warm = KeepWarmRequests(manifest);
   phase("ready");
   return res;
 }
@@ -711,6 +713,7 @@ Result<RestoreResult> ColdBootFromManifest(const Manifest& manifest, const Resto
   }
   res.cold = true;
   res.control_channel = !transparent;
+  if (transparent) res.keep_warm = KeepWarmRequests(manifest);
   res.port = port;
   // From opts.started, the time before the cold boot (for `hotboot restore
   // --fallback-cold`: its startup and the restore attempt that failed) is

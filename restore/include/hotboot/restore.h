@@ -19,6 +19,7 @@
 #include "hotboot/criu.h"
 #include "hotboot/gpu.h"
 #include "hotboot/host_info.h"
+#include "hotboot/http_client.h"
 #include "hotboot/manifest.h"
 #include "hotboot/node_cache.h"
 #include "hotboot/replica.h"
@@ -108,6 +109,8 @@ struct RestoreOptions {
 
 struct RestoreEvents {
   std::function<void(const std::string& phase)> on_phase;
+  // Raw bytes of the CRIU images unpacked so far, of all (phase "unpack").
+  std::function<void(uint64_t done, uint64_t total)> on_unpack_progress;
   LogSink on_server_log;
 };
 
@@ -129,6 +132,10 @@ struct RestoreResult {
   // False for a transparent server: no control channel, so detaching is
   // just letting go of it.
   bool control_channel = true;
+  // What a supervisor's keep-warm sends this replica (hotboot/keep_warm.h):
+  // the snapshot's canary request (transparent; empty for cooperative ones,
+  // which keep themselves warm).
+  std::vector<HttpCall> keep_warm;
 };
 
 // What restore hands a replica so that it is not a copy of the build
