@@ -501,7 +501,8 @@ std::optional<std::string> NodeCache::Find(const std::string& digest) {
 
 namespace {
 
-// Blocks until locks/<hex>.lock is locked with `op` (LOCK_EX or LOCK_SH).
+// Blocks until locks/<hex>.lock is locked with `op` (LOCK_EX or LOCK_SH;
+// with LOCK_NB it answers -1 instead of blocking).
 // gc removes a lock file it could lock exclusively; one who opened it just
 // before and then got the lock holds an unlinked inode, so the lock counts
 // only when the name still leads to the locked inode (else: again).
@@ -510,7 +511,10 @@ Result<int> LockBlob(int dir_fd, const std::string& dir, const std::string& hex,
   for (;;) {
     Fd fd(::openat(dir_fd, name.c_str(), O_RDONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644));
     if (fd.get() < 0) return ErrnoError("open the lock file " + dir + "/" + name, errno);
-    if (FlockRetry(fd.get(), op) != 0) return ErrnoError("flock " + dir + "/" + name, errno);
+    if (FlockRetry(fd.get(), op) != 0) {
+      if ((op & LOCK_NB) && errno == EWOULDBLOCK) return -1;
+      return ErrnoError("flock " + dir + "/" + name, errno);
+    }
     struct stat held{}, now{};
     if (::fstat(fd.get(), &held) != 0) return ErrnoError("stat " + dir + "/" + name, errno);
     if (::fstatat(dir_fd, name.c_str(), &now, AT_SYMLINK_NOFOLLOW) == 0 && now.st_dev == held.st_dev &&
@@ -527,6 +531,14 @@ Result<BlobLock> NodeCache::LockExclusive(const std::string& digest) {
   if (dir_fd_ < 0) return FailedPrecondition("the cache directory " + dir_ + " was not created (opened for reading only)");
   HB_ASSIGN_OR_RETURN(int fd, LockBlob(dir_fd_, dir_, hex, LOCK_EX));
   return BlobLock(fd);
+}
+
+Result<std::optional<BlobLock>> NodeCache::TryLockExclusive(const std::string& digest) {
+  HB_ASSIGN_OR_RETURN(std::string hex, HexOf(digest));
+  if (dir_fd_ < 0) return FailedPrecondition("the cache directory " + dir_ + " was not created (opened for reading only)");
+  HB_ASSIGN_OR_RETURN(int fd, LockBlob(dir_fd_, dir_, hex, LOCK_EX | LOCK_NB));
+  if (fd < 0) return std::optional<BlobLock>();
+  return std::optional<BlobLock>(BlobLock(fd));
 }
 
 Result<BlobLock> NodeCache::LockShared(const std::string& digest) {

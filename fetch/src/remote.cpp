@@ -267,11 +267,23 @@ class RemoteSnapshot::Impl {
 
  private:
   // A blob from the cache when it is there, else a temporary under the
-  // blob's exclusive lock (taken while another process fetches it: that one
-  // publishes it and this one then finds it).
+  // blob's exclusive lock: one fetch per blob on the host (single flight).
+  // While another process holds that lock, this one waits for a shared
+  // lock, which is granted once that fetch published the blob (or gave it
+  // up), and looks again. It never waits for the exclusive lock itself: that
+  // queued it behind every running replica's shared lock on the published
+  // blob, so N restores started at once on a fresh host stalled after the
+  // first two until those replicas ended (found by `hotboot bench burst`).
   Status Back(Segment& s) {
-    if (auto p = cache_->Find(s.digest)) return UseCached(s, *p);
-    HB_ASSIGN_OR_RETURN(s.lock, cache_->LockExclusive(s.digest));
+    for (;;) {
+      if (auto p = cache_->Find(s.digest)) return UseCached(s, *p);
+      HB_ASSIGN_OR_RETURN(std::optional<BlobLock> mine, cache_->TryLockExclusive(s.digest));
+      if (mine) {
+        s.lock = std::move(*mine);
+        break;
+      }
+      HB_RETURN_IF_ERROR(cache_->LockShared(s.digest).status());  // waits out a fetch; released at once
+    }
     if (auto p = cache_->Find(s.digest)) {
       s.lock = BlobLock();
       return UseCached(s, *p);

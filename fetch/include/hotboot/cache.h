@@ -101,6 +101,10 @@ class NodeCache {
   // Exclusive: blocks until no one else fetches or reads the blob; the one
   // fetch that holds it downloads, the others then Find() it (single flight).
   Result<BlobLock> LockExclusive(const std::string& digest);
+  // The same without blocking: nullopt while anyone holds the lock (a fetch,
+  // or readers: a fetch that waits must not queue behind running replicas'
+  // shared locks, which last as long as the replicas; see remote.cpp Back).
+  Result<std::optional<BlobLock>> TryLockExclusive(const std::string& digest);
   // Shared: held while a complete blob is read, so that prune skips it.
   Result<BlobLock> LockShared(const std::string& digest);
   // A new O_EXCL file in tmp/ of `size` bytes (ftruncate; holes until written).
