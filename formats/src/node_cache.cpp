@@ -1,6 +1,7 @@
 #include "hotboot/node_cache.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -11,6 +12,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <utility>
 #include <vector>
 
 #include "hotboot/manifest.h"
@@ -131,6 +133,59 @@ Status SafeDir::Rename(const std::string& from, const std::string& to) const {
 }
 
 void SafeDir::Unlink(const std::string& name) const { ::unlinkat(fd_, name.c_str(), 0); }
+
+NameLock::NameLock(NameLock&& o) noexcept
+    : dir_fd_(o.dir_fd_), fd_(std::exchange(o.fd_, -1)), lock_name_(std::move(o.lock_name_)) {}
+
+NameLock& NameLock::operator=(NameLock&& o) noexcept {
+  if (this != &o) {
+    Release();
+    dir_fd_ = o.dir_fd_;
+    fd_ = std::exchange(o.fd_, -1);
+    lock_name_ = std::move(o.lock_name_);
+  }
+  return *this;
+}
+
+NameLock::~NameLock() { Release(); }
+
+void NameLock::Release() {
+  if (fd_ < 0) return;
+  // Removed while still held, so that whoever opens the name next makes a
+  // new file, and a waiter on this one sees it is gone (Acquire).
+  ::unlinkat(dir_fd_, lock_name_.c_str(), 0);
+  ::close(std::exchange(fd_, -1));
+}
+
+Result<NameLock> NameLock::Acquire(const SafeDir& dir, const std::string& name) {
+  if (name.empty() || name.find('/') != std::string::npos || name[0] == '.') {
+    return InvalidArgument("no lock for '" + name + "': not a plain file name");
+  }
+  NameLock lock;
+  lock.dir_fd_ = dir.fd();
+  lock.lock_name_ = "." + name + ".lock";
+  for (;;) {
+    const int fd = ::openat(dir.fd(), lock.lock_name_.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) return ErrnoError("open the lock " + dir.PathOf(lock.lock_name_), errno);
+    int rc;
+    do rc = ::flock(fd, LOCK_EX);
+    while (rc != 0 && errno == EINTR);
+    if (rc != 0) {
+      const int e = errno;
+      ::close(fd);
+      return ErrnoError("flock " + dir.PathOf(lock.lock_name_), e);
+    }
+    // Still the file the name holds? Its last holder removes it before it
+    // lets go: then this lock guards nothing, and the name is tried again.
+    struct stat held{}, now{};
+    if (::fstat(fd, &held) == 0 && ::fstatat(dir.fd(), lock.lock_name_.c_str(), &now, AT_SYMLINK_NOFOLLOW) == 0 &&
+        held.st_dev == now.st_dev && held.st_ino == now.st_ino) {
+      lock.fd_ = fd;
+      return lock;
+    }
+    ::close(fd);
+  }
+}
 
 Result<std::string> HashFileXxh128(int fd, const std::string& what) {
   struct stat st{};

@@ -497,7 +497,15 @@ Result<std::vector<std::string>> ReusedSections(const Manifest& m, const std::op
 Status PlaceProvidedFiles(const Manifest& m, const snapfile::SnapshotReader& reader, const SafeDir& dir, int threads,
                           bool signature_checked) {
   for (const ProvidedFile& f : m.process.provided_files) {
-    HB_ASSIGN_OR_RETURN(const bool reuse, Reusable(f, dir, signature_checked));
+    HB_ASSIGN_OR_RETURN(bool reuse, Reusable(f, dir, signature_checked));
+    // Single flight (node_cache.h NameLock): restores started at once on a
+    // fresh host extract a missing file one at a time, and those after the
+    // first find it in place instead of decoding it again.
+    NameLock single_flight;
+    if (!reuse) {
+      HB_ASSIGN_OR_RETURN(single_flight, NameLock::Acquire(dir, f.name));
+      HB_ASSIGN_OR_RETURN(reuse, Reusable(f, dir, signature_checked));
+    }
     if (reuse) {
       // Its last use, for `hotboot cache prune` (least recently used first).
       ::utimensat(dir.fd(), f.name.c_str(), nullptr, AT_SYMLINK_NOFOLLOW);

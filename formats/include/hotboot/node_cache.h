@@ -92,6 +92,33 @@ Result<std::string> HashFileXxh128(int fd, const std::string& what);
 // The same, of a file opened by path (a host's own file, e.g. a library).
 Result<std::string> HashPathXxh128(const std::string& path);
 
+// Single flight for one name in a directory: an exclusive flock(2) on
+// `.<name>.lock` there (made O_CREAT|O_NOFOLLOW, 0600), held until the
+// NameLock is destroyed, which removes the lock file and then releases it.
+// N restores that start at once on a fresh host all lack the same weights
+// file; each takes this lock before extracting, checks again, and finds it
+// in place unless it is the first: one decode instead of N. A waiter that
+// got the lock on a file already removed opens the new one and waits again.
+// Blocks without a deadline: the holder is a restore, which extracts or
+// fails, and a holder that dies releases it. Must not outlive `dir`.
+class NameLock {
+ public:
+  NameLock() = default;
+  NameLock(NameLock&& o) noexcept;
+  NameLock& operator=(NameLock&& o) noexcept;
+  NameLock(const NameLock&) = delete;
+  NameLock& operator=(const NameLock&) = delete;
+  ~NameLock();
+
+  static Result<NameLock> Acquire(const SafeDir& dir, const std::string& name);
+
+ private:
+  void Release();
+  int dir_fd_ = -1;  // the SafeDir's, not owned
+  int fd_ = -1;
+  std::string lock_name_;
+};
+
 // Extracts section `section` of `reader` into `dir` as `name`: checks that
 // the directory has room for it, writes an O_EXCL temporary, has formats
 // check every chunk and the section's content hash, and renames it into
