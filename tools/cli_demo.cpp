@@ -18,6 +18,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <optional>
 #include <utility>
@@ -27,6 +28,7 @@
 #include "hotboot/builder.h"
 #include "hotboot/http_client.h"
 #include "hotboot/restore.h"
+#include "timeline.h"
 
 namespace hotboot::cli {
 
@@ -44,6 +46,7 @@ struct DemoArgs {
   bool json_out = false;
   bool keep = false;
   bool no_fresh_host = false;
+  std::string timeline;  // --timeline FILE.svg
 };
 
 const char* kPrompt = "User: I liked the film about a lonely robot. What should I watch next?\nAssistant:";
@@ -54,6 +57,7 @@ struct Measured {
   double first_ms = 0;
   double steady_ms = 0;
   std::vector<int> tokens;
+  std::map<std::string, double> boot_phases_ms;  // cold boot: the server's /metrics
 };
 
 double MsSince(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
@@ -100,6 +104,10 @@ Status ColdBoot(const std::string& server, const std::string& model, int port, c
   }
   m->ready_ms = MsSince(t0);
   HB_RETURN_IF_ERROR(MeasureRequests(port, m));
+  // Its boot phases, for the timeline.
+  if (auto r = HttpRequest("127.0.0.1", port, "GET", "/metrics", "", std::chrono::seconds(10)); r.ok() && r->status == 200) {
+    m->boot_phases_ms = BootPhasesFromMetrics(r->body);
+  }
   ::kill(replica->pid(), SIGTERM);
   replica->Wait();
   return Status::Ok();
@@ -344,6 +352,43 @@ json RestoreJson(const RestoreRun& r) {
           {"phases_ms", r.phases}, {"reported_by_restore_ms", r.reported_ms}};
 }
 
+std::map<std::string, double> MsMap(const json& phases) {
+  std::map<std::string, double> out;
+  for (const auto& [k, v] : phases.items()) {
+    if (v.is_number()) out[k] = v.get<double>();
+  }
+  return out;
+}
+
+// The cold boot and the restores as lanes on one time axis (--timeline).
+Status WriteDemoTimeline(const std::string& path, const std::string& model, uint64_t model_bytes,
+                         const Measured& cold, const RestoreRun& rest, const RestoreRun* fresh, bool fresh_cache_dropped) {
+  auto note = [](const Measured& m) { return "first request " + Ms(m.first_ms); };
+  std::vector<Lane> lanes;
+  Lane c = ColdBootLane("cold boot", cold.boot_phases_ms, cold.ready_ms);
+  c.note = note(cold);
+  lanes.push_back(std::move(c));
+  auto faster = [&](const RestoreRun& x) {
+    char b[48];
+    std::snprintf(b, sizeof b, "%.1fx sooner", x.m.ready_ms > 0 ? cold.ready_ms / x.m.ready_ms : 0.0);
+    return std::string(b);
+  };
+  Lane r = RestoreLane("restore", MsMap(rest.phases));
+  r.note = "verified, " + faster(rest) + "\n" + note(rest.m);
+  lanes.push_back(std::move(r));
+  if (fresh) {
+    Lane f = RestoreLane(fresh_cache_dropped ? "restore, fresh host" : "fresh host (cache warm)", MsMap(fresh->phases));
+    f.note = "verified, " + faster(*fresh) + "\n" + note(fresh->m);
+    lanes.push_back(std::move(f));
+  }
+  TimelineOptions o;
+  o.title = "hotboot demo: cold boot vs restore to a ready replica";
+  o.subtitle = fs::path(model).filename().string() + " (" + HumanBytes(model_bytes) + ") on " +
+               (cold.boot_phases_ms.count("cuda_init") ? "a GPU" : "the CPU") +
+               "; times from the fork of the process to ready (restore: canary verified)";
+  return WriteTimelineFile(path, RenderTimelineSvg(lanes, o));
+}
+
 std::string PhaseLine(const json& phases) {
   std::string s;
   for (const auto& [k, v] : phases.items()) s += " " + k + " " + Ms(v.get<double>()) + ";";
@@ -432,6 +477,12 @@ int RunDemo(const DemoArgs& a) {
   }
 
   uint64_t model_bytes = fs::file_size(*model);
+  if (!a.timeline.empty()) {
+    Status s = WriteDemoTimeline(a.timeline, *model, model_bytes, cold, rest, fresh ? &*fresh : nullptr,
+                                 fh.page_cache.ok());
+    if (!s.ok()) return Fail(s.Prefixed("--timeline"));
+    Note("timeline written to " + a.timeline);
+  }
   // What the fresh host lacked, in words: for the JSON, and under the table.
   std::vector<std::string> fresh_state = {
       fh.removed.empty() ? std::string("no weights file to remove")
@@ -456,7 +507,9 @@ int RunDemo(const DemoArgs& a) {
                 {"snapshot_bytes", built->file_size},
                 {"criu_images_bytes", built->images_bytes},
                 {"weights_bytes", built->weights_bytes},
-                {"build_timings_ms", ToJsonValue(m)["timings_ms"]}};
+                {"build_timings_ms", ToJsonValue(m)["timings_ms"]},
+                {"cold_boot_phases_ms", cold.boot_phases_ms}};
+    if (!a.timeline.empty()) out["timeline"] = a.timeline;
     if (fresh) {
       json f = RestoreJson(*fresh);
       f["weights_files_removed"] = fh.removed;
@@ -539,6 +592,9 @@ Runner AddDemo(CLI::App& app) {
   app.add_option("--work-dir", a->work_dir, "Where the snapshot and logs go (default $TMPDIR/hotboot-demo)");
   app.add_option("--port", a->port, "Cold server port; the restored replicas use port+1 and port+2");
   app.add_flag("--json", a->json_out, "Print the comparison as JSON");
+  app.add_option("--timeline", a->timeline,
+                 "Also draw the cold boot and the restores as phase timelines on one time axis, as an SVG\n"
+                 "picture written to this file");
   app.add_flag("--keep", a->keep, "Keep the snapshot file and the servers' weights directory");
   app.add_flag("--no-fresh-host", a->no_fresh_host,
                "Skip the fresh-host restore (it deletes the demo's weights file and drops the whole\n"

@@ -4,6 +4,7 @@
 // building, no external dependencies; the output is well-formed SVG 1.1.
 #pragma once
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -25,7 +26,9 @@ struct Lane {
   std::vector<Phase> phases;
   // Drawn at the lane's end as its total; negative: the latest end_s of its phases.
   double total_s = -1;
-  std::string note;  // optional small text under the label, e.g. "verified" or "p50"
+  // Optional small text under the label, e.g. "verified"; '\n' starts a new
+  // line. The label column is about 180 px: some 28 characters a line.
+  std::string note;
 };
 
 struct TimelineOptions {
@@ -33,6 +36,9 @@ struct TimelineOptions {
   std::string subtitle;    // optional second line under the title (host, preset...)
   int width_px = 1000;     // whole picture; the plot area is what the lane labels leave
   double axis_max_s = 0;   // 0: fit the longest lane (rounded up to a tick)
+  // Lanes shorter than a fifth of the axis (a restore beside a cold boot) are
+  // drawn again below, on an axis of their own, so their phases can be read.
+  bool zoom_short_lanes = true;
 };
 
 // The SVG document (UTF-8). Text is XML-escaped; lanes are drawn in order,
@@ -42,6 +48,26 @@ std::string RenderTimelineSvg(const std::vector<Lane>& lanes, const TimelineOpti
 // Writes `svg` to `path` atomically: an O_EXCL temporary beside it, fsync,
 // rename into place (mode 0644).
 Status WriteTimelineFile(const std::string& path, const std::string& svg);
+
+// ---- Lanes from what hotboot measures (milliseconds in, seconds out).
+
+// hotboot-server's boot phases from its /metrics text
+// (hotboot_boot_phase_seconds{phase="..."} V), in milliseconds by phase.
+std::map<std::string, double> BootPhasesFromMetrics(const std::string& prometheus_text);
+
+// A cold boot from those phases: process start to listening, weight read,
+// convert, the device's load phases, autotune, first inference, warmup. The
+// server's clock starts at its own start; `observed_ready_ms` (> 0: the
+// time to ready as whoever launched it saw it) moves what came before --
+// fork, exec, linking, and the readiness poll -- into "process start".
+Lane ColdBootLane(const std::string& label, const std::map<std::string, double>& boot_phases_ms,
+                  double observed_ready_ms);
+
+// A restore from `hotboot restore --json`'s "timings_ms": startup, open +
+// check, unpack, weights, criu restore, the GPU steps, after_restore, verify,
+// one after the other; work that ran beside them (weights_overlapped,
+// gpu_check_overlapped) on a second track. Total: its "total".
+Lane RestoreLane(const std::string& label, const std::map<std::string, double>& timings_ms);
 
 // The colour a phase name is drawn in ("#rrggbb"): a fixed palette entry for
 // the well-known phases, otherwise one chosen by a hash of the name.
