@@ -316,7 +316,10 @@ Netns::~Netns() {
 }
 
 std::vector<std::string> Netns::Exec(const std::vector<std::string>& argv) const {
-  std::vector<std::string> out = {"ip", "netns", "exec", name_};
+  // nsenter, not `ip netns exec`: that one also gives the command a mount
+  // namespace with a /sys of its own, without the cgroup2 mount, and a
+  // restore inside could then not give its replica a cgroup.
+  std::vector<std::string> out = {"nsenter", "--net=/run/netns/" + name_, "--"};
   out.insert(out.end(), argv.begin(), argv.end());
   return out;
 }

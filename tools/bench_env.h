@@ -129,7 +129,7 @@ class Netns {
   Netns& operator=(const Netns&) = delete;
 
   const std::string& name() const { return name_; }
-  // argv as run inside: ip netns exec NAME argv...
+  // argv as run inside: nsenter --net=/run/netns/NAME -- argv...
   std::vector<std::string> Exec(const std::vector<std::string>& argv) const;
   // The loopback's egress, token bucket at `gbit` Gbit/s: a burst of 1 ms of
   // the rate (at least 1 MB, so that 64 KiB GSO packets pass), 50 ms of queue.

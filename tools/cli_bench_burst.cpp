@@ -555,7 +555,8 @@ int RunBenchBurst(const BurstArgs& a) {
   if (!cold.ok()) return Failed(cold.status());
   Note("  last ready in " + Fixed(SpreadOf(*cold).last) + " s");
 
-  const ojson j = ResultJson(c, (*one)[0], *burst, *cold, load_before);
+  ojson j = ResultJson(c, (*one)[0], *burst, *cold, load_before);
+  j["netns"] = ns_name;  // removed by the time this is printed
   if (!a.timeline.empty()) {
     if (Status s = WriteTimeline(a.timeline, j, (*one)[0], *burst, *cold); !s.ok()) return Failed(s);
     Note("timeline: " + a.timeline);

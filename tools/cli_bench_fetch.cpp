@@ -1,7 +1,7 @@
 // `hotboot bench fetch`: what a new host waits for when its snapshot lives
 // in a registry. A network namespace the bench creates holds Debian's
 // docker-registry and nginx; its loopback is shaped with tc (tbf) to each
-// rate; every command that moves bytes runs inside it (`ip netns exec`). Per
+// rate; every command that moves bytes runs inside it (`nsenter --net`). Per
 // preset and rate, side by side: (a) curl the whole file, then restore it
 // from disk; (b) `hotboot restore oci://...` streamed, as on a fresh host;
 // (c) the same with the node cache and weights kept; (d) a cold boot of the
@@ -683,7 +683,7 @@ void AddBenchFetch(CLI::App& bench, Runner* run) {
       "static files with Range) inside it, over TLS with a CA the bench makes with openssl (or plain\n"
       "HTTP with --plain-http), and pushes each snapshot (`hotboot push`). Then, for each rate, its\n"
       "loopback is shaped with `tc qdisc replace dev lo root tbf rate R burst max(1 MB, 1 ms of R)\n"
-      "latency 50ms`, and every command below runs inside it (`ip netns exec`):\n"
+      "latency 50ms`, and every command below runs inside it (`nsenter --net`):\n"
       "  local     hotboot restore FILE, empty weights directory, then again with the weights in place\n"
       "  (a)       curl -o FILE of the whole snapshot from nginx, then hotboot restore FILE\n"
       "  (b)       hotboot restore oci://... with an empty --cache-dir and an emptied weights directory\n"
