@@ -142,6 +142,11 @@ void ForwardLine(const std::string& source, const std::string& line) {
 void LogEvent(nlohmann::json event) {
   nlohmann::json j = {{"ts", NowRfc3339()}, {"level", "info"}, {"component", "hotboot"}};
   for (auto& [k, v] : event.items()) j[k] = v;
+  if (!j.contains("msg")) {  // every line has one: "progress unpack", ...
+    std::string msg = j.value("event", "event");
+    if (j.contains("what") && j["what"].is_string()) msg += " " + j["what"].get<std::string>();
+    j["msg"] = msg;
+  }
   JsonLine(std::move(j));
 }
 

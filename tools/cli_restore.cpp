@@ -3,8 +3,10 @@
 #include <time.h>
 
 #include <atomic>
+#include <cmath>
 #include <cstdio>
 #include <ctime>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -148,6 +150,15 @@ class Observer {
       m.keep_warm_last_latency_s = kw_->last_latency_s();
       m.idle_s = kw_->idle_s();
     }
+    // Microseconds are plenty, and read better than 0.32056505199999996.
+    auto us = [](double& v) {
+      if (v > 0) v = std::round(v * 1e6) / 1e6;
+    };
+    for (auto& [k, v] : m.phase_s) us(v);
+    us(m.time_to_ready_s);
+    us(m.keep_warm_last_latency_s);
+    us(m.idle_s);
+    us(m.start_time_unix_s);
     return RenderPrometheus(m);
   }
 
@@ -228,8 +239,10 @@ void StartSignalWatcher() {
   }).detach();
 }
 
-// Forwards a stop signal to the replica and waits for it; returns our exit code.
-int Supervise(Replica& replica) {
+// Forwards a stop signal to the replica and waits for it; returns our exit
+// code. `stopping` runs first (keep-warm stops: nothing is sent to a replica
+// on its way out).
+int Supervise(Replica& replica, const std::function<void()>& stopping) {
   g_supervising.store(true);
   for (;;) {
     if (auto st = replica.Exited()) {
@@ -243,6 +256,7 @@ int Supervise(Replica& replica) {
     ::usleep(100 * 1000);
     if (int sig = g_signal.exchange(0); sig > 0) {
       Note(std::string("got ") + strsignal(sig) + ", stopping the replica");
+      if (stopping) stopping();
       ::kill(replica.pid(), SIGTERM);
       for (int i = 0; i < 100 && !replica.Exited(); ++i) ::usleep(100 * 1000);
       if (!replica.Exited()) {
@@ -533,7 +547,9 @@ int RunRestore(const RestoreArgs& a, const ProcessStart& start) {
   }
   std::thread keeper(keep_fetched);
   std::unique_ptr<KeepWarm> keep_warm = StartKeepWarm(a, res, obs);
-  const int rc = Supervise(*res.replica);
+  const int rc = Supervise(*res.replica, [&keep_warm] {
+    if (keep_warm) keep_warm->Stop();
+  });
   if (keep_warm) keep_warm->Stop();
   obs.ReplicaGone();
   keeper.join();

@@ -299,6 +299,21 @@ TEST(KeepWarm, SockDiagSeesConnectionsAndRequestsInFlight) {
 
   ::close(s);  // the server closes first: its side stays in TIME_WAIT
   ::close(c);
+  (void)(*w)->Look();
+  // A whole connection between two looks, server closing first: seen by its TIME_WAIT.
+  {
+    int c1 = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ASSERT_EQ(::connect(c1, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    int s1 = ::accept4(ls, nullptr, nullptr, SOCK_CLOEXEC);
+    ASSERT_GE(s1, 0);
+    ::close(s1);
+    ASSERT_EQ(::read(c1, buf, sizeof buf), 0);
+    ::close(c1);
+    auto tw = (*w)->Look();
+    ASSERT_TRUE(tw.ok());
+    EXPECT_TRUE(tw->new_connections) << tw->connections;
+    EXPECT_FALSE(tw->in_flight);
+  }
   int c2 = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   ASSERT_EQ(::connect(c2, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
   auto fresh = (*w)->Look();
