@@ -91,6 +91,7 @@ struct Segment {
   BlobLock lock;
   std::vector<Piece> pieces;
   bool asked = false;  // any piece was ever asked for
+  bool publishing = false, published = false;  // oci: put into the node cache as soon as complete
 };
 
 bool Retryable(const Status& s) { return s.code() == Code::kIo || s.code() == Code::kTimeout; }
@@ -233,11 +234,13 @@ class RemoteSnapshot::Impl {
       if (!error_.ok()) return error_;
     }
     Stop();
+    HB_RETURN_IF_ERROR(publish_error_);
     stats_.fetch_ms = first_request_ms_ < 0 ? 0 : last_byte_ms_ - first_request_ms_;
     for (auto& s : segs_) {
       if (s.cached) stats_.bytes_from_cache += s.size;
       if (!s.asked && !s.cached) stats_.bytes_skipped += s.size;
-      if (!s.temp || s.digest.empty()) continue;
+      if (s.published) ++stats_.blobs_published;
+      if (!s.temp || s.digest.empty() || s.published) continue;
       const bool complete = std::all_of(s.pieces.begin(), s.pieces.end(), [](const Piece& p) { return p.state == Piece::kDone; });
       if (!complete) {
         // Never (or not wholly) needed: nothing half-fetched is kept.
@@ -377,8 +380,35 @@ class RemoteSnapshot::Impl {
   }
 
   size_t Outstanding() const {
-    size_t n = queue_.size() + running_;
+    size_t n = queue_.size() + running_ + publishing_;
     return n;
+  }
+
+  // A blob of ours whose every piece arrived goes into the node cache now
+  // (hashed, renamed; our mapping stays valid) and its exclusive lock is let
+  // go: restores of the same snapshot that wait for it go on while this one
+  // still restores, instead of after it is ready (Finish). A failure is
+  // Finish's to report, as it was; this restore reads on from its mapping.
+  void PublishIfComplete(Segment& s, std::unique_lock<std::mutex>& lk) {
+    if (!s.temp || s.digest.empty() || s.publishing || s.published || stopping_) return;
+    for (const Piece& p : s.pieces) {
+      if (p.state != Piece::kDone) return;
+    }
+    s.publishing = true;
+    ++publishing_;
+    lk.unlock();
+    Status st = cache_->Publish(s.partial).Prefixed(name_);
+    lk.lock();
+    --publishing_;
+    // Either way the file is closed (published, or discarded: nothing
+    // unverified is kept) and others may look for the blob again.
+    s.fd = s.partial.fd = -1;
+    s.lock = BlobLock();
+    if (st.ok()) {
+      s.published = true;
+    } else if (publish_error_.ok()) {
+      publish_error_ = st;  // s.publishing stays set: not tried again
+    }
   }
 
   void Start() {
@@ -414,6 +444,8 @@ class RemoteSnapshot::Impl {
       if (st.ok()) {
         s->pieces[i].state = Piece::kDone;
         last_byte_ms_ = MsNow();
+        cv_.notify_all();
+        PublishIfComplete(*s, lk);
       } else if (error_.ok()) {
         error_ = st;
       }
@@ -517,6 +549,8 @@ class RemoteSnapshot::Impl {
   std::condition_variable cv_;
   std::deque<std::pair<Segment*, size_t>> queue_;
   size_t running_ = 0;
+  size_t publishing_ = 0;
+  Status publish_error_;  // an early publish that failed (Finish reports it)
   int waiters_ = 0;
   bool stopping_ = false;
   Status error_;
