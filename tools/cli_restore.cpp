@@ -294,7 +294,7 @@ std::unique_ptr<KeepWarm> StartKeepWarm(const RestoreArgs& a, const RestoreResul
   const auto timeout = std::chrono::seconds(a.verify_timeout_s);
   KeepWarmOptions ko;
   ko.interval = std::chrono::milliseconds(static_cast<int64_t>(a.keep_warm_interval_s * 1000));
-  ko.poll = std::min<std::chrono::milliseconds>(std::chrono::milliseconds(200), ko.interval / 4 + std::chrono::milliseconds(1));
+  ko.poll = std::min<std::chrono::milliseconds>(std::chrono::milliseconds(50), ko.interval / 4 + std::chrono::milliseconds(1));
   KeepWarmEvents ke;
   ke.on_sent = [&obs, interval = a.keep_warm_interval_s](bool ok, double latency_s, const std::string& error) {
     if (ok) {

@@ -232,7 +232,7 @@ TEST(KeepWarm, FailuresAreCountedAndAnUnobservablePortSendsNothing) {
   {
     KeepWarm kw({.interval = std::chrono::milliseconds(20), .poll = std::chrono::milliseconds(5)},
                 std::make_unique<Broken>(), [&]() -> Result<double> { ++sends; return 0.0; },
-                {.on_watch_error = [&](const Status&) { ++errors; }});
+                KeepWarmEvents{.on_sent = nullptr, .on_watch_error = [&](const Status&) { ++errors; }});
     kw.Start();
     ASSERT_TRUE(WaitFor([&] { return errors.load() >= 1; }, std::chrono::seconds(5)));
     ::usleep(100 * 1000);  // 5 intervals: still nothing may be sent

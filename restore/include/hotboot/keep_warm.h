@@ -13,11 +13,13 @@
 // received after its last data was sent is a request in flight: no keep-warm
 // is sent while one is seen.
 //
-// What it can miss: a connection opened and closed between two looks whose
-// TIME_WAIT ended on the client's side (client closed first); traffic on
+// What it can miss: a whole request between two looks (every 50 ms) on a
+// connection the client closed first (its TIME_WAIT is then on the client's
+// side, and the client may be in another network namespace); traffic on
 // other ports or on UNIX sockets; work the server does with no connection
 // open (a queue fed elsewhere). Each of those only makes a keep-warm come
-// sooner than needed, never while a visible request is in flight.
+// sooner than needed, never while a visible request is in flight; a request
+// that arrives while a keep-warm runs waits behind it as behind any request.
 #pragma once
 
 #include <sys/types.h>
@@ -64,7 +66,7 @@ std::vector<HttpCall> KeepWarmRequests(const Manifest& manifest);
 
 struct KeepWarmOptions {
   std::chrono::milliseconds interval{0};  // idle time before a keep-warm; must be > 0
-  std::chrono::milliseconds poll{200};    // how often the port is looked at
+  std::chrono::milliseconds poll{50};     // how often the port is looked at (a dump of a few sockets: microseconds)
 };
 
 struct KeepWarmEvents {
