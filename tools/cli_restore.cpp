@@ -211,6 +211,8 @@ std::string PhaseText(const std::string& p) {
 // its control channel close before it was marked ready, exits too, per
 // server/CONTROL.md: no orphan is left); once supervising, it is forwarded.
 std::atomic<bool> g_supervising{false};
+// The restore's metrics, for a stop before ready to be recorded as its outcome.
+std::atomic<Observer*> g_observer{nullptr};
 std::atomic<int> g_signal{0};
 
 sigset_t StopSignals() {
@@ -230,8 +232,10 @@ void StartSignalWatcher() {
       int sig = 0;
       if (::sigwait(&set, &sig) != 0) continue;
       if (!g_supervising.load()) {
-        std::fprintf(stderr, "hotboot: interrupted by %s before the replica was ready; nothing is left running\n",
-                     strsignal(sig));
+        const Status stopped(Code::kFailedPrecondition, std::string("interrupted by ") + strsignal(sig) +
+                                                            " before the replica was ready; nothing is left running");
+        if (Observer* obs = g_observer.load()) obs->Failed(stopped);
+        Log("error", stopped.message());
         std::_Exit(128 + sig);
       }
       g_signal.store(sig);
@@ -324,6 +328,10 @@ std::unique_ptr<KeepWarm> StartKeepWarm(const RestoreArgs& a, const RestoreResul
 
 int RunRestore(const RestoreArgs& a, const ProcessStart& start) {
   Observer obs(a, start);
+  g_observer.store(&obs);
+  struct Unwatch {
+    ~Unwatch() { g_observer.store(nullptr); }
+  } unwatch;
   // Every failure below: its outcome into the metrics (and the textfile),
   // then the message and, with --json, the object.
   auto fail = [&](const Status& s, const json& extra = json::object()) {
