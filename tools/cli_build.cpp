@@ -106,7 +106,12 @@ int RunBuild(const BuildArgs& a) {
     char buf[32];
     std::snprintf(buf, sizeof buf, "[%6.2fs] ", s);
     if (p == "done") pack.Finish();
-    Note(buf + (it == kText.end() ? p : it->second));
+    const std::string text = it == kText.end() ? p : it->second;
+    if (GetLogFormat() == LogFormat::kJson) {
+      Log("info", text, {{"event", "phase"}, {"phase", p}, {"elapsed_s", s}});
+    } else {
+      Note(buf + text);
+    }
   };
   ev.on_server_log = [&](const std::string& line) {
     if (log_file) {
