@@ -73,11 +73,13 @@ std::string Seconds(double s) {
   return b;
 }
 
-std::string TickLabel(double v, double step) {
+std::string TickLabel(double v) {
   char b[32];
-  int decimals = step >= 1 ? 0 : step >= 0.1 ? 1 : step >= 0.01 ? 2 : 3;
-  std::snprintf(b, sizeof b, "%.*f s", decimals, v);
-  return b;
+  std::snprintf(b, sizeof b, "%.3f", v);
+  std::string t = b;
+  while (t.back() == '0') t.pop_back();
+  if (t.back() == '.') t.pop_back();
+  return t + " s";
 }
 
 // A 1-2-5 step giving at most ~10 ticks over [0, span].
@@ -85,7 +87,7 @@ double TickStep(double span) {
   if (!(span > 0)) return 1;
   double raw = span / 10;
   double p = std::pow(10.0, std::floor(std::log10(raw)));
-  for (double m : {1.0, 2.0, 5.0, 10.0})
+  for (double m : {1.0, 2.0, 2.5, 5.0, 10.0})
     if (raw <= m * p) return m * p;
   return 10 * p;
 }
@@ -128,12 +130,12 @@ struct Callout {
   std::string text;
 };
 
-// Places labels that do not fit in their bars in rows under the lane, left
-// to right: each goes in the first row where it fits after the previous
-// label, shifted right of its bar by at most kMaxShift (a slanted leader line
-// joins them); a label that fits nowhere starts a new row.
+// Places labels that do not fit in their bars in rows under the lane. Each
+// starts at its bar (a vertical leader line joins them); taken from right to
+// left, each goes in the topmost row where its text overlaps no other label
+// and no leader line crosses a label's text -- a staircase without crossings.
 int PlaceCallouts(std::vector<Callout>* callouts, double x0, double xmax) {
-  constexpr double kGap = 10, kMaxShift = 80, kCluster = 14;
+  constexpr double kGap = 8, kCluster = 14;
   std::stable_sort(callouts->begin(), callouts->end(),
                    [](const Callout& a, const Callout& b) { return a.anchor_x < b.anchor_x; });
   // Slivers side by side (a few ms each at the start of a long lane) share
@@ -149,20 +151,26 @@ int PlaceCallouts(std::vector<Callout>* callouts, double x0, double xmax) {
     merged.push_back(c);
   }
   *callouts = std::move(merged);
-  std::vector<double> row_end;
-  for (Callout& c : *callouts) {
-    const double want = std::clamp(c.anchor_x - c.w / 2, x0, std::max(x0, xmax - c.w));
-    size_t r = 0;
-    for (; r < row_end.size(); ++r) {
-      const double x = std::max(want, row_end[r] + kGap);
-      if (x + c.w <= xmax && x - want <= kMaxShift) break;
+  int rows = 0;
+  for (size_t i = callouts->size(); i-- > 0;) {
+    Callout& c = (*callouts)[i];
+    c.x = std::max(x0, std::min(c.anchor_x - 3, xmax - c.w));
+    for (int r = 0;; ++r) {
+      bool ok = true;
+      for (size_t j = i + 1; j < callouts->size() && ok; ++j) {
+        const Callout& o = (*callouts)[j];
+        if (o.row == r && c.x < o.x + o.w + kGap && o.x < c.x + c.w + kGap) ok = false;         // same row, overlapping
+        if (o.row > r && o.anchor_x >= c.x - kGap && o.anchor_x <= c.x + c.w + kGap) ok = false;  // its leader, our text
+        if (o.row < r && c.anchor_x >= o.x - 2 && c.anchor_x <= o.x + o.w + 2) ok = false;          // our leader, its text
+      }
+      if (ok) {
+        c.row = r;
+        break;
+      }
     }
-    if (r == row_end.size()) row_end.push_back(-1e9);
-    c.x = std::max(want, row_end[r] + kGap);
-    c.row = static_cast<int>(r);
-    row_end[r] = c.x + c.w;
+    rows = std::max(rows, c.row + 1);
   }
-  return static_cast<int>(row_end.size());
+  return rows;
 }
 
 // Dark text on light fills, white on dark ones.
@@ -331,7 +339,7 @@ class PanelWriter {
       axis += "  <line x1=\"" + Num(X(v)) + "\" y1=\"" + Num(axis_y + 4) + "\" x2=\"" + Num(X(v)) + "\" y2=\"" + Num(y) +
               "\" stroke=\"#000000\" stroke-opacity=\"0.12\" stroke-width=\"1\"/>\n";
       axis += "  <text x=\"" + Num(X(v)) + "\" y=\"" + Num(axis_y) +
-              "\" text-anchor=\"middle\" font-size=\"11\" fill=\"#555555\">" + Escape(TickLabel(v, step)) + "</text>\n";
+              "\" text-anchor=\"middle\" font-size=\"11\" fill=\"#555555\">" + Escape(TickLabel(v)) + "</text>\n";
     }
     *out += "  <g class=\"lanes\">\n" + body + "  </g>\n  <g class=\"axis\">\n" + axis + "  </g>\n";
     return y;
