@@ -21,6 +21,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <thread>
 #include <utility>
 
 #include "cli_common.h"
@@ -384,7 +385,9 @@ Status WriteDemoTimeline(const std::string& path, const std::string& model, uint
   TimelineOptions o;
   o.title = "hotboot demo: cold boot vs restore to a ready replica";
   o.subtitle = fs::path(model).filename().string() + " (" + HumanBytes(model_bytes) + ") on " +
-               (cold.boot_phases_ms.count("cuda_init") ? "a GPU" : "the CPU") +
+               (cold.boot_phases_ms.count("cuda_init") ? std::string("a GPU")
+                                                        : std::to_string(std::max(1u, std::thread::hardware_concurrency())) +
+                                                              " CPU cores") +
                "; times from the fork of the process to ready (restore: canary verified)";
   return WriteTimelineFile(path, RenderTimelineSvg(lanes, o));
 }
