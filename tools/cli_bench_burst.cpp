@@ -151,6 +151,13 @@ void WaitForReplicasGone(Ctx& c, const std::string& what) {
   }
 }
 
+// A case that could not start all its replicas: those started are stopped.
+Status Abandon(Ctx& c, std::vector<Replica>& rs, const Status& why) {
+  StopAll(c, rs);
+  WaitForReplicasGone(c, "abandoned case");
+  return why;
+}
+
 // A fresh host for a case: the weights directory emptied, a new empty node
 // cache (returned).
 Result<std::string> FreshHost(Ctx& c, const std::string& tag) {
@@ -177,6 +184,7 @@ Result<std::vector<Replica>> RunRestores(Ctx& c, int n, const std::string& tag) 
     r.start_s = SecondsSince(t0);
     started = StartContained(c, argv, c.Log(tag + "-" + std::to_string(i + 1)), true, &r);
   }
+  if (!started.ok()) return Abandon(c, rs, started.Prefixed(tag));
   std::vector<std::thread> waiters;
   for (auto& r : rs) {
     if (!r.child) continue;
@@ -203,7 +211,6 @@ Result<std::vector<Replica>> RunRestores(Ctx& c, int n, const std::string& tag) 
   for (auto& w : waiters) w.join();
   StopAll(c, rs);
   WaitForReplicasGone(c, tag);
-  HB_RETURN_IF_ERROR(started.Prefixed(tag));
   for (size_t i = 0; i < rs.size(); ++i) {
     if (!rs[i].error.empty()) return FailedPrecondition(tag + ", replica " + std::to_string(i + 1) + ": " + rs[i].error);
   }
@@ -226,6 +233,7 @@ Result<std::vector<Replica>> RunColdBoots(Ctx& c, int n, const std::string& tag)
     started = StartContained(c, {c.bin.server, "--model", c.model, "--port", std::to_string(r.port)},
                              c.Log(tag + "-" + std::to_string(i + 1)), false, &r);
   }
+  if (!started.ok()) return Abandon(c, rs, started.Prefixed(tag));
   std::vector<std::thread> pollers;
   for (auto& r : rs) {
     if (!r.child) continue;
@@ -251,7 +259,6 @@ Result<std::vector<Replica>> RunColdBoots(Ctx& c, int n, const std::string& tag)
   for (auto& p : pollers) p.join();
   StopAll(c, rs);
   WaitForReplicasGone(c, tag);
-  HB_RETURN_IF_ERROR(started.Prefixed(tag));
   for (size_t i = 0; i < rs.size(); ++i) {
     if (!rs[i].error.empty()) return FailedPrecondition(tag + ", server " + std::to_string(i + 1) + ": " + rs[i].error);
   }
