@@ -13,7 +13,7 @@
 #      test (below), with the two ConfigMaps and the registry Secret
 #   7. the replica must answer /readyz 200 within a deadline, and POST
 #      /v1/generate with the canary's prompt must return the canary's tokens
-#   8. `podman stop` of the replica's container: hotboot restore (PID 1)
+#   8. no zombie in the container; `podman stop` of the replica's container: hotboot restore (PID 1)
 #      forwards SIGTERM, the replica ends, the container exits well before the
 #      stop timeout
 #   9. `podman kube down`: no pod, no container of this test, nothing on its
@@ -268,9 +268,13 @@ answer_tokens=$(json_get "$dir/answer.json" 'j["tokens"]')
   fail "the replica answered $answer_tokens, the build's canary is $canary_tokens"
 log "the replica answers the canary: $answer_tokens"
 
-# 8. SIGTERM reaches the replica through hotboot restore (PID 1).
+# 8. SIGTERM reaches the replica through hotboot restore (PID 1), and PID 1
+# has left no zombie behind.
 pid1=$(podman exec "$ctr" cat /proc/1/cmdline | tr '\0' ' ')
 [[ $pid1 == "hotboot restore "* ]] || fail "PID 1 of the container is '$pid1', not hotboot restore"
+zombies=$(podman exec "$ctr" bash -c 'for s in /proc/[0-9]*/status; do
+  grep -q "^State:.*Z" "$s" 2>/dev/null && grep "^Name:" "$s"; done; true')
+[[ -z $zombies ]] || fail "zombies in the replica's container: $zombies"
 stop_t0=$SECONDS
 podman stop --time 20 "$ctr" >/dev/null 2>>"$dir/podman.log" || fail "podman stop failed"
 stop_s=$((SECONDS - stop_t0))
