@@ -101,17 +101,19 @@ void StartSignalWatcher(const std::string& what) {
                  what.c_str(), strsignal(sig));
     Pending().stopping = true;
     std::set<pid_t> children;
-    std::string netns, scratch;
+    std::string netns, scratch, emptied;
     {
       std::lock_guard<std::mutex> lock(Pending().mu);
       children = Pending().children;
       netns = Pending().netns;
       scratch = Pending().scratch;
+      emptied = Pending().emptied;
     }
     for (pid_t p : children) ::kill(p, SIGTERM);
     if (!netns.empty()) RemoveNetns(netns);  // also ends whatever still runs inside it
     std::error_code ec;
     if (!scratch.empty()) fs::remove_all(scratch, ec);
+    if (!emptied.empty()) (void)EmptyDir(emptied);
     std::_Exit(128 + sig);
   }).detach();
 }

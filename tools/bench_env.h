@@ -53,6 +53,7 @@ struct Undo {
   std::set<pid_t> children;
   std::string netns;
   std::string scratch;  // removed too, unless kept
+  std::string emptied;  // a directory emptied too (what a bench fills: its weights), unless kept
   std::atomic<bool> stopping{false};
 };
 Undo& Pending();

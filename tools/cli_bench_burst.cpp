@@ -545,6 +545,10 @@ int RunBenchBurst(const BurstArgs& a) {
   if (!bin.ok()) return Failed(bin.status().Prefixed("copying the executables"));
   c.bin = *bin;
   if (Status s = PrepareSnapshot(c); !s.ok()) return Failed(s);
+  if (!a.keep) {
+    std::lock_guard<std::mutex> lock(Pending().mu);
+    Pending().emptied = c.weights;
+  }
   const std::string ns_name = "hotboot-burst-" + std::to_string(::getpid());
   auto servers = StartServers(c, ns_name);
   if (!servers.ok()) return Failed(servers.status());
