@@ -102,20 +102,57 @@ void StartSignalWatcher(const std::string& what) {
     Pending().stopping = true;
     std::set<pid_t> children;
     std::string netns, scratch, emptied;
+    std::set<std::string> cgroups;
     {
       std::lock_guard<std::mutex> lock(Pending().mu);
       children = Pending().children;
       netns = Pending().netns;
       scratch = Pending().scratch;
       emptied = Pending().emptied;
+      cgroups = Pending().cgroups;
     }
     for (pid_t p : children) ::kill(p, SIGTERM);
     if (!netns.empty()) RemoveNetns(netns);  // also ends whatever still runs inside it
+    for (const auto& cg : cgroups) (void)KillCgroupTree(cg, /*remove_self=*/true);
     std::error_code ec;
     if (!scratch.empty()) fs::remove_all(scratch, ec);
     if (!emptied.empty()) (void)EmptyDir(emptied);
     std::_Exit(128 + sig);
   }).detach();
+}
+
+Status KillCgroupTree(const std::string& path, bool remove_self, std::chrono::milliseconds timeout) {
+  std::error_code ec;
+  if (!fs::exists(path, ec)) return Status::Ok();
+  {
+    std::ofstream kill(path + "/cgroup.kill");
+    kill << "1";
+  }
+  auto populated = [&] {
+    std::ifstream in(path + "/cgroup.events");
+    std::string key, value;
+    while (in >> key >> value) {
+      if (key == "populated") return value != "0";
+    }
+    return false;
+  };
+  const auto deadline = Clock::now() + timeout;
+  while (populated() && Clock::now() < deadline) ::usleep(10 * 1000);
+  // Cgroups are directories whose files cannot be removed: rmdir each
+  // directory below, deepest first.
+  std::vector<fs::path> dirs;
+  for (fs::recursive_directory_iterator it(path, fs::directory_options::none, ec), end; !ec && it != end;
+       it.increment(ec)) {
+    if (it->is_directory(ec) && !it->is_symlink(ec)) dirs.push_back(it->path());
+  }
+  std::sort(dirs.begin(), dirs.end(), [](const fs::path& a, const fs::path& b) {
+    return a.string().size() > b.string().size();
+  });
+  if (remove_self) dirs.push_back(path);
+  for (const auto& d : dirs) {
+    if (::rmdir(d.c_str()) != 0 && errno != ENOENT) return ErrnoError("remove the cgroup " + d.string(), errno);
+  }
+  return Status::Ok();
 }
 
 // ---- processes ----------------------------------------------------------------

@@ -54,6 +54,7 @@ struct Undo {
   std::string netns;
   std::string scratch;  // removed too, unless kept
   std::string emptied;  // a directory emptied too (what a bench fills: its weights), unless kept
+  std::set<std::string> cgroups;  // ended with the cgroups made inside them (KillCgroupTree)
   std::atomic<bool> stopping{false};
 };
 Undo& Pending();
@@ -64,6 +65,15 @@ void StartSignalWatcher(const std::string& what);
 int Failed(const Status& s);
 // Note("error: ..."), likewise.
 void NoteError(const std::string& message);
+
+// Ends a cgroup of the bench's and the cgroups made inside it (a restore
+// gives its replica one there, which keeps rmdir of ours from working if the
+// restore could not remove it): cgroup.kill (recursive), a wait (bounded by
+// `timeout`) until cgroup.events says it is unpopulated, then rmdir of every
+// cgroup under it, deepest first. Leaves `path` itself for its Job to end
+// (host/job.h), unless `remove_self`. Best effort; what is left is reported.
+Status KillCgroupTree(const std::string& path, bool remove_self,
+                      std::chrono::milliseconds timeout = std::chrono::seconds(5));
 
 // ---- processes ----------------------------------------------------------------
 

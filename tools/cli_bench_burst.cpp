@@ -114,6 +114,10 @@ double CgroupCpuSeconds(const host::Cgroup* cg) {
 Status StartContained(Ctx& c, const std::vector<std::string>& argv, const std::string& log, bool capture,
                       Replica* r) {
   HB_ASSIGN_OR_RETURN(r->cgroup, c.job->NewCgroup());
+  if (r->cgroup) {
+    std::lock_guard<std::mutex> lock(Pending().mu);
+    Pending().cgroups.insert(r->cgroup->path());
+  }
   HB_ASSIGN_OR_RETURN(r->child, Child::Start(c.ns->Exec(argv), log, capture, r->cgroup ? r->cgroup->procs_fd() : -1));
   return Status::Ok();
 }
@@ -127,7 +131,11 @@ void StopAll(Ctx& c, std::vector<Replica>& rs) {
   for (auto& r : rs) {
     if (r.child) r.child->Stop();
     if (r.cgroup) {
+      // A restore that was killed leaves its replica's cgroup inside ours.
+      if (Status s = KillCgroupTree(r.cgroup->path(), /*remove_self=*/false); !s.ok()) Note("warning: " + s.message());
       if (Status s = c.job->EndCgroup(*r.cgroup); !s.ok()) Note("warning: " + s.message());
+      std::lock_guard<std::mutex> lock(Pending().mu);
+      Pending().cgroups.erase(r.cgroup->path());
     }
   }
 }
