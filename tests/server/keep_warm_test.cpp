@@ -96,7 +96,11 @@ class KeepWarmRealModel : public ::testing::Test {
     ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
     dir_ = tmpl;
     model_ = (dir_ / "tiny.safetensors").string();
-    ASSERT_TRUE(WriteModelPreset(model_, "tiny", 7, nullptr).ok());
+    // The tiny preset cut to two layers: a real model that boots in a second.
+    auto cfg = PresetConfig("tiny");
+    ASSERT_TRUE(cfg.ok());
+    cfg->n_layers = 2;
+    ASSERT_TRUE(WriteModel(model_, *cfg, 7, nullptr).ok());
   }
   void TearDown() override {
     if (server_) server_->Stop();
