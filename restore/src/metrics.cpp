@@ -92,6 +92,15 @@ class Writer {
     out_ += Num(v);
     out_ += '\n';
   }
+  // A family of one sample without labels.
+  void Single(const char* name, const char* type, const char* help, double v) {
+    Family(name, type, help);
+    Sample(name, v);
+  }
+  // Likewise, left out while unknown (negative).
+  void SingleIfKnown(const char* name, const char* help, double v) {
+    if (v >= 0) Single(name, "gauge", help, v);
+  }
   std::string Take() { return std::move(out_); }
 
  private:
@@ -114,13 +123,10 @@ std::string RenderPrometheus(const RestoreMetrics& m) {
   w.Family("hotboot_restore_outcome", "gauge",
            "1 for the restore's outcome, 0 for the others (restoring while under way)");
   for (const char* o : kRestoreOutcomes) w.Sample("hotboot_restore_outcome", m.outcome == o ? 1 : 0, {{"outcome", o}});
-  w.Family("hotboot_restore_start_time_seconds", "gauge", "When the restoring process started, seconds since the epoch");
-  w.Sample("hotboot_restore_start_time_seconds", m.start_time_unix_s);
-  if (m.time_to_ready_s >= 0) {
-    w.Family("hotboot_restore_time_to_ready_seconds", "gauge",
-             "From the restoring process's start to a verified ready replica");
-    w.Sample("hotboot_restore_time_to_ready_seconds", m.time_to_ready_s);
-  }
+  w.Single("hotboot_restore_start_time_seconds", "gauge", "When the restoring process started, seconds since the epoch",
+           m.start_time_unix_s);
+  w.SingleIfKnown("hotboot_restore_time_to_ready_seconds",
+                  "From the restoring process's start to a verified ready replica", m.time_to_ready_s);
   w.Family("hotboot_restore_phase_seconds", "gauge",
            "Seconds each phase of the restore took (*_overlapped ran beside the others)");
   for (const auto& [phase, s] : m.phase_s) w.Sample("hotboot_restore_phase_seconds", s, {{"phase", phase}});
@@ -137,23 +143,17 @@ std::string RenderPrometheus(const RestoreMetrics& m) {
   }
   w.Family("hotboot_replica_up", "gauge", "1 while the supervised replica runs and passed readiness verification");
   w.Sample("hotboot_replica_up", m.replica_up ? 1 : 0, {{"port", std::to_string(m.port)}});
-  w.Family("hotboot_replica_keep_warm_interval_seconds", "gauge",
-           "Idle time after which the supervisor sends a keep-warm request (0: off)");
-  w.Sample("hotboot_replica_keep_warm_interval_seconds", m.keep_warm_interval_s);
-  w.Family("hotboot_replica_keep_warm_requests_total", "counter", "Keep-warm requests sent to the idle replica");
-  w.Sample("hotboot_replica_keep_warm_requests_total", static_cast<double>(m.keep_warm_requests));
-  w.Family("hotboot_replica_keep_warm_failures_total", "counter",
-           "Keep-warm requests that failed (transport error or a non-2xx answer)");
-  w.Sample("hotboot_replica_keep_warm_failures_total", static_cast<double>(m.keep_warm_failures));
-  if (m.keep_warm_last_latency_s >= 0) {
-    w.Family("hotboot_replica_keep_warm_last_latency_seconds", "gauge", "Latency of the last keep-warm request");
-    w.Sample("hotboot_replica_keep_warm_last_latency_seconds", m.keep_warm_last_latency_s);
-  }
-  if (m.idle_s >= 0) {
-    w.Family("hotboot_replica_idle_seconds", "gauge",
-             "Seconds since the replica's port last showed traffic (as keep-warm observes it)");
-    w.Sample("hotboot_replica_idle_seconds", m.idle_s);
-  }
+  w.Single("hotboot_replica_keep_warm_interval_seconds", "gauge",
+           "Idle time after which the supervisor sends a keep-warm request (0: off)", m.keep_warm_interval_s);
+  w.Single("hotboot_replica_keep_warm_requests_total", "counter", "Keep-warm requests sent to the idle replica",
+           static_cast<double>(m.keep_warm_requests));
+  w.Single("hotboot_replica_keep_warm_failures_total", "counter",
+           "Keep-warm requests that failed (transport error or a non-2xx answer)",
+           static_cast<double>(m.keep_warm_failures));
+  w.SingleIfKnown("hotboot_replica_keep_warm_last_latency_seconds", "Latency of the last keep-warm request",
+                  m.keep_warm_last_latency_s);
+  w.SingleIfKnown("hotboot_replica_idle_seconds",
+                  "Seconds since the replica's port last showed traffic (as keep-warm observes it)", m.idle_s);
   return w.Take();
 }
 
