@@ -236,9 +236,15 @@ class RemoteSnapshot::Impl {
     Stop();
     HB_RETURN_IF_ERROR(publish_error_);
     stats_.fetch_ms = first_request_ms_ < 0 ? 0 : last_byte_ms_ - first_request_ms_;
+    {
+      std::lock_guard lk(mu_);
+      for (const auto& s : segs_) {
+        if (s.cached) stats_.bytes_from_cache += s.size;
+        if (!s.asked && !s.cached) stats_.bytes_skipped += s.size;
+      }
+      finished_ = true;
+    }
     for (auto& s : segs_) {
-      if (s.cached) stats_.bytes_from_cache += s.size;
-      if (!s.asked && !s.cached) stats_.bytes_skipped += s.size;
       if (s.published) ++stats_.blobs_published;
       if (!s.temp || s.digest.empty() || s.published) continue;
       const bool complete = std::all_of(s.pieces.begin(), s.pieces.end(), [](const Piece& p) { return p.state == Piece::kDone; });
@@ -265,6 +271,14 @@ class RemoteSnapshot::Impl {
     FetchStats s = stats_;
     s.size = size_;
     s.bytes_fetched = fetched_.load();
+    if (!finished_) {
+      // Before Finish (a restore reports at ready, before publishing): what
+      // came from the cache so far, and what nobody asked for yet.
+      for (const auto& seg : segs_) {
+        if (seg.cached) s.bytes_from_cache += seg.size;
+        if (!seg.asked && !seg.cached) s.bytes_skipped += seg.size;
+      }
+    }
     return s;
   }
 
@@ -553,6 +567,7 @@ class RemoteSnapshot::Impl {
   Status publish_error_;  // an early publish that failed (Finish reports it)
   int waiters_ = 0;
   bool stopping_ = false;
+  bool finished_ = false;  // Finish counted bytes_from_cache / bytes_skipped
   Status error_;
   std::vector<std::thread> workers_;
   std::atomic<uint64_t> fetched_{0};

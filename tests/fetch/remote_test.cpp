@@ -180,6 +180,8 @@ TEST_F(RemoteTest, PushedSnapshotReadsBackVerifiedAndIsCachedBlobByBlob) {
   auto r2 = snapfile::SnapshotReader::Open(*src2);
   ASSERT_TRUE(r2.ok());
   ASSERT_TRUE((*r2)->Verify(2).ok());
+  // Counted before Finish too (a restore reports when ready, then finishes).
+  EXPECT_EQ((*src2)->stats().bytes_from_cache, pushed->bytes_total);
   ASSERT_TRUE((*src2)->Finish().ok());
   EXPECT_EQ((*src2)->stats().bytes_fetched, 0u);
   EXPECT_EQ((*src2)->stats().bytes_from_cache, pushed->bytes_total);

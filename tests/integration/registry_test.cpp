@@ -565,6 +565,9 @@ TEST_F(Registry, ATagThatMovedRestoresTheNewSnapshot) {
   EXPECT_EQ(rb.out["fetch"].value("manifest_digest", ""), pb.value("digest", "")) << rb.out.dump();
   EXPECT_LE(U64(rb.out["fetch"], "bytes_fetched") + U64(BlobWith(pb, "weights/"), "size"), b_->size)
       << "the weights were on this host already: " << rb.out.dump();
+  EXPECT_GE(U64(rb.out["fetch"], "bytes_from_cache") + U64(rb.out["fetch"], "bytes_skipped"),
+            U64(BlobWith(pb, "weights/"), "size"))
+      << "reported when ready, not only after the blobs are published: " << rb.out.dump();
 }
 
 // 7. A blob altered on the registry's disk: refused (exit 4) naming it,
