@@ -29,7 +29,9 @@
 #     $(VAR) in a command; Kubernetes does, from the same ConfigMap key)
 #   - --plain-http (the test registry has no TLS)
 #   - the image -> the test's tag; the node cache and weights hostPaths ->
-#     directories of this run; the registry Secret -> a per-run podman secret
+#     directories of this run; the registry Secret -> a per-run podman secret,
+#     the trust ConfigMap -> a per-run name (podman keeps its volume after
+#     kube down: the test removes it)
 # podman runs no probes without systemd: the test polls /readyz itself.
 #
 # Usage: kube_play_test.sh [--build-dir DIR] [--keep]
@@ -71,6 +73,7 @@ image=localhost/hotboot:deploy-test
 run_id=$$
 name=hotboot-replica-t$run_id
 secret=hotboot-registry-auth-t$run_id
+trust_cm=hotboot-trust-t$run_id
 dir=$(mktemp -d /var/tmp/hotboot-deploy-test.XXXXXX)
 chmod 755 "$dir"
 registry_pid=""
@@ -85,6 +88,8 @@ cleanup() {
   podman rm -f -t 0 "$name-job" >/dev/null 2>&1
   podman pod rm -f -t 0 "$name-pod-0" >/dev/null 2>&1
   podman secret rm "$secret" >/dev/null 2>&1
+  # kube down leaves the volume that a ConfigMap volume became.
+  podman volume rm -f "$trust_cm" >/dev/null 2>&1
   if [[ -n $registry_pid ]]; then
     kill "$registry_pid" 2>/dev/null
     wait "$registry_pid" 2>/dev/null
@@ -209,11 +214,12 @@ sed -e "s|^  name: hotboot-replica$|  name: $name|" \
     -e "s|^            path: /var/lib/hotboot/cache$|            path: $dir/node/cache|" \
     -e "s|^            path: /var/lib/hotboot/weights$|            path: $dir/node/weights|" \
     -e "s|^            secretName: hotboot-registry-auth$|            secretName: $secret|" \
+    -e "s|^            name: hotboot-trust$|            name: $trust_cm|" \
     "$manifest" >"$played"
 # The Service is not a kind podman kube play runs.
 sed -i '/^---$/,$d' "$played"
 for want in "name: $name" "replicas: 1" "hostNetwork: true" "- \"$port\"" "port: $port" "- $ref" \
-            "- --plain-http" "image: $image" "path: $dir/node/cache" "path: $dir/node/weights" "secretName: $secret"; do
+            "- --plain-http" "image: $image" "path: $dir/node/cache" "path: $dir/node/weights" "secretName: $secret" "name: $trust_cm"; do
   grep -qF -- "$want" "$played" || fail "rendering deployment.yaml: '$want' is missing (did the manifest change?)"
 done
 if grep -q -e 'containerPort' -e '8080' -e 'HOTBOOT_SNAPSHOT)' "$played"; then
@@ -228,7 +234,7 @@ data:
   HOTBOOT_SNAPSHOT: $ref
 EOF
 {
-  printf 'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: hotboot-trust\ndata:\n  snapshot-signing.pub: |\n'
+  printf 'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: %s\ndata:\n  snapshot-signing.pub: |\n' "$trust_cm"
   sed 's/^/    /' "$dir/key.pub"
 } >"$dir/cm-trust.yaml"
 cat >"$dir/secret.yaml" <<'EOF'
@@ -289,6 +295,7 @@ timed "kube down" podman kube down "$played" >/dev/null 2>>"$dir/podman.log" || 
 played=""
 left=$(podman ps -a --filter "name=$name" --format '{{.Names}}')
 [[ -z $left ]] || fail "containers left after kube down: $left"
+podman volume rm "$trust_cm" >/dev/null || fail "could not remove the ConfigMap's volume $trust_cm"
 ! podman pod exists "$name-pod-0" || fail "pod $name-pod-0 left after kube down"
 ! curl -s -o /dev/null "http://127.0.0.1:$port/livez" || fail "something still answers on port $port"
 
