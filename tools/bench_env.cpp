@@ -23,6 +23,7 @@
 #include <utility>
 
 #include "cli_common.h"
+#include "hotboot/http_client.h"
 #include "hotboot/manifest.h"
 #include "hotboot/snapshot_file.h"
 
@@ -119,6 +120,13 @@ void StartSignalWatcher(const std::string& what) {
     if (!emptied.empty()) (void)EmptyDir(emptied);
     std::_Exit(128 + sig);
   }).detach();
+}
+
+Status Preflight(const std::string& what, const std::string& why, const std::vector<std::string>& tools) {
+  if (::geteuid() != 0) return FailedPrecondition(what + " needs root (" + why + ")");
+  for (const auto& tool : tools) HB_RETURN_IF_ERROR(OnPath(tool).status());
+  StartSignalWatcher(what);
+  return Status::Ok();
 }
 
 Status KillCgroupTree(const std::string& path, bool remove_self, std::chrono::milliseconds timeout) {
@@ -598,6 +606,145 @@ Result<std::string> EnsureSnapshot(const Binaries& bin, const std::string& home,
       RunCommand({bin.hotboot, "build", "--preset", preset, "-o", snap, "--server-log", log}, log).status());
   Note(preset + ": built " + snap + " in " + Fixed(SecondsSince(t0), 1) + " s");
   return snap;
+}
+
+// ---- one run of a bench ------------------------------------------------------------
+
+std::string Run::Log(const std::string& what) {
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "%03d-", ++log_seq);
+  return logs + "/" + buf + what + ".log";
+}
+
+Status PrepareRunDirs(Run& run, const std::string& workdir, const std::string& default_name) {
+  run.home = fs::absolute(workdir.empty() ? HomeDir() + "/" + default_name : workdir).lexically_normal().string();
+  HB_RETURN_IF_ERROR(MakeDirs(run.home));
+  run.weights = run.home + "/weights";
+  run.scratch = run.home + "/run-" + std::to_string(::getpid());
+  run.logs = run.scratch + "/logs";
+  for (const auto* d : {&run.scratch, &run.logs}) HB_RETURN_IF_ERROR(MakeDirs(*d));
+  return Status::Ok();
+}
+
+RunCleanup::RunCleanup(const Run& run, bool keep, bool empty_weights, std::string kept)
+    : run_(run), keep_(keep), empty_weights_(empty_weights), kept_(std::move(kept)) {
+  if (keep_) return;
+  std::lock_guard<std::mutex> lock(Pending().mu);
+  Pending().scratch = run_.scratch;
+}
+
+RunCleanup::~RunCleanup() {
+  if (keep_) {
+    Note("kept " + run_.scratch + " (" + kept_ + ")");
+    return;
+  }
+  std::error_code ec;
+  fs::remove_all(run_.scratch, ec);
+  if (empty_weights_ && !run_.weights.empty()) (void)EmptyDir(run_.weights);
+}
+
+Result<Servers> StartServers(Run& run, const std::string& name, bool plain_http, const std::string& docroot) {
+  Servers s;
+  auto ns = Netns::Create(name, run.Log("netns"));
+  if (!ns.ok()) return ns.status().Prefixed("network namespace " + name);
+  s.ns = std::move(*ns);
+  run.ns = s.ns.get();
+  run.ep.tls = !plain_http;
+  Tls tls;
+  if (run.ep.tls) {
+    auto t = MakeTls(run.scratch + "/tls", run.Log("openssl"));
+    if (!t.ok()) return t.status().Prefixed("TLS certificates");
+    tls = *t;
+    run.ep.ca = tls.ca;
+  }
+  auto registry = StartRegistry(*run.ns, run.ep, tls, run.scratch + "/registry");
+  if (!registry.ok()) return registry.status().Prefixed("docker-registry");
+  s.registry = std::move(*registry);
+  run.servers = {s.registry->pid()};
+  std::string where = "docker-registry on " + run.ep.registry();
+  if (!docroot.empty()) {
+    auto nginx = StartFileServer(*run.ns, run.ep, tls, run.scratch + "/nginx", docroot);
+    if (!nginx.ok()) return nginx.status().Prefixed("nginx");
+    s.nginx = std::move(*nginx);
+    run.servers.insert(s.nginx->pid());
+    where += ", nginx on " + run.ep.file_url("");
+  }
+  Note("namespace " + name + ": " + where + (run.ep.tls ? " (TLS, CA " + run.ep.ca + ")" : " (plain HTTP)"));
+  return s;
+}
+
+Result<Pushed> Push(Run& run, const std::string& hotboot, const std::string& snapshot, const std::string& ref,
+                    const std::string& log) {
+  std::vector<std::string> argv = {hotboot, "push", snapshot, ref, "--json"};
+  for (const auto& o : run.ep.hotboot_remote()) argv.push_back(o);
+  const auto t0 = Clock::now();
+  HB_ASSIGN_OR_RETURN(std::string out, RunCommand(run.ns->Exec(argv), log));
+  Pushed p;
+  p.seconds = SecondsSince(t0);
+  const auto j = nlohmann::json::parse(out.substr(0, out.find('\n')), nullptr, false);
+  if (j.is_object()) p.bytes_uploaded = j.value("bytes_uploaded", uint64_t{0});
+  return p;
+}
+
+void WaitForReplicasGone(const Run& run, const std::string& what) {
+  auto others = [&] {
+    std::vector<pid_t> left;
+    for (pid_t p : PidsInNetns(run.ns->name())) {
+      if (!run.servers.count(p)) left.push_back(p);
+    }
+    return left;
+  };
+  const auto t0 = Clock::now();
+  while (!others().empty() && Clock::now() - t0 < std::chrono::seconds(20)) ::usleep(20 * 1000);
+  if (auto left = others(); !left.empty()) {
+    Note("warning: " + what + ": " + std::to_string(left.size()) + " process(es) still in the namespace 20 s after "
+         "being stopped; killing them");
+    for (pid_t p : left) ::kill(p, SIGKILL);
+  }
+}
+
+// ---- replicas -----------------------------------------------------------------------
+
+std::vector<std::string> RestoreArgv(const std::string& hotboot, const std::string& source, int port,
+                                     const std::vector<std::string>& extra) {
+  std::vector<std::string> argv = {hotboot, "restore", source, "--port", std::to_string(port), "--json",
+                                   "--no-latency-check"};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  return argv;
+}
+
+Result<RestoreReport> ParseRestoreLine(const std::string& line, const std::string& log) {
+  const auto j = nlohmann::json::parse(line, nullptr, false);
+  if (!j.is_object() || !j.value("ok", true)) {
+    return FailedPrecondition("hotboot restore failed: " + line.substr(0, 400) + LogTail(log));
+  }
+  RestoreReport r;
+  r.time_to_ready_s = j.value("time_to_ready_ms", 0.0) / 1000;
+  r.timings_ms = j.value("timings_ms", nlohmann::json::object());
+  if (j.contains("fetch") && j["fetch"].is_object()) {
+    r.bytes_fetched = j["fetch"].value("bytes_fetched", uint64_t{0});
+    r.bytes_from_cache = j["fetch"].value("bytes_from_cache", uint64_t{0});
+  }
+  return r;
+}
+
+Result<double> WaitReadyz(const Netns& ns, int port, Child& server, Clock::time_point t0) {
+  double ready_s = 0;
+  HB_RETURN_IF_ERROR(ns.RunInside([&]() -> Status {
+    for (;;) {
+      auto h = HttpRequest("127.0.0.1", port, "GET", "/readyz", "", std::chrono::seconds(2));
+      if (h.ok() && h->status == 200) {
+        ready_s = SecondsSince(t0);
+        return Status::Ok();
+      }
+      if (auto st = server.Exited()) {
+        return FailedPrecondition("the server " + Child::Describe(*st) + " before ready" + LogTail(server.log()));
+      }
+      if (Clock::now() - t0 > kRestoreTimeout) return Timeout("the server was not ready within 15 minutes");
+      ::usleep(10 * 1000);
+    }
+  }));
+  return ready_s;
 }
 
 }  // namespace hotboot::cli::bench

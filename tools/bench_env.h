@@ -20,6 +20,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "hotboot/status.h"
 
 namespace hotboot::cli::bench {
@@ -65,6 +67,11 @@ void StartSignalWatcher(const std::string& what);
 int Failed(const Status& s);
 // Note("error: ..."), likewise.
 void NoteError(const std::string& message);
+
+// Root and the tools on PATH, then the signal watcher started: what a bench
+// checks first. `what` names the bench ("bench fetch"), `why` what root is
+// for ("network namespaces, tc, CRIU").
+Status Preflight(const std::string& what, const std::string& why, const std::vector<std::string>& tools);
 
 // Ends a cgroup of the bench's and the cgroups made inside it (a restore
 // gives its replica one there, which keeps rmdir of ours from working if the
@@ -209,5 +216,89 @@ Result<Binaries> PinBinaries(const std::string& home);
 // `log`) unless one is there that maps its weights from `weights_dir`.
 Result<std::string> EnsureSnapshot(const Binaries& bin, const std::string& home, const std::string& weights_dir,
                                    const std::string& preset, bool rebuild, const std::string& log);
+
+// ---- one run of a bench ------------------------------------------------------------
+
+// What every run of a bench holds: its directories, its numbered logs and the
+// namespace with its servers. Each bench's context extends it.
+struct Run {
+  std::string home;     // the bench directory (kept: snapshots, weights, bin/)
+  std::string weights;  // HOTBOOT_WEIGHTS_DIR of every server, build, restore
+  std::string scratch;  // this run's (removed unless --keep)
+  std::string logs;     // scratch/logs
+  Netns* ns = nullptr;
+  Endpoints ep;
+  std::set<pid_t> servers;  // the servers' processes: what stays in the namespace between cases
+  int next_port = 0;        // the next replica's port (each bench sets its first)
+  int log_seq = 0;
+
+  // logs/NNN-what.log, numbered in the order they are asked for.
+  std::string Log(const std::string& what);
+};
+
+// The run's directories: home (workdir, else $HOTBOOT_HOME/default_name,
+// absolute), weights (home/weights, not made here), scratch (home/run-PID)
+// and its logs/, made.
+Status PrepareRunDirs(Run& run, const std::string& workdir, const std::string& default_name);
+
+// Removes the run's scratch directory when destroyed (and empties its weights
+// directory, with empty_weights), or says it was kept (`kept`: what it holds);
+// made, it has the signal watcher remove the scratch directory too.
+class RunCleanup {
+ public:
+  RunCleanup(const Run& run, bool keep, bool empty_weights, std::string kept);
+  ~RunCleanup();
+  RunCleanup(const RunCleanup&) = delete;
+  RunCleanup& operator=(const RunCleanup&) = delete;
+
+ private:
+  const Run& run_;
+  bool keep_, empty_weights_;
+  std::string kept_;
+};
+
+// The namespace and the servers in it; destroyed servers first, then the
+// namespace (with anything still inside).
+struct Servers {
+  std::unique_ptr<Netns> ns;
+  std::unique_ptr<Child> registry, nginx;
+};
+// The namespace `name`, certificates unless plain_http, docker-registry, and
+// nginx serving `docroot` when it is not empty; sets run.ns, run.ep and
+// run.servers, and notes where they listen.
+Result<Servers> StartServers(Run& run, const std::string& name, bool plain_http, const std::string& docroot = "");
+
+// `hotboot push SNAPSHOT REF --json` inside the run's namespace.
+struct Pushed {
+  double seconds = 0;
+  uint64_t bytes_uploaded = 0;
+};
+Result<Pushed> Push(Run& run, const std::string& hotboot, const std::string& snapshot, const std::string& ref,
+                    const std::string& log);
+
+// Waits until nothing but the servers runs in the namespace (a stopped
+// restore's replica may take a moment to exit); what is left after 20 s is
+// killed, with a warning. Every case starts with no replica running.
+void WaitForReplicasGone(const Run& run, const std::string& what);
+
+// ---- replicas -----------------------------------------------------------------------
+
+// `hotboot restore SOURCE --port PORT --json --no-latency-check EXTRA...`.
+std::vector<std::string> RestoreArgv(const std::string& hotboot, const std::string& source, int port,
+                                     const std::vector<std::string>& extra);
+
+// What `hotboot restore --json` printed on its result line.
+struct RestoreReport {
+  double time_to_ready_s = 0;  // as the restore counts it, from its process's start
+  uint64_t bytes_fetched = 0, bytes_from_cache = 0;
+  nlohmann::json timings_ms = nlohmann::json::object();
+};
+// An error (with the end of `log`) when the line is not a result or says it failed.
+Result<RestoreReport> ParseRestoreLine(const std::string& line, const std::string& log);
+
+// Polls GET /readyz of 127.0.0.1:port inside the namespace every 10 ms until
+// it answers 200: then the seconds since t0. An error when `server` exits
+// first or kRestoreTimeout passes.
+Result<double> WaitReadyz(const Netns& ns, int port, Child& server, Clock::time_point t0);
 
 }  // namespace hotboot::cli::bench

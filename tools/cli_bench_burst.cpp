@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <set>
 #include <sstream>
@@ -29,7 +30,6 @@
 #include "bench_env.h"
 #include "cli_common.h"
 #include "commands.h"
-#include "hotboot/http_client.h"
 #include "hotboot/job.h"
 #include "hotboot/manifest.h"
 #include "hotboot/snapshot_file.h"
@@ -61,24 +61,17 @@ struct BurstArgs {
   bool rebuild = false;
 };
 
-struct Ctx {
+// The run (bench_env.h: directories, logs, the namespace with docker-registry),
+// and what only this bench has.
+struct Ctx : Run {
+  Ctx() { next_port = kFirstPort; }
+
   const BurstArgs* args = nullptr;
   Binaries bin;
-  std::string home, weights, scratch, logs;
   std::string snapshot, model;
   uint64_t snapshot_bytes = 0;
-  Netns* ns = nullptr;
-  Endpoints ep;
-  std::set<pid_t> servers;  // docker-registry: what stays in the namespace between cases
   std::shared_ptr<host::Job> job;
-  int next_port = kFirstPort;
-  int log_seq = 0;
 
-  std::string Log(const std::string& what) {
-    char buf[16];
-    std::snprintf(buf, sizeof buf, "%03d-", ++log_seq);
-    return logs + "/" + buf + what + ".log";
-  }
   std::string Ref() const { return "oci://" + ep.registry() + "/hotboot-bench/burst-" + args->preset + ":v1"; }
 };
 
@@ -141,25 +134,6 @@ void StopAll(Ctx& c, std::vector<Replica>& rs) {
   }
 }
 
-// Waits until nothing but the registry runs in the namespace; what is left
-// after 20 s is killed, with a warning. Every case starts with none.
-void WaitForReplicasGone(Ctx& c, const std::string& what) {
-  auto others = [&] {
-    std::vector<pid_t> left;
-    for (pid_t p : PidsInNetns(c.ns->name())) {
-      if (!c.servers.count(p)) left.push_back(p);
-    }
-    return left;
-  };
-  const auto t0 = Clock::now();
-  while (!others().empty() && Clock::now() - t0 < std::chrono::seconds(20)) ::usleep(20 * 1000);
-  if (auto left = others(); !left.empty()) {
-    Note("warning: " + what + ": " + std::to_string(left.size()) + " process(es) still in the namespace 20 s after "
-         "they were stopped; killing them");
-    for (pid_t p : left) ::kill(p, SIGKILL);
-  }
-}
-
 // A case that could not start all its replicas: those started are stopped.
 Status Abandon(Ctx& c, std::vector<Replica>& rs, const Status& why) {
   StopAll(c, rs);
@@ -176,10 +150,16 @@ Result<std::string> FreshHost(Ctx& c, const std::string& tag) {
   return cache;
 }
 
-// `hotboot restore oci://...` x n at once onto a fresh host: each timed from
-// the case's start to its result line (printed once its replica is verified
-// ready); all are stopped once the last is ready (or failed).
-Result<std::vector<Replica>> RunRestores(Ctx& c, int n, const std::string& tag) {
+// n replicas of a case started at once onto a fresh host, each with
+// argv(port, node cache) in a cgroup of its own and watched by until_ready on
+// a thread of its own (which sets ready_s and cpu_s, what it reported, or
+// error); all are stopped once the last is ready (or failed). `noun` names a
+// replica in an error ("replica", "server").
+using ArgvFor = std::function<std::vector<std::string>(int port, const std::string& cache)>;
+using UntilReady = std::function<void(Replica& r, Clock::time_point t0)>;
+
+Result<std::vector<Replica>> RunCase(Ctx& c, int n, const std::string& tag, const std::string& noun, bool capture,
+                                     const ArgvFor& argv, const UntilReady& until_ready) {
   HB_ASSIGN_OR_RETURN(std::string cache, FreshHost(c, tag));
   std::vector<Replica> rs(static_cast<size_t>(n));
   const auto t0 = Clock::now();
@@ -187,43 +167,53 @@ Result<std::vector<Replica>> RunRestores(Ctx& c, int n, const std::string& tag) 
   for (int i = 0; i < n && started.ok(); ++i) {
     Replica& r = rs[static_cast<size_t>(i)];
     r.port = c.next_port++;
-    std::vector<std::string> argv = {c.bin.hotboot, "restore", c.Ref(), "--port", std::to_string(r.port), "--json",
-                                     "--no-latency-check", "--cache-dir", cache};
-    for (const auto& o : c.ep.hotboot_remote()) argv.push_back(o);
+    std::vector<std::string> args = argv(r.port, cache);
     r.start_s = SecondsSince(t0);
-    started = StartContained(c, argv, c.Log(tag + "-" + std::to_string(i + 1)), true, &r);
+    started = StartContained(c, args, c.Log(tag + "-" + std::to_string(i + 1)), capture, &r);
   }
   if (!started.ok()) return Abandon(c, rs, started.Prefixed(tag));
-  std::vector<std::thread> waiters;
+  std::vector<std::thread> watchers;
   for (auto& r : rs) {
-    if (!r.child) continue;
-    waiters.emplace_back([&r, t0] {
-      auto line = r.child->ReadLine(kRestoreTimeout);
-      r.ready_s = SecondsSince(t0);
-      r.cpu_s = CgroupCpuSeconds(r.cgroup.get());
-      if (!line.ok()) {
-        r.error = line.status().message();
-        return;
-      }
-      const json j = json::parse(*line, nullptr, false);
-      if (!j.is_object() || !j.value("ok", true)) {
-        r.error = "hotboot restore failed: " + line->substr(0, 400) + LogTail(r.child->log());
-        return;
-      }
-      r.timings_ms = j.value("timings_ms", json::object());
-      if (j.contains("fetch") && j["fetch"].is_object()) {
-        r.bytes_fetched = j["fetch"].value("bytes_fetched", uint64_t{0});
-        r.bytes_from_cache = j["fetch"].value("bytes_from_cache", uint64_t{0});
-      }
-    });
+    if (r.child) watchers.emplace_back([&r, &until_ready, t0] { until_ready(r, t0); });
   }
-  for (auto& w : waiters) w.join();
+  for (auto& w : watchers) w.join();
   StopAll(c, rs);
   WaitForReplicasGone(c, tag);
   for (size_t i = 0; i < rs.size(); ++i) {
-    if (!rs[i].error.empty()) return FailedPrecondition(tag + ", replica " + std::to_string(i + 1) + ": " + rs[i].error);
+    if (!rs[i].error.empty()) {
+      return FailedPrecondition(tag + ", " + noun + " " + std::to_string(i + 1) + ": " + rs[i].error);
+    }
   }
   return rs;
+}
+
+// `hotboot restore oci://...` x n at once onto a fresh host: each timed from
+// the case's start to its result line (printed once its replica is verified
+// ready).
+Result<std::vector<Replica>> RunRestores(Ctx& c, int n, const std::string& tag) {
+  auto argv = [&c](int port, const std::string& cache) {
+    std::vector<std::string> extra = {"--cache-dir", cache};
+    for (const auto& o : c.ep.hotboot_remote()) extra.push_back(o);
+    return RestoreArgv(c.bin.hotboot, c.Ref(), port, extra);
+  };
+  auto until_ready = [](Replica& r, Clock::time_point t0) {
+    auto line = r.child->ReadLine(kRestoreTimeout);
+    r.ready_s = SecondsSince(t0);
+    r.cpu_s = CgroupCpuSeconds(r.cgroup.get());
+    if (!line.ok()) {
+      r.error = line.status().message();
+      return;
+    }
+    auto report = ParseRestoreLine(*line, r.child->log());
+    if (!report.ok()) {
+      r.error = report.status().message();
+      return;
+    }
+    r.timings_ms = report->timings_ms;
+    r.bytes_fetched = report->bytes_fetched;
+    r.bytes_from_cache = report->bytes_from_cache;
+  };
+  return RunCase(c, n, tag, "replica", /*capture=*/true, argv, until_ready);
 }
 
 // (1): one restore alone, `runs` times, each on a fresh host (a single
@@ -243,62 +233,24 @@ Result<std::vector<Replica>> RunAlone(Ctx& c, int runs) {
 // The reference server on the same model x n at once, cold, onto a fresh
 // host (its weights directory emptied: each server converts the model into
 // it, as a new node would): each timed from the case's start to its first
-// 200 from GET /readyz (polled every 10 ms); all stopped once the last is.
+// 200 from GET /readyz (polled every 10 ms).
 Result<std::vector<Replica>> RunColdBoots(Ctx& c, int n, const std::string& tag) {
-  HB_RETURN_IF_ERROR(FreshHost(c, tag).status());
-  std::vector<Replica> rs(static_cast<size_t>(n));
-  const auto t0 = Clock::now();
-  Status started;
-  for (int i = 0; i < n && started.ok(); ++i) {
-    Replica& r = rs[static_cast<size_t>(i)];
-    r.port = c.next_port++;
-    r.start_s = SecondsSince(t0);
-    started = StartContained(c, {c.bin.server, "--model", c.model, "--port", std::to_string(r.port)},
-                             c.Log(tag + "-" + std::to_string(i + 1)), false, &r);
-  }
-  if (!started.ok()) return Abandon(c, rs, started.Prefixed(tag));
-  std::vector<std::thread> pollers;
-  for (auto& r : rs) {
-    if (!r.child) continue;
-    pollers.emplace_back([&r, &c, t0] {
-      Status st = c.ns->RunInside([&]() -> Status {
-        for (;;) {
-          auto h = HttpRequest("127.0.0.1", r.port, "GET", "/readyz", "", std::chrono::seconds(2));
-          if (h.ok() && h->status == 200) {
-            r.ready_s = SecondsSince(t0);
-            r.cpu_s = CgroupCpuSeconds(r.cgroup.get());
-            return Status::Ok();
-          }
-          if (auto s = r.child->Exited()) {
-            return FailedPrecondition("the server " + Child::Describe(*s) + " before ready" + LogTail(r.child->log()));
-          }
-          if (Clock::now() - t0 > kRestoreTimeout) return Timeout("the server was not ready within 15 minutes");
-          ::usleep(10 * 1000);
-        }
-      });
-      if (!st.ok()) r.error = st.message();
-    });
-  }
-  for (auto& p : pollers) p.join();
-  StopAll(c, rs);
-  WaitForReplicasGone(c, tag);
-  for (size_t i = 0; i < rs.size(); ++i) {
-    if (!rs[i].error.empty()) return FailedPrecondition(tag + ", server " + std::to_string(i + 1) + ": " + rs[i].error);
-  }
-  return rs;
+  auto argv = [&c](int port, const std::string& /*cache*/) {
+    return std::vector<std::string>{c.bin.server, "--model", c.model, "--port", std::to_string(port)};
+  };
+  auto until_ready = [&c](Replica& r, Clock::time_point t0) {
+    auto ready = WaitReadyz(*c.ns, r.port, *r.child, t0);
+    if (!ready.ok()) {
+      r.error = ready.status().message();
+      return;
+    }
+    r.ready_s = *ready;
+    r.cpu_s = CgroupCpuSeconds(r.cgroup.get());
+  };
+  return RunCase(c, n, tag, "server", /*capture=*/false, argv, until_ready);
 }
 
 // ---- setup ------------------------------------------------------------------------
-
-Status PrepareDirs(Ctx& c, const BurstArgs& a) {
-  c.home = fs::absolute(a.workdir.empty() ? HomeDir() + "/bench-burst" : a.workdir).lexically_normal().string();
-  HB_RETURN_IF_ERROR(MakeDirs(c.home));
-  c.weights = c.home + "/weights";
-  c.scratch = c.home + "/run-" + std::to_string(::getpid());
-  c.logs = c.scratch + "/logs";
-  for (const auto* d : {&c.scratch, &c.logs}) HB_RETURN_IF_ERROR(MakeDirs(*d));
-  return Status::Ok();
-}
 
 // The snapshot (--snapshot, or the preset's, built under the bench
 // directory) and the model the cold boots load. Every build, server and
@@ -333,40 +285,15 @@ Status PrepareSnapshot(Ctx& c) {
   return Status::Ok();
 }
 
-// The namespace, the registry in it (and the link shaped, when asked), the
-// snapshot pushed.
-struct Servers {
-  std::unique_ptr<Netns> ns;
-  std::unique_ptr<Child> registry;
-};
-
-Result<Servers> StartServers(Ctx& c, const std::string& ns_name) {
-  Servers s;
-  auto ns = Netns::Create(ns_name, c.Log("netns"));
-  if (!ns.ok()) return ns.status().Prefixed("network namespace " + ns_name);
-  s.ns = std::move(*ns);
-  c.ns = s.ns.get();
-  c.ep.tls = !c.args->plain_http;
-  Tls tls;
-  if (c.ep.tls) {
-    auto t = MakeTls(c.scratch + "/tls", c.Log("openssl"));
-    if (!t.ok()) return t.status().Prefixed("TLS certificates");
-    tls = *t;
-    c.ep.ca = tls.ca;
-  }
-  auto registry = StartRegistry(*c.ns, c.ep, tls, c.scratch + "/registry");
-  if (!registry.ok()) return registry.status().Prefixed("docker-registry");
-  s.registry = std::move(*registry);
-  c.servers = {s.registry->pid()};
+// The namespace, the registry in it (bench_env.h; and the link shaped, when
+// asked), the snapshot pushed.
+Result<Servers> StartRegistryAndPush(Ctx& c, const std::string& ns_name) {
+  HB_ASSIGN_OR_RETURN(Servers s, StartServers(c, ns_name, c.args->plain_http));
   if (c.args->rate_gbit > 0) HB_RETURN_IF_ERROR(c.ns->Shape(c.args->rate_gbit).Prefixed("tc"));
-  Note("namespace " + ns_name + ": docker-registry on " + c.ep.registry() + (c.ep.tls ? " (TLS)" : " (plain HTTP)") +
-       ", loopback " + (c.args->rate_gbit > 0 ? "shaped to " + Fixed(c.args->rate_gbit, 1) + " Gbit/s" : "unshaped"));
-  std::vector<std::string> argv = {c.bin.hotboot, "push", c.snapshot, c.Ref(), "--json"};
-  for (const auto& o : c.ep.hotboot_remote()) argv.push_back(o);
-  const auto t0 = Clock::now();
-  auto pushed = RunCommand(c.ns->Exec(argv), c.Log("push"));
+  Note("loopback " + (c.args->rate_gbit > 0 ? "shaped to " + Fixed(c.args->rate_gbit, 1) + " Gbit/s" : "unshaped"));
+  auto pushed = Push(c, c.bin.hotboot, c.snapshot, c.Ref(), c.Log("push"));
   if (!pushed.ok()) return pushed.status().Prefixed("push");
-  Note("pushed " + c.snapshot + " to " + c.Ref() + " in " + Fixed(SecondsSince(t0)) + " s");
+  Note("pushed " + c.snapshot + " to " + c.Ref() + " in " + Fixed(pushed->seconds) + " s");
   return s;
 }
 
@@ -540,32 +467,16 @@ int FailedJson(const Status& s, bool json_out) {
 
 int RunBenchBurst(const BurstArgs& a) {
   auto Failed = [&a](const Status& s) { return FailedJson(s, a.json_out); };
-  if (::geteuid() != 0) return Failed(FailedPrecondition("bench burst needs root (network namespaces, CRIU, cgroups)"));
-  for (const char* tool : {"ip", "tc", "curl", "docker-registry", "openssl"}) {
-    if (auto p = OnPath(tool); !p.ok()) return Failed(p.status());
+  if (Status s = Preflight("bench burst", "network namespaces, CRIU, cgroups",
+                           {"ip", "tc", "curl", "docker-registry", "openssl"});
+      !s.ok()) {
+    return Failed(s);
   }
-  StartSignalWatcher("bench burst");
   const std::string load_before = LoadAverage();
   Ctx c;
   c.args = &a;
-  if (Status s = PrepareDirs(c, a); !s.ok()) return Failed(s);
-  struct RemoveScratch {
-    const Ctx& c;
-    bool keep;
-    ~RemoveScratch() {
-      std::error_code ec;
-      if (keep) {
-        Note("kept " + c.scratch + " (logs, registry storage, node caches)");
-      } else {
-        fs::remove_all(c.scratch, ec);
-        if (!c.weights.empty()) (void)EmptyDir(c.weights);
-      }
-    }
-  } remove_scratch{c, a.keep};
-  if (!a.keep) {
-    std::lock_guard<std::mutex> lock(Pending().mu);
-    Pending().scratch = c.scratch;
-  }
+  if (Status s = PrepareRunDirs(c, a.workdir, "bench-burst"); !s.ok()) return Failed(s);
+  RunCleanup cleanup(c, a.keep, /*empty_weights=*/true, "logs, registry storage, node caches");
   auto job = host::Job::Start({.kind = "bench"});
   if (!job.ok()) return Failed(job.status().Prefixed("job"));
   c.job = *job;
@@ -579,7 +490,7 @@ int RunBenchBurst(const BurstArgs& a) {
     Pending().emptied = c.weights;
   }
   const std::string ns_name = "hotboot-burst-" + std::to_string(::getpid());
-  auto servers = StartServers(c, ns_name);
+  auto servers = StartRegistryAndPush(c, ns_name);
   if (!servers.ok()) return Failed(servers.status());
 
   Note("(1) one restore alone, fresh host, " + std::to_string(a.one_runs) + " time(s); the median counts");

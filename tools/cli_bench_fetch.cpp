@@ -19,15 +19,12 @@
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
-#include <set>
 #include <utility>
 
 #include "bench_env.h"
 #include "cli_common.h"
 #include "commands.h"
-#include "hotboot/http_client.h"
 #include "hotboot/manifest.h"
 #include "hotboot/snapshot_file.h"
 
@@ -56,40 +53,22 @@ struct FetchBenchArgs {
 
 // ---- the bench's directories and snapshots -----------------------------------
 
-struct Ctx {
-  const FetchBenchArgs* args = nullptr;
-  std::string self;        // this executable, copied into the bench directory
-  std::string server;      // hotboot-server, likewise
-  std::string home;        // the bench directory (kept: snapshots, weights)
-  std::string weights;     // HOTBOOT_WEIGHTS_DIR of every server, build, restore
-  std::string scratch;     // this run's (removed unless --keep)
-  std::string logs, cache, downloads, www;
-  Netns* ns = nullptr;
-  Endpoints ep;
-  std::set<pid_t> servers;  // docker-registry and nginx: what stays in the namespace between cases
-  bool oci = false;        // hotboot push / restore oci:// exist
-  int next_port = kFirstReplicaPort;
-  int log_seq = 0;
+// The run (bench_env.h: directories, logs, the namespace with docker-registry
+// and nginx), and what only this bench has.
+struct Ctx : Run {
+  Ctx() { next_port = kFirstReplicaPort; }
 
-  std::string Log(const std::string& what) {
-    char buf[16];
-    std::snprintf(buf, sizeof buf, "%03d-", ++log_seq);
-    return logs + "/" + buf + what + ".log";
-  }
+  const FetchBenchArgs* args = nullptr;
+  Binaries bin;  // hotboot and hotboot-server, copied into the bench directory
+  std::string cache, downloads, www;
+  bool oci = false;  // hotboot push / restore oci:// exist
+
   std::string Ref(const std::string& preset) const { return "oci://" + ep.registry() + "/hotboot-bench/" + preset + ":v1"; }
 };
 
-Status PinBinaries(Ctx& c) {
-  HB_ASSIGN_OR_RETURN(Binaries bin, bench::PinBinaries(c.home));
-  c.self = bin.hotboot;
-  c.server = bin.server;
-  return Status::Ok();
-}
-
 // The preset's snapshot under the bench directory (bench_env.h).
 Result<std::string> EnsureSnapshot(Ctx& c, const std::string& preset) {
-  return bench::EnsureSnapshot({c.self, c.server}, c.home, c.weights, preset, c.args->rebuild,
-                               c.Log("build-" + preset));
+  return bench::EnsureSnapshot(c.bin, c.home, c.weights, preset, c.args->rebuild, c.Log("build-" + preset));
 }
 
 // ---- what is measured ---------------------------------------------------------
@@ -106,31 +85,9 @@ struct RestoreRun {
   json timings_ms;
 };
 
-// Waits until nothing but the servers runs in the namespace (a stopped
-// restore's replica may take a moment to exit); what is left after 20 s is
-// killed, with a warning. Every case starts with no replica running.
-void WaitForReplicasGone(Ctx& c, const std::string& what) {
-  auto others = [&] {
-    std::vector<pid_t> left;
-    for (pid_t p : PidsInNetns(c.ns->name())) {
-      if (!c.servers.count(p)) left.push_back(p);
-    }
-    return left;
-  };
-  const auto t0 = Clock::now();
-  while (!others().empty() && Clock::now() - t0 < std::chrono::seconds(20)) ::usleep(20 * 1000);
-  if (auto left = others(); !left.empty()) {
-    Note("warning: " + what + ": " + std::to_string(left.size()) + " process(es) still in the namespace 20 s after "
-         "it was stopped; killing them");
-    for (pid_t p : left) ::kill(p, SIGKILL);
-  }
-}
-
 Result<RestoreRun> Restore(Ctx& c, const std::string& source, const std::vector<std::string>& extra,
                            const std::string& what) {
-  std::vector<std::string> argv = {c.self, "restore", source, "--port", std::to_string(c.next_port++), "--json",
-                                   "--no-latency-check"};
-  argv.insert(argv.end(), extra.begin(), extra.end());
+  const std::vector<std::string> argv = RestoreArgv(c.bin.hotboot, source, c.next_port++, extra);
   const std::string log = c.Log(what);
   const auto t0 = Clock::now();
   HB_ASSIGN_OR_RETURN(auto child, Child::Start(c.ns->Exec(argv), log, true));
@@ -138,17 +95,15 @@ Result<RestoreRun> Restore(Ctx& c, const std::string& source, const std::vector<
   RestoreRun r;
   r.wall_s = SecondsSince(t0);
   if (!line.ok()) return line.status().Prefixed(what);
-  const json j = json::parse(*line, nullptr, false);
-  if (!j.is_object() || !j.value("ok", true)) {
+  auto report = ParseRestoreLine(*line, log);
+  if (!report.ok()) {
     child->Stop();
-    return FailedPrecondition(what + ": hotboot restore failed: " + line->substr(0, 400) + LogTail(log));
+    return report.status().Prefixed(what);
   }
-  r.reported_s = j.value("time_to_ready_ms", 0.0) / 1000;
-  r.timings_ms = j.value("timings_ms", json::object());
-  if (j.contains("fetch") && j["fetch"].is_object()) {
-    r.bytes_fetched = j["fetch"].value("bytes_fetched", uint64_t{0});
-    r.bytes_from_cache = j["fetch"].value("bytes_from_cache", uint64_t{0});
-  }
+  r.reported_s = report->time_to_ready_s;
+  r.timings_ms = report->timings_ms;
+  r.bytes_fetched = report->bytes_fetched;
+  r.bytes_from_cache = report->bytes_from_cache;
   // 0: it stopped its replica; 143: SIGTERM came before it began supervising
   // (the replica exits when its control channel closes, server/CONTROL.md).
   if (const int st = child->Stop(); !WIFEXITED(st) || (WEXITSTATUS(st) != 0 && WEXITSTATUS(st) != 128 + SIGTERM)) {
@@ -174,26 +129,13 @@ Result<double> Download(Ctx& c, const std::string& name, const std::string& to, 
 Result<double> ColdBoot(Ctx& c, const std::string& model, const std::string& what) {
   const int port = c.next_port++;
   const auto t0 = Clock::now();
-  HB_ASSIGN_OR_RETURN(auto child, Child::Start(c.ns->Exec({c.server, "--model", model, "--port", std::to_string(port)}),
-                                               c.Log(what), false));
-  double ready_s = 0;
-  Status st = c.ns->RunInside([&]() -> Status {
-    for (;;) {
-      auto r = HttpRequest("127.0.0.1", port, "GET", "/readyz", "", std::chrono::seconds(2));
-      if (r.ok() && r->status == 200) {
-        ready_s = SecondsSince(t0);
-        return Status::Ok();
-      }
-      if (auto s = child->Exited()) {
-        return FailedPrecondition(what + ": the server " + Child::Describe(*s) + " before ready" + LogTail(child->log()));
-      }
-      if (Clock::now() - t0 > kRestoreTimeout) return Timeout(what + ": the server was not ready within 15 minutes");
-      ::usleep(10 * 1000);
-    }
-  });
+  HB_ASSIGN_OR_RETURN(auto child,
+                      Child::Start(c.ns->Exec({c.bin.server, "--model", model, "--port", std::to_string(port)}),
+                                   c.Log(what), false));
+  auto ready_s = WaitReadyz(*c.ns, port, *child, t0);
   child->Stop();
   WaitForReplicasGone(c, what);
-  HB_RETURN_IF_ERROR(st);
+  if (!ready_s.ok()) return ready_s.status().Prefixed(what);
   return ready_s;
 }
 
@@ -456,19 +398,15 @@ void PrintTable(FILE* out, const std::vector<ojson>& cases, const FetchBenchArgs
 // ---- the run ------------------------------------------------------------------
 
 Status PrepareDirs(Ctx& c, const FetchBenchArgs& a) {
-  c.home = fs::absolute(a.workdir.empty() ? HomeDir() + "/bench-fetch" : a.workdir).lexically_normal().string();
-  HB_RETURN_IF_ERROR(MakeDirs(c.home));
-  c.weights = c.home + "/weights";
+  HB_RETURN_IF_ERROR(PrepareRunDirs(c, a.workdir, "bench-fetch"));
   HB_RETURN_IF_ERROR(MakeDirs(c.weights));
   // Every build, server and restore maps the weights from here (the snapshot
   // records it); the bench empties it to make a host look fresh.
   if (::setenv("HOTBOOT_WEIGHTS_DIR", c.weights.c_str(), 1) != 0) return ErrnoError("setenv", errno);
-  c.scratch = c.home + "/run-" + std::to_string(::getpid());
-  c.logs = c.scratch + "/logs";
   c.cache = c.scratch + "/cache";
   c.downloads = c.scratch + "/downloads";
   c.www = c.scratch + "/www";
-  for (const auto* d : {&c.scratch, &c.logs, &c.cache, &c.downloads, &c.www}) HB_RETURN_IF_ERROR(MakeDirs(*d));
+  for (const auto* d : {&c.cache, &c.downloads, &c.www}) HB_RETURN_IF_ERROR(MakeDirs(*d));
   return Status::Ok();
 }
 
@@ -482,13 +420,9 @@ Status Publish(const std::string& from, const std::string& to) {
 }
 
 Status PushSnapshot(Ctx& c, const Preset& p) {
-  std::vector<std::string> argv = {c.self, "push", p.snapshot, c.Ref(p.name), "--json"};
-  for (const auto& o : c.ep.hotboot_remote()) argv.push_back(o);
-  const auto t0 = Clock::now();
-  HB_ASSIGN_OR_RETURN(std::string out, RunCommand(c.ns->Exec(argv), c.Log("push-" + p.name)));
-  const json j = json::parse(out.substr(0, out.find('\n')), nullptr, false);
-  Note(p.name + ": pushed to " + c.Ref(p.name) + " in " + Fixed(SecondsSince(t0)) + " s" +
-       (j.is_object() ? " (" + HumanBytes(j.value("bytes_uploaded", uint64_t{0})) + " uploaded)" : ""));
+  HB_ASSIGN_OR_RETURN(Pushed pushed, Push(c, c.bin.hotboot, p.snapshot, c.Ref(p.name), c.Log("push-" + p.name)));
+  Note(p.name + ": pushed to " + c.Ref(p.name) + " in " + Fixed(pushed.seconds) + " s (" +
+       HumanBytes(pushed.bytes_uploaded) + " uploaded)");
   return Status::Ok();
 }
 
@@ -510,39 +444,6 @@ Result<std::vector<Preset>> PreparePresets(Ctx& c) {
     presets.push_back(p);
   }
   return presets;
-}
-
-// The namespace and the servers in it; destroyed servers first, then the
-// namespace (with anything still inside).
-struct Servers {
-  std::unique_ptr<Netns> ns;
-  std::unique_ptr<Child> registry, nginx;
-};
-
-Result<Servers> StartServers(Ctx& c, const std::string& ns_name) {
-  Servers s;
-  auto ns = Netns::Create(ns_name, c.Log("netns"));
-  if (!ns.ok()) return ns.status().Prefixed("network namespace " + ns_name);
-  s.ns = std::move(*ns);
-  c.ns = s.ns.get();
-  c.ep.tls = !c.args->plain_http;
-  Tls tls;
-  if (c.ep.tls) {
-    auto t = MakeTls(c.scratch + "/tls", c.Log("openssl"));
-    if (!t.ok()) return t.status().Prefixed("TLS certificates");
-    tls = *t;
-    c.ep.ca = tls.ca;
-  }
-  auto registry = StartRegistry(*c.ns, c.ep, tls, c.scratch + "/registry");
-  if (!registry.ok()) return registry.status().Prefixed("docker-registry");
-  s.registry = std::move(*registry);
-  auto nginx = StartFileServer(*c.ns, c.ep, tls, c.scratch + "/nginx", c.www);
-  if (!nginx.ok()) return nginx.status().Prefixed("nginx");
-  s.nginx = std::move(*nginx);
-  c.servers = {s.registry->pid(), s.nginx->pid()};
-  Note("namespace " + ns_name + ": docker-registry on " + c.ep.registry() + ", nginx on " + c.ep.file_url("") +
-       (c.ep.tls ? " (TLS, CA " + c.ep.ca + ")" : " (plain HTTP)"));
-  return s;
 }
 
 // One preset at the rate the loopback has now, once.
@@ -603,41 +504,28 @@ Status RunRepeat(Ctx& c, const std::vector<Preset>& presets, int rep, std::vecto
 }
 
 int RunBenchFetch(const FetchBenchArgs& a) {
-  if (::geteuid() != 0) return Failed(FailedPrecondition("bench fetch needs root (network namespaces, tc, CRIU)"));
-  for (const char* tool : {"ip", "tc", "curl", "nginx", "docker-registry", "openssl"}) {
-    if (auto p = OnPath(tool); !p.ok()) return Failed(p.status());
+  if (Status s = Preflight("bench fetch", "network namespaces, tc, CRIU",
+                           {"ip", "tc", "curl", "nginx", "docker-registry", "openssl"});
+      !s.ok()) {
+    return Failed(s);
   }
-  StartSignalWatcher("bench fetch");
   Ctx c;
   c.args = &a;
   if (Status s = PrepareDirs(c, a); !s.ok()) return Failed(s);
-  if (Status s = PinBinaries(c); !s.ok()) return Failed(s.Prefixed("copying the executables"));
-  struct RemoveScratch {
-    const Ctx& c;
-    bool keep;
-    ~RemoveScratch() {
-      std::error_code ec;
-      if (keep) {
-        Note("kept " + c.scratch + " (logs, registry storage, certificates)");
-      } else {
-        fs::remove_all(c.scratch, ec);
-      }
-    }
-  } remove_scratch{c, a.keep};
-  if (!a.keep) {
-    std::lock_guard<std::mutex> lock(Pending().mu);
-    Pending().scratch = c.scratch;
-  }
+  auto bin = PinBinaries(c.home);
+  if (!bin.ok()) return Failed(bin.status().Prefixed("copying the executables"));
+  c.bin = *bin;
+  RunCleanup cleanup(c, a.keep, /*empty_weights=*/false, "logs, registry storage, certificates");
   Note("bench directory " + c.home + "; this run's files in " + c.scratch);
   // Without a push subcommand, `hotboot push --help` prints the top-level help and exits 0.
-  auto push_help = RunCommand({c.self, "push", "--help"}, c.Log("push-help"), std::chrono::seconds(30));
+  auto push_help = RunCommand({c.bin.hotboot, "push", "--help"}, c.Log("push-help"), std::chrono::seconds(30));
   c.oci = push_help.ok() && push_help->find(" push [OPTIONS]") != std::string::npos;
   if (!c.oci) Note("warning: this hotboot has no `push`: cases (b) and (c) are not run");
 
   auto presets = PreparePresets(c);
   if (!presets.ok()) return Failed(presets.status());
   const std::string ns_name = "hotboot-bench-" + std::to_string(::getpid());
-  auto servers = StartServers(c, ns_name);
+  auto servers = StartServers(c, ns_name, a.plain_http, c.www);
   if (!servers.ok()) return Failed(servers.status());
   if (c.oci) {
     for (const auto& p : *presets) {
