@@ -40,6 +40,7 @@ struct RestoreArgs {
   std::string work_dir;
   std::string cuda_lib;
   int verify_timeout_s = 120;
+  int criu_timeout_s = 300;
   TrustArgs trust;
   RemoteArgs remote;
   // What operators watch (hotboot/metrics.h, hotboot/keep_warm.h).
@@ -361,6 +362,7 @@ int RunRestore(const RestoreArgs& a, const ProcessStart& start) {
   o.host = a.host;
   o.work_root = a.work_dir;
   o.verify_timeout = std::chrono::seconds(a.verify_timeout_s);
+  o.criu_timeout = std::chrono::seconds(a.criu_timeout_s);
   o.skip_latency_check = a.no_latency_check;
   o.log_file = a.log_file;
   if (a.detach && o.log_file.empty()) {
@@ -602,6 +604,10 @@ Runner AddRestore(CLI::App& app) {
                  "CUDA driver library for GPU snapshots (default: libcuda.so.1 when the host has one)");
   app.add_option("--work-dir", a->work_dir, "Where to unpack CRIU images (default /dev/shm when they fit, else $TMPDIR or /tmp)");
   app.add_option("--verify-timeout", a->verify_timeout_s, "Seconds allowed for each verification step");
+  app.add_option("--criu-timeout", a->criu_timeout_s,
+                 "Seconds CRIU's restore may take before it is ended with what it restored (exit 6): CRIU can hang, "
+                 "e.g. in a container with fewer capabilities than the build's")
+      ->check(CLI::Range(1, 86400));
   app.add_flag("--no-latency-check", a->no_latency_check,
                "Accept a canary answer slower than the build's warm bound");
   AddTrustOptions(app, &a->trust);

@@ -9,6 +9,9 @@
 #include <cerrno>
 
 #include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
 #include <future>
 #include <filesystem>
 #include <fstream>
@@ -518,6 +521,56 @@ Status PlaceProvidedFiles(const Manifest& m, const snapfile::SnapshotReader& rea
 }
 
 
+namespace {
+
+// Bounds a CRIU restore: past `limit` it ends the cgroup CRIU runs in
+// (CriuRestoreOptions::cgroup: CRIU and whatever it restored so far), or,
+// without one, this process's children named "criu" (libcriu's swrk), so
+// that criu_restore returns. Stop() says whether it had to.
+class CriuWatchdog {
+ public:
+  CriuWatchdog(std::string cgroup, std::chrono::milliseconds limit)
+      : cgroup_(std::move(cgroup)), thread_([this, limit] { Watch(limit); }) {}
+  ~CriuWatchdog() { Stop(); }
+  bool Stop() {
+    {
+      std::lock_guard lk(mu_);
+      done_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+    return fired_;
+  }
+
+ private:
+  void Watch(std::chrono::milliseconds limit) {
+    std::unique_lock lk(mu_);
+    if (cv_.wait_for(lk, limit, [&] { return done_; })) return;
+    fired_ = true;
+    if (!cgroup_.empty()) {
+      std::ofstream(cgroup_ + "/cgroup.kill") << "1";
+      return;
+    }
+    std::error_code ec;
+    for (const auto& task : fs::directory_iterator("/proc/self/task", ec)) {
+      std::ifstream children(task.path() / "children");
+      for (pid_t child; children >> child;) {
+        std::string comm;
+        std::getline(std::ifstream("/proc/" + std::to_string(child) + "/comm"), comm);
+        if (comm == "criu") ::kill(child, SIGKILL);
+      }
+    }
+  }
+
+  std::string cgroup_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false, fired_ = false;
+  std::thread thread_;
+};
+
+}  // namespace
+
 Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, const RestoreEvents& ev,
                                      CudaDriver* cuda) {
   auto phase = [&](const std::string& p) {
@@ -643,8 +696,17 @@ Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, con
       ro.inherit_fds.emplace_back(pipes.child_fds[fd], keys[fd]);
     }
   }
+  CriuWatchdog watchdog(ro.cgroup, opts.criu_timeout);
   auto pid = criu.Restore(ro);
+  const bool timed_out = watchdog.Stop();
   pipes.CloseChildEnds();
+  if (timed_out) {
+    pipes.CloseAll();
+    return Timeout("CRIU restore did not finish within " + std::to_string(opts.criu_timeout.count()) +
+                   " ms and was ended with everything it had restored (a container with fewer capabilities than "
+                   "the build's makes CRIU 4.2.1 hang: deploy/README.md \"Privileges\"; --criu-timeout sets the "
+                   "limit)" + (pid.ok() ? std::string() : ": " + pid.status().message()));
+  }
   if (!pid.ok()) {
     pipes.CloseAll();
     return pid.status().Prefixed("CRIU restore");

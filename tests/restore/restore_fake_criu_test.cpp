@@ -2,9 +2,12 @@
 // faults: nothing is touched when the host does not fit, a CRIU failure is
 // reported with its log, and the unpack directory never outlives the call.
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -41,8 +44,23 @@ class FakeCriu : public Criu {
     for (const auto& e : fs::recursive_directory_iterator(o.images_dir)) {
       seen_files.push_back(fs::relative(e.path(), o.images_dir).string());
     }
+    if (hang && !o.cgroup.empty()) {
+      // As CRIU 4.2.1 does when its restorer hits a BUG: a process in the
+      // restore's cgroup that never returns; only ending the cgroup ends it.
+      cgroup_seen = o.cgroup;
+      pid_t child = ::fork();
+      if (child == 0) {
+        std::ofstream(o.cgroup + "/cgroup.procs") << ::getpid() << std::flush;
+        for (;;) ::pause();
+      }
+      int status = 0;
+      ::waitpid(child, &status, 0);
+      return Internal("criu swrk ended by signal " + std::to_string(WTERMSIG(status)));
+    }
     return restore_status;
   }
+  bool hang = false;
+  std::string cgroup_seen;
 };
 
 class RestoreFake : public ::testing::Test {
@@ -132,6 +150,24 @@ TEST_F(RestoreFake, CriuFailureIsReportedAndCleanedUp) {
   std::sort(criu.seen_files.begin(), criu.seen_files.end());
   EXPECT_EQ(criu.seen_files, (std::vector<std::string>{"inventory.img", "pages-1.img"}));
   // ... and removed afterwards.
+  EXPECT_TRUE(WorkIsEmpty());
+}
+
+TEST_F(RestoreFake, AHangingCriuIsEndedAtTheCriuTimeout) {
+  FakeCriu criu;
+  criu.hang = true;
+  RestoreOptions o = Opts(WriteSnap(Fitting()));
+  o.port = 47312;
+  o.criu_timeout = std::chrono::milliseconds(300);
+  const auto t0 = std::chrono::steady_clock::now();
+  auto r = RestoreReplica(o, criu, {});
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (criu.cgroup_seen.empty()) GTEST_SKIP() << "no writable cgroup2 here: the restore runs without a cgroup of its own";
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Code::kTimeout) << r.status().message();
+  EXPECT_NE(r.status().message().find("did not finish within 300 ms"), std::string::npos) << r.status().message();
+  EXPECT_LT(s, 30.0) << "the watchdog ended the hanging CRIU";
+  EXPECT_FALSE(fs::exists(criu.cgroup_seen)) << "the restore's cgroup is removed";
   EXPECT_TRUE(WorkIsEmpty());
 }
 

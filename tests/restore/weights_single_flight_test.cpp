@@ -134,7 +134,9 @@ TEST_F(WeightsSingleFlight, ALockNameMustBeAPlainFileName) {
   for (const char* bad : {"", "../x", "a/b", ".hidden"}) {
     auto l = NameLock::Acquire(*wdir, bad);
     EXPECT_FALSE(l.ok()) << bad;
-    if (!l.ok()) EXPECT_EQ(l.status().code(), Code::kInvalidArgument);
+    if (!l.ok()) {
+      EXPECT_EQ(l.status().code(), Code::kInvalidArgument);
+    }
   }
 }
 

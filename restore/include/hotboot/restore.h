@@ -81,6 +81,11 @@ struct RestoreOptions {
   std::string log_file;
   std::string work_root;  // where images are unpacked; default $TMPDIR or /tmp
   std::chrono::milliseconds verify_timeout{std::chrono::minutes(2)};
+  // The most CRIU's restore may take. CRIU can hang (4.2.1 stops at a BUG in
+  // its restorer when the container lacks a capability the build's server
+  // had): past this, the cgroup CRIU runs in is ended (CRIU and the
+  // half-restored tree with it) and the restore fails with Code::kTimeout.
+  std::chrono::milliseconds criu_timeout{std::chrono::minutes(5)};
   // Every replica gets a new identity and fresh entropy (server/CONTROL.md
   // "Uniqueness"), never anything taken from the snapshot. These two override
   // that for tests and reproducibility only: a nonzero seed makes the entropy
