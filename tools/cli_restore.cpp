@@ -18,6 +18,7 @@
 #include "commands.h"
 #include "hotboot/keep_warm.h"
 #include "hotboot/metrics.h"
+#include "hotboot/orphans.h"
 #include "hotboot/restore.h"
 #include "hotboot/snapshot_file.h"
 
@@ -249,7 +250,11 @@ void StartSignalWatcher() {
 // on its way out).
 int Supervise(Replica& replica, const std::function<void()>& stopping) {
   g_supervising.store(true);
+  // As PID 1 (a container's entrypoint) we adopt the orphans of a replica
+  // without a PID namespace of its own (GPU hosts): reap them.
+  host::OrphanReaper orphans;
   for (;;) {
+    orphans.Reap();
     if (auto st = replica.Exited()) {
       if (WIFEXITED(*st)) {
         Note("replica exited with status " + std::to_string(WEXITSTATUS(*st)));
