@@ -1,5 +1,6 @@
 #include "hotboot/cgroup.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -126,6 +127,40 @@ int RemoveAt(int dirfd, const char* name, int depth) {
   return errno;
 }
 
+// Removes the cgroups below the cgroup directory `fd`, deepest first (a
+// cgroup's own files cannot be unlinked: they go with their directory).
+// A restore run inside a job's cgroup (a bench's) gives its replica a
+// cgroup there, which would otherwise keep that one from being removed.
+int RemoveChildCgroups(int fd, int depth) {
+  if (depth > 32) return ELOOP;
+  int rc = 0;
+  // Removing entries while a directory is read may make the read skip
+  // others: read it again until a pass finds no directory left.
+  for (int pass = 0; pass < 64; ++pass) {
+    bool seen = false;
+    alignas(8) char buf[2048];
+    ::lseek(fd, 0, SEEK_SET);
+    for (;;) {
+      long n = ::syscall(SYS_getdents64, fd, buf, sizeof buf);
+      if (n <= 0) break;
+      for (long off = 0; off < n;) {
+        auto* d = reinterpret_cast<LinuxDirent64*>(buf + off);
+        off += d->d_reclen;
+        if (d->d_type != DT_DIR || ::strcmp(d->d_name, ".") == 0 || ::strcmp(d->d_name, "..") == 0) continue;
+        int child = ::openat(fd, d->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (child < 0) continue;
+        seen = true;
+        int r = RemoveChildCgroups(child, depth + 1);
+        ::close(child);
+        if (r == 0 && ::unlinkat(fd, d->d_name, AT_REMOVEDIR) != 0 && errno != ENOENT) r = errno;
+        if (r != 0) rc = r;
+      }
+    }
+    if (!seen || rc != 0) break;
+  }
+  return rc;
+}
+
 }  // namespace
 
 int KillAndRemoveCgroup(const char* path, int timeout_ms) {
@@ -163,7 +198,18 @@ int KillAndRemoveCgroup(const char* path, int timeout_ms) {
   // rmdir can briefly answer EBUSY while the last task's exit is accounted.
   for (;;) {
     if (::rmdir(path) == 0 || errno == ENOENT) return rc;
-    if (errno != EBUSY || NowMs() >= deadline) return rc ? rc : errno;
+    int err = errno;
+    if (err == EBUSY || err == ENOTEMPTY) {
+      // Cgroups made inside it: gone with their processes, their directories not.
+      int fd = ::open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+      if (fd >= 0) {
+        const int r = RemoveChildCgroups(fd, 0);
+        ::close(fd);
+        if (r == 0 && (::rmdir(path) == 0 || errno == ENOENT)) return rc;
+        err = r ? r : errno;
+      }
+    }
+    if (err != EBUSY || NowMs() >= deadline) return rc ? rc : err;
     ::poll(nullptr, 0, 5);
   }
 }

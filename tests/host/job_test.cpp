@@ -282,6 +282,29 @@ TEST(Sweep, AHandedOverCgroupOutlivesItsJobAndItsRecordGoesWithIt) {
   fs::remove_all(dir);
 }
 
+TEST(KillAndRemove, ACgroupWithCgroupsMadeInsideItIsRemovedWhole) {
+  const std::string parent = CgroupParentOrSkip();
+  if (parent.empty()) GTEST_SKIP() << "needs root and a writable cgroup v2";
+  // As when a restore runs inside a job's cgroup (a bench's) and gives its
+  // replica a cgroup there: the inner one, with a process, two levels down.
+  const std::string outer = parent + "/hotboot-nested-test." + std::to_string(::getpid());
+  auto cg = Cgroup::Create(outer);
+  ASSERT_TRUE(cg.ok()) << cg.status().ToString();
+  ASSERT_TRUE(Cgroup::Create(outer + "/hotboot-restore.1").ok());
+  auto inner = Cgroup::Create(outer + "/hotboot-restore.1/replica");
+  ASSERT_TRUE(inner.ok()) << inner.status().ToString();
+  const std::string dir = Scratch("nested");
+  pid_t sh = StartEscapingTree(**inner, dir + "/grandchild");
+  ASSERT_GT(sh, 0);
+  const pid_t grandchild = WaitForPidFile(dir + "/grandchild");
+  ASSERT_GT(grandchild, 0);
+  EXPECT_EQ(internal::KillAndRemoveCgroup(outer.c_str(), 5000), 0);
+  EXPECT_FALSE(fs::exists(outer)) << "removed with the cgroups inside it";
+  ::waitpid(sh, nullptr, 0);
+  EXPECT_FALSE(Alive(grandchild));
+  fs::remove_all(dir);
+}
+
 TEST(Fallback, ACgroupParentThatIsNotACgroupGivesReducedContainmentNotAFailure) {
   const std::string dir = Scratch("fallback");
   for (const std::string& parent : {dir, std::string("/proc"), dir + "/missing"}) {
