@@ -97,15 +97,13 @@ struct LinuxDirent64 {
   char d_name[1];
 };
 
-int RemoveAt(int dirfd, const char* name, int depth) {
-  if (::unlinkat(dirfd, name, 0) == 0 || errno == ENOENT) return 0;
-  if (errno != EISDIR && errno != EPERM) return errno;
-  if (depth > 48) return ELOOP;
-  int fd = ::openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-  if (fd < 0) return errno == ENOENT ? 0 : errno;
-  // Entries removed while a directory is read may make the read skip
-  // others: read it again until a pass finds nothing left.
-  for (int pass = 0; pass < 64; ++pass) {
+// Calls visit(entry) for every entry of directory `fd` but "." and "..",
+// pass after pass: entries removed while a directory is read may make the
+// read skip others, so it reads again until a pass in which visit returned
+// true for none (or `stop` is set). No allocation (the janitor uses it).
+template <class Visit>
+void EachEntryUntilNoneLeft(int fd, const bool& stop, Visit&& visit) {
+  for (int pass = 0; pass < 64 && !stop; ++pass) {
     bool seen = false;
     alignas(8) char buf[2048];
     ::lseek(fd, 0, SEEK_SET);
@@ -116,12 +114,24 @@ int RemoveAt(int dirfd, const char* name, int depth) {
         auto* d = reinterpret_cast<LinuxDirent64*>(buf + off);
         off += d->d_reclen;
         if (::strcmp(d->d_name, ".") == 0 || ::strcmp(d->d_name, "..") == 0) continue;
-        seen = true;
-        RemoveAt(fd, d->d_name, depth + 1);
+        if (visit(*d)) seen = true;
       }
     }
     if (!seen) break;
   }
+}
+
+int RemoveAt(int dirfd, const char* name, int depth) {
+  if (::unlinkat(dirfd, name, 0) == 0 || errno == ENOENT) return 0;
+  if (errno != EISDIR && errno != EPERM) return errno;
+  if (depth > 48) return ELOOP;
+  int fd = ::openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) return errno == ENOENT ? 0 : errno;
+  const bool never = false;
+  EachEntryUntilNoneLeft(fd, never, [&](const LinuxDirent64& d) {
+    RemoveAt(fd, d.d_name, depth + 1);
+    return true;
+  });
   ::close(fd);
   if (::unlinkat(dirfd, name, AT_REMOVEDIR) == 0 || errno == ENOENT) return 0;
   return errno;
@@ -134,30 +144,17 @@ int RemoveAt(int dirfd, const char* name, int depth) {
 int RemoveChildCgroups(int fd, int depth) {
   if (depth > 32) return ELOOP;
   int rc = 0;
-  // Removing entries while a directory is read may make the read skip
-  // others: read it again until a pass finds no directory left.
-  for (int pass = 0; pass < 64; ++pass) {
-    bool seen = false;
-    alignas(8) char buf[2048];
-    ::lseek(fd, 0, SEEK_SET);
-    for (;;) {
-      long n = ::syscall(SYS_getdents64, fd, buf, sizeof buf);
-      if (n <= 0) break;
-      for (long off = 0; off < n;) {
-        auto* d = reinterpret_cast<LinuxDirent64*>(buf + off);
-        off += d->d_reclen;
-        if (d->d_type != DT_DIR || ::strcmp(d->d_name, ".") == 0 || ::strcmp(d->d_name, "..") == 0) continue;
-        int child = ::openat(fd, d->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-        if (child < 0) continue;
-        seen = true;
-        int r = RemoveChildCgroups(child, depth + 1);
-        ::close(child);
-        if (r == 0 && ::unlinkat(fd, d->d_name, AT_REMOVEDIR) != 0 && errno != ENOENT) r = errno;
-        if (r != 0) rc = r;
-      }
-    }
-    if (!seen || rc != 0) break;
-  }
+  bool stop = false;  // after a pass with a failure
+  EachEntryUntilNoneLeft(fd, stop, [&](const LinuxDirent64& d) {
+    if (d.d_type != DT_DIR) return false;
+    int child = ::openat(fd, d.d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (child < 0) return false;
+    int r = RemoveChildCgroups(child, depth + 1);
+    ::close(child);
+    if (r == 0 && ::unlinkat(fd, d.d_name, AT_REMOVEDIR) != 0 && errno != ENOENT) r = errno;
+    if (r != 0) rc = r, stop = true;
+    return true;
+  });
   return rc;
 }
 

@@ -26,6 +26,7 @@
 
 #include "hotboot/presets.h"
 #include "hotboot/replica_server.h"
+#include "http_test_client.h"
 
 namespace hotboot {
 namespace {
@@ -37,32 +38,8 @@ namespace http = beast::http;
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
-struct KwResp {
-  int status = -1;
-  std::string body;
-  double ms = 0;  // wall time as the client saw it
-};
-
-KwResp KwHttp(int port, http::verb verb, const std::string& target, const std::string& body = "") {
-  const auto t0 = Clock::now();
-  try {
-    asio::io_context ioc;
-    beast::tcp_stream s(ioc);
-    s.connect(asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), static_cast<unsigned short>(port)));
-    http::request<http::string_body> req{verb, target, 11};
-    req.set(http::field::host, "localhost");
-    req.body() = body;
-    req.prepare_payload();
-    http::write(s, req);
-    beast::flat_buffer buf;
-    http::response<http::string_body> res;
-    http::read(s, buf, res);
-    return {static_cast<int>(res.result_int()), res.body(),
-            std::chrono::duration<double, std::milli>(Clock::now() - t0).count()};
-  } catch (const std::exception&) {
-    return {};
-  }
-}
+using test::Http;
+using test::Resp;
 
 // The value of an unlabelled sample in Prometheus text; -1 when absent.
 double Metric(const std::string& text, const std::string& name) {
@@ -73,7 +50,7 @@ double Metric(const std::string& text, const std::string& name) {
 }
 
 double MetricNow(int port, const std::string& name) {
-  return Metric(KwHttp(port, http::verb::get, "/metrics").body, name);
+  return Metric(Http(port, http::verb::get, "/metrics").body, name);
 }
 
 // Polls `cond` until it holds or `limit` passes.
@@ -142,7 +119,7 @@ TEST_F(KeepWarmRealModel, IdleReplicaAnswersTheFirstRequestAfterAGapAtWarmLatenc
   const std::string body = R"({"prompt":"play jazz","max_tokens":4})";
   std::vector<double> warm;
   for (int i = 0; i < 5; ++i) {
-    KwResp r = KwHttp(p, http::verb::post, "/v1/generate", body);
+    Resp r = Http(p, http::verb::post, "/v1/generate", body);
     ASSERT_EQ(r.status, 200) << r.body;
     warm.push_back(r.ms);
   }
@@ -164,13 +141,13 @@ TEST_F(KeepWarmRealModel, IdleReplicaAnswersTheFirstRequestAfterAGapAtWarmLatenc
                         std::chrono::seconds(5)));
   EXPECT_GE(std::chrono::duration<double>(Clock::now() - gap_start).count(), 3 * kInterval);
   EXPECT_GE(MetricNow(p, "hotboot_seconds_since_last_request"), 3 * kInterval);
-  KwResp first = KwHttp(p, http::verb::post, "/v1/generate", body);
+  Resp first = Http(p, http::verb::post, "/v1/generate", body);
   ASSERT_EQ(first.status, 200) << first.body;
   EXPECT_LE(first.ms, bound_ms) << "warm median " << warm_ms << " ms";
   EXPECT_LT(MetricNow(p, "hotboot_seconds_since_last_request"), 3 * kInterval);
 
   // The synthetic requests are not requests: 6 answered, 6 x 4 tokens.
-  const std::string m = KwHttp(p, http::verb::get, "/metrics").body;
+  const std::string m = Http(p, http::verb::get, "/metrics").body;
   EXPECT_EQ(Metric(m, "hotboot_generate_seconds_count"), 6) << m;
   EXPECT_EQ(Metric(m, "hotboot_tokens_generated_total"), 24) << m;
   EXPECT_GE(Metric(m, "hotboot_keep_warm_requests_total"), before + 4);
@@ -301,8 +278,8 @@ TEST_F(KeepWarmCapture, OffByDefault) {
   Start(ServerOptions{}.keep_warm_interval_s);
   const int p = server_->port();
   const int after_warmup = model_->calls;
-  ASSERT_EQ(KwHttp(p, http::verb::post, "/v1/generate", R"({"prompt":"x","max_tokens":2})").status, 200);
-  const std::string m = KwHttp(p, http::verb::get, "/metrics").body;
+  ASSERT_EQ(Http(p, http::verb::post, "/v1/generate", R"({"prompt":"x","max_tokens":2})").status, 200);
+  const std::string m = Http(p, http::verb::get, "/metrics").body;
   EXPECT_EQ(Metric(m, "hotboot_keep_warm_interval_seconds"), 0) << m;
   EXPECT_EQ(Metric(m, "hotboot_keep_warm_requests_total"), 0) << m;
   EXPECT_EQ(Metric(m, "hotboot_keep_warm_last_latency_seconds"), -1) << m;  // absent until one ran
@@ -343,7 +320,7 @@ TEST_F(KeepWarmCapture, NeverInFlightWhileCapturedAndResumedAfterRestore) {
   ASSERT_TRUE(ready.value("ok", false)) << ready.dump();
   const int calls_ready = model_->calls;
   EXPECT_TRUE(PollUntil([&] { return model_->calls >= calls_ready + 2; }, std::chrono::seconds(5)));
-  const std::string m = KwHttp(server_->port(), http::verb::get, "/metrics").body;
+  const std::string m = Http(server_->port(), http::verb::get, "/metrics").body;
   EXPECT_GE(Metric(m, "hotboot_keep_warm_requests_total"), 3) << m;
   EXPECT_EQ(Metric(m, "hotboot_generate_seconds_count"), 0) << m;
   EXPECT_EQ(Metric(m, "hotboot_tokens_generated_total"), 0) << m;

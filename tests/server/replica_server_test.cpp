@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "hotboot/replica_server.h"
+#include "http_test_client.h"
 
 namespace hotboot {
 namespace {
@@ -104,29 +105,8 @@ class FakeModel : public Model {
   std::atomic<int>* generating_;
 };
 
-struct Resp {
-  int status = -1;
-  std::string body;
-};
-
-Resp Http(int port, http::verb verb, const std::string& target, const std::string& body = "") {
-  try {
-    asio::io_context ioc;
-    beast::tcp_stream s(ioc);
-    s.connect(asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), static_cast<unsigned short>(port)));
-    http::request<http::string_body> req{verb, target, 11};
-    req.set(http::field::host, "localhost");
-    req.body() = body;
-    req.prepare_payload();
-    http::write(s, req);
-    beast::flat_buffer buf;
-    http::response<http::string_body> res;
-    http::read(s, buf, res);
-    return {static_cast<int>(res.result_int()), res.body()};
-  } catch (const std::exception&) {
-    return {};
-  }
-}
+using test::Http;
+using test::Resp;
 
 // A server on an ephemeral port with a control channel over pipes.
 class ServerFixture : public ::testing::Test {
