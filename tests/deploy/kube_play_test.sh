@@ -13,6 +13,7 @@
 #      test (below), with the two ConfigMaps and the registry Secret
 #   7. the replica must answer /readyz 200 within a deadline, and POST
 #      /v1/generate with the canary's prompt must return the canary's tokens
+#   7b. GET /metrics on the metrics port (the supervisor's): outcome ready, replica up, phases
 #   8. no zombie in the container; `podman stop` of the replica's container: hotboot restore (PID 1)
 #      forwards SIGTERM, the replica ends, the container exits well before the
 #      stop timeout
@@ -24,7 +25,8 @@
 #   - replicas 2 -> 1; the Deployment's name gets a per-run suffix
 #   - hostNetwork: true (the pod reaches the loopback registry), and so no
 #     `ports:` list (podman refuses port mappings on the host network); the
-#     probes' port 8080 and --port 8080 -> a free port
+#     probes' port 8080 and --port 8080 -> a free port, --metrics-port 9400
+#     -> another
 #   - $(HOTBOOT_SNAPSHOT) -> the pushed reference (podman 4.3 does not expand
 #     $(VAR) in a command; Kubernetes does, from the same ConfigMap key)
 #   - --plain-http (the test registry has no TLS)
@@ -200,6 +202,7 @@ log "canary: $prompt -> $canary_tokens"
 
 # 6. The Deployment's pod under podman kube play.
 port=$(free_port)
+metrics_port=$(free_port)
 mkdir -p "$dir/node/cache" "$dir/node/weights"
 chmod 755 "$dir/node" "$dir/node/cache" "$dir/node/weights"
 played=$dir/deployment.yaml
@@ -207,7 +210,10 @@ sed -e "s|^  name: hotboot-replica$|  name: $name|" \
     -e 's|^  replicas: 2$|  replicas: 1|' \
     -e 's|^      automountServiceAccountToken: false$|&\n      hostNetwork: true|' \
     -e '/^          ports:$/,/^              protocol: TCP$/d' \
+    -e '/^            - name: metrics$/,/^              protocol: TCP$/d' \
     -e "s|^            - \"8080\"$|            - \"$port\"|" \
+    -e "s|^            - \"9400\"$|            - \"$metrics_port\"|" \
+    -e "s|^        prometheus.io/port: \"9400\"$|        prometheus.io/port: \"$metrics_port\"|" \
     -e "s|^              port: 8080$|              port: $port|" \
     -e "s|^            - \$(HOTBOOT_SNAPSHOT)$|            - $ref\n            - --plain-http|" \
     -e "s|^          image: localhost/hotboot:latest$|          image: $image|" \
@@ -218,12 +224,12 @@ sed -e "s|^  name: hotboot-replica$|  name: $name|" \
     "$manifest" >"$played"
 # The Service is not a kind podman kube play runs.
 sed -i '/^---$/,$d' "$played"
-for want in "name: $name" "replicas: 1" "hostNetwork: true" "- \"$port\"" "port: $port" "- $ref" \
+for want in "name: $name" "replicas: 1" "hostNetwork: true" "- \"$port\"" "port: $port" "- \"$metrics_port\"" "- $ref" \
             "- --plain-http" "image: $image" "path: $dir/node/cache" "path: $dir/node/weights" "secretName: $secret" "name: $trust_cm"; do
   grep -qF -- "$want" "$played" || fail "rendering deployment.yaml: '$want' is missing (did the manifest change?)"
 done
-if grep -q -e 'containerPort' -e '8080' -e 'HOTBOOT_SNAPSHOT)' "$played"; then
-  fail "rendering deployment.yaml left a port 8080 or \$(HOTBOOT_SNAPSHOT)"
+if grep -q -e 'containerPort' -e '8080' -e '"9400"' -e 'HOTBOOT_SNAPSHOT)' "$played"; then
+  fail "rendering deployment.yaml left a port 8080 or 9400 or \$(HOTBOOT_SNAPSHOT)"
 fi
 cat >"$dir/cm-snapshot.yaml" <<EOF
 apiVersion: v1
@@ -273,6 +279,14 @@ answer_tokens=$(json_get "$dir/answer.json" 'j["tokens"]')
 [[ $answer_tokens == "$canary_tokens" ]] ||
   fail "the replica answered $answer_tokens, the build's canary is $canary_tokens"
 log "the replica answers the canary: $answer_tokens"
+
+# 7b. What operators watch: the supervisor's metrics on their own port.
+curl -sf "http://127.0.0.1:$metrics_port/metrics" >"$dir/metrics.txt" || fail "GET /metrics on the metrics port failed"
+for want in 'hotboot_restore_outcome{outcome="ready"} 1' 'hotboot_replica_up{port="'"$port"'"} 1' \
+            'hotboot_restore_time_to_ready_seconds ' 'hotboot_restore_phase_seconds{phase="criu_restore"}'; do
+  grep -qF -- "$want" "$dir/metrics.txt" || fail "/metrics lacks '$want': $(head -c 2000 "$dir/metrics.txt")"
+done
+log "metrics: $(grep '^hotboot_restore_time_to_ready_seconds ' "$dir/metrics.txt")"
 
 # 8. SIGTERM reaches the replica through hotboot restore (PID 1), and PID 1
 # has left no zombie behind.
