@@ -459,6 +459,42 @@ Result<std::string> SnapshotReader::ReadChunk(std::string_view section, size_t c
   return out;
 }
 
+SnapshotReader::ChunkScratch::ChunkScratch() : decoder(std::make_unique<ChunkDecoder>()) {}
+SnapshotReader::ChunkScratch::~ChunkScratch() = default;
+SnapshotReader::ChunkScratch::ChunkScratch(ChunkScratch&&) noexcept = default;
+SnapshotReader::ChunkScratch& SnapshotReader::ChunkScratch::operator=(ChunkScratch&&) noexcept = default;
+
+Result<SnapshotReader::SectionLayout> SnapshotReader::SectionChunks(std::string_view section) const {
+  const SectionInfo* s = FindSection(section);
+  if (!s) return NotFound(path_ + ": no section '" + std::string(section) + "'");
+  if (s->is_ref) {
+    const SectionInfo* b = ResolveRef(*s);
+    if (!b) return base_error_.ok() ? NotFound(path_ + ": the base has no section '" + s->name + "'") : base_error_;
+    return base_reader_->SectionChunks(b->name);
+  }
+  SectionLayout l;
+  l.chunks.reserve(s->chunks.size());
+  for (const ChunkInfo& c : s->chunks) {
+    l.chunks.push_back({l.raw_size, c.raw_size});
+    l.raw_size += c.raw_size;
+    l.max_chunk_raw = std::max(l.max_chunk_raw, c.raw_size);
+  }
+  return l;
+}
+
+Status SnapshotReader::DecodeChunkTo(std::string_view section, size_t chunk, char* out, ChunkScratch& scratch) const {
+  const SectionInfo* s = FindSection(section);
+  if (!s) return NotFound(path_ + ": no section '" + std::string(section) + "'");
+  if (s->is_ref) {
+    const SectionInfo* b = ResolveRef(*s);
+    if (!b) return base_error_.ok() ? NotFound(path_ + ": the base has no section '" + s->name + "'") : base_error_;
+    return base_reader_->DecodeChunkTo(b->name, chunk, out, scratch);
+  }
+  if (chunk >= s->chunks.size()) return NotFound(path_ + ": section '" + s->name + "' has no chunk " + std::to_string(chunk));
+  if (!scratch.decoder) scratch.decoder = std::make_unique<ChunkDecoder>();  // a moved-from scratch
+  return ReadChunkInto(*s, chunk, &scratch.bytes, scratch.decoder.get(), out);
+}
+
 Status SnapshotReader::DecodeSections(const std::vector<const SectionInfo*>& which, int threads,
                                       const ProgressFn& progress, Order order, const Sink& sink) const {
   uint64_t total = 0;

@@ -7,6 +7,7 @@
 #include <dlfcn.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <map>
 #include <mutex>
 #include <vector>
@@ -51,8 +52,12 @@ struct AccessDesc {
 constexpr Result kSuccess = 0;
 constexpr int kAllocPinned = 1, kLocationDevice = 1, kProtReadWrite = 3, kGranularityRecommended = 1;
 constexpr unsigned kStreamNonBlocking = 1, kEventDisableTiming = 2, kHostRegisterReadOnly = 8;
+constexpr int kHandlePosixFd = 1;
 #ifdef HOTBOOT_HAVE_CUDA_H
 static_assert(kHostRegisterReadOnly == CU_MEMHOSTREGISTER_READ_ONLY);
+static_assert(kHandlePosixFd == CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR);
+static_assert(offsetof(AllocationProp, requested_handle_types) == offsetof(CUmemAllocationProp, requestedHandleTypes));
+static_assert(sizeof(CUmemAllocationHandleType) == sizeof(int));
 static_assert(sizeof(AllocationProp) == sizeof(CUmemAllocationProp));
 static_assert(offsetof(AllocationProp, location) == offsetof(CUmemAllocationProp, location));
 static_assert(offsetof(AllocationProp, flags) == offsetof(CUmemAllocationProp, allocFlags));
@@ -72,8 +77,8 @@ class CudaDevice final : public Device {
     if (ctx_) {
       ctx_push_(ctx_);
       for (auto& [va, m] : maps_) {
-        mem_unmap_(va, m.first);
-        mem_release_(m.second);
+        mem_unmap_(va, m.size);
+        if (m.owned) mem_release_(m.handle);
       }
       for (drv::Event e : events_) event_destroy_(e);
       for (drv::Stream s : streams_) stream_destroy_(s);
@@ -105,6 +110,9 @@ class CudaDevice final : public Device {
     // Optional: uploads without staging (UploadOptions::kRegister).
     host_register_ = reinterpret_cast<decltype(host_register_)>(::dlsym(lib_, "cuMemHostRegister_v2"));
     host_unregister_ = reinterpret_cast<decltype(host_unregister_)>(::dlsym(lib_, "cuMemHostUnregister"));
+    // Optional: shareable memory (the restorer's weights handoff).
+    export_ = reinterpret_cast<decltype(export_)>(::dlsym(lib_, "cuMemExportToShareableHandle"));
+    import_ = reinterpret_cast<decltype(import_)>(::dlsym(lib_, "cuMemImportFromShareableHandle"));
     HB_RETURN_IF_ERROR(Check("cuInit", init_(0)));
     ordinal_ = ordinal;
     HB_RETURN_IF_ERROR(Check("cuDeviceGet", device_get_(&dev_, ordinal)));
@@ -154,19 +162,19 @@ class CudaDevice final : public Device {
       return st;
     }
     std::lock_guard l(mu_);
-    maps_[va] = {size, h};
+    maps_[va] = {size, h, /*owned=*/true};
     return Status();
   }
   Status Unmap(DevicePtr va, size_t size) override {
     Scope s(this);
-    drv::Handle h;
+    Mapping m;
     {
       std::lock_guard l(mu_);
       auto it = maps_.find(va);
-      if (it == maps_.end() || it->second.first != size) {
-        return InvalidArgument("unmap of a range that Map did not create");
+      if (it == maps_.end() || it->second.size != size) {
+        return InvalidArgument("unmap of a range that Map or MapHandle did not create");
       }
-      h = it->second.second;
+      m = it->second;
     }
     // Forgotten only once really unmapped: a failed unmap leaves it mapped and known.
     HB_RETURN_IF_ERROR(Check("cuMemUnmap", mem_unmap_(va, size)));
@@ -174,7 +182,56 @@ class CudaDevice final : public Device {
       std::lock_guard l(mu_);
       maps_.erase(va);
     }
-    return Check("cuMemRelease", mem_release_(h));
+    // A handle mapped by MapHandle stays its owner's to release.
+    return m.owned ? Check("cuMemRelease", mem_release_(m.handle)) : Status();
+  }
+
+  Result<uint64_t> CreateShareable(size_t size) override {
+    if (!export_ || !import_) return Unsupported("the NVIDIA driver has no cuMemExportToShareableHandle (CUDA 10.2+)");
+    if (granularity_bytes_ == 0 || size == 0 || size % granularity_bytes_ != 0) {
+      return InvalidArgument("shareable allocation of " + std::to_string(size) + " bytes, not a multiple of " +
+                             std::to_string(granularity_bytes_));
+    }
+    Scope s(this);
+    drv::AllocationProp prop = Prop();
+    prop.requested_handle_types = drv::kHandlePosixFd;
+    drv::Handle h = 0;
+    HB_RETURN_IF_ERROR(Check("cuMemCreate (POSIX fd shareable)", mem_create_(&h, size, &prop, 0)));
+    return static_cast<uint64_t>(h);
+  }
+  Status MapHandle(DevicePtr va, size_t size, uint64_t handle) override {
+    Scope s(this);
+    HB_RETURN_IF_ERROR(Check("cuMemMap", mem_map_(va, size, 0, static_cast<drv::Handle>(handle), 0)));
+    drv::AccessDesc access{{drv::kLocationDevice, ordinal_}, drv::kProtReadWrite};
+    if (Status st = Check("cuMemSetAccess", set_access_(va, size, &access, 1)); !st.ok()) {
+      mem_unmap_(va, size);
+      return st;
+    }
+    std::lock_guard l(mu_);
+    maps_[va] = {size, static_cast<drv::Handle>(handle), /*owned=*/false};
+    return Status();
+  }
+  Result<int> ExportFd(uint64_t handle) override {
+    if (!export_) return Unsupported("the NVIDIA driver has no cuMemExportToShareableHandle (CUDA 10.2+)");
+    Scope s(this);
+    int fd = -1;
+    HB_RETURN_IF_ERROR(Check("cuMemExportToShareableHandle",
+                             export_(&fd, static_cast<drv::Handle>(handle), drv::kHandlePosixFd, 0)));
+    return fd;
+  }
+  Result<uint64_t> ImportFd(int fd) override {
+    if (!import_) return Unsupported("the NVIDIA driver has no cuMemImportFromShareableHandle (CUDA 10.2+)");
+    if (fd < 0) return InvalidArgument("import of shareable memory from fd " + std::to_string(fd));
+    Scope s(this);
+    drv::Handle h = 0;
+    // A POSIX fd travels by value in the pointer argument (cuda.h).
+    void* os_handle = reinterpret_cast<void*>(static_cast<uintptr_t>(fd));
+    HB_RETURN_IF_ERROR(Check("cuMemImportFromShareableHandle", import_(&h, os_handle, drv::kHandlePosixFd)));
+    return static_cast<uint64_t>(h);
+  }
+  Status ReleaseHandle(uint64_t handle) override {
+    Scope s(this);
+    return Check("cuMemRelease", mem_release_(static_cast<drv::Handle>(handle)));
   }
 
   Result<void*> AllocPinned(size_t size) override {
@@ -286,7 +343,12 @@ class CudaDevice final : public Device {
   std::mutex mu_;
   std::vector<drv::Event> events_;
   std::vector<int> free_events_;
-  std::map<DevicePtr, std::pair<size_t, drv::Handle>> maps_;
+  struct Mapping {
+    size_t size = 0;
+    drv::Handle handle = 0;
+    bool owned = true;  // created by Map (released with the mapping), not MapHandle's caller's
+  };
+  std::map<DevicePtr, Mapping> maps_;
 
   drv::Result (*init_)(unsigned) = nullptr;
   drv::Result (*device_get_)(drv::Device*, int) = nullptr;
@@ -317,6 +379,8 @@ class CudaDevice final : public Device {
   drv::Result (*error_name_)(drv::Result, const char**) = nullptr;
   drv::Result (*host_register_)(void*, size_t, unsigned) = nullptr;
   drv::Result (*host_unregister_)(void*) = nullptr;
+  drv::Result (*export_)(void*, drv::Handle, int, unsigned long long) = nullptr;
+  drv::Result (*import_)(drv::Handle*, void*, int) = nullptr;
 };
 
 }  // namespace

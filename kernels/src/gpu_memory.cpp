@@ -9,8 +9,10 @@
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <functional>
 #include <mutex>
 #include <thread>
 
@@ -22,17 +24,6 @@
 
 namespace hotboot::gpu {
 namespace {
-
-struct Chunk {
-  uint64_t file_offset;
-  size_t size;
-  DevicePtr dst;
-};
-
-struct Staged {
-  int buffer;
-  size_t chunk;
-};
 
 // A queue that the readers and the copier hand buffers through.
 template <typename T>
@@ -217,91 +208,41 @@ Result<UploadStats> UploadRegistered(Device& dev, const FileMapping& map, const 
   return st;
 }
 
-}  // namespace
+// Fills piece k's bytes somewhere in a staging buffer and says where they
+// start (the direct mode reads an aligned span around them).
+using StagedFill = std::function<Result<size_t>(size_t piece, void* buffer)>;
 
-const char* ReadModeName(UploadOptions::ReadMode m) {
-  switch (m) {
-    case UploadOptions::ReadMode::kPread: return "pread";
-    case UploadOptions::ReadMode::kMmap: return "mmap";
-    case UploadOptions::ReadMode::kMmapPopulate: return "populate";
-    case UploadOptions::ReadMode::kRegister: return "register";
-  }
-  return "?";
-}
-
-bool ParseReadMode(const std::string& s, UploadOptions::ReadMode* m) {
-  for (auto c : kReadModes) {
-    if (s == ReadModeName(c)) {
-      *m = c;
-      return true;
-    }
-  }
-  return false;
-}
-
-Result<UploadStats> UploadFromFile(Device& dev, int fd, const std::vector<Region>& regions,
-                                   const UploadOptions& opts) {
-  if (opts.chunk_bytes == 0 || opts.buffers < 1 || opts.readers < 1) {
-    return InvalidArgument("upload options: chunk_bytes, buffers and readers must be positive");
-  }
+// The staging pipeline behind UploadPieces and UploadFromFile (see
+// UploadPieces in the header). `where(k)` names piece k in a copy error.
+Result<UploadStats> RunStaged(Device& dev, const std::vector<Piece>& pieces, size_t buffer_bytes,
+                              const StagedFill& fill, const std::function<std::string(size_t)>& where,
+                              const UploadOptions& opts, UploadStats st) {
   const auto t0 = std::chrono::steady_clock::now();
-  std::vector<Chunk> chunks;
-  UploadStats st;
-  for (const auto& r : regions) {
-    for (uint64_t done = 0; done < r.size; done += opts.chunk_bytes) {
-      const size_t n = static_cast<size_t>(std::min<uint64_t>(opts.chunk_bytes, r.size - done));
-      chunks.push_back({r.file_offset + done, n, r.dst + done});
-    }
-    st.bytes += r.size;
-  }
-  if (chunks.empty()) return st;
-
-  const int nbuf = static_cast<int>(std::min<size_t>(static_cast<size_t>(opts.buffers), chunks.size()));
+  if (pieces.empty()) return st;
+  const int nbuf = static_cast<int>(std::min<size_t>(static_cast<size_t>(opts.buffers), pieces.size()));
+  const int nreaders = static_cast<int>(std::min<size_t>(static_cast<size_t>(opts.readers), pieces.size()));
   std::vector<void*> buffers(static_cast<size_t>(nbuf), nullptr);
   Channel<int> free_buffers;
-  Channel<Staged> staged;
+  struct Filled {
+    int buffer;
+    size_t piece;
+    size_t start;  // where the piece's bytes start in the buffer
+  };
+  Channel<Filled> staged;
   std::atomic<size_t> next{0};
   std::atomic<int> allocated{0};
   FirstFailure failure;
   std::atomic<bool>& stop = failure.stop;
   auto fail = [&](Status s) { failure.Fail(std::move(s)); };
 
-  // Every mode but pread reads through a mapping of the whole file; without
-  // one (mmap refused) the readers fall back to pread.
-  using Mode = UploadOptions::ReadMode;
-  FileMapping map;
-  if (opts.mode != Mode::kPread && MapFile(fd, &map).ok()) {
-    HB_RETURN_IF_ERROR(CheckCovers(map, regions));
-    if (opts.mode == Mode::kRegister) {
-      auto r = UploadRegistered(dev, map, regions, opts);
-      if (r.ok() || r.status().code() != Code::kUnsupported) return r;
-      st.mode = "mmap (register refused: " + r.status().message() + ")";
-    }
-  }
-  if (st.mode.empty()) st.mode = map.ok() ? (opts.mode == Mode::kMmapPopulate ? "populate" : "mmap") : "pread";
-  const bool populate = opts.mode == Mode::kMmapPopulate;
-  const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
-  auto read_chunk = [&](void* dst, const Chunk& c) -> Status {
-    if (!map.ok()) return ReadFully(fd, dst, c.size, c.file_offset);
-    const char* src = map.at(c.file_offset);
-    if (populate) {
-      // One call faults in the chunk's pages; an older kernel (EINVAL) just
-      // takes the faults during the copy.
-      const uintptr_t lo = reinterpret_cast<uintptr_t>(src) / page * page;
-      ::madvise(reinterpret_cast<void*>(lo), reinterpret_cast<uintptr_t>(src) + c.size - lo, MADV_POPULATE_READ);
-    }
-    std::memcpy(dst, src, c.size);
-    return Status();
-  };
-
   // Pinning host memory is slow (the OS locks and maps every page), so the
   // staging buffers are allocated one by one beside the pipeline: the first
-  // read starts as soon as the first buffer exists. Fewer buffers than asked
+  // fill starts as soon as the first buffer exists. Fewer buffers than asked
   // for is only slower; none is an error.
   std::thread allocator([&] {
     const auto ta = std::chrono::steady_clock::now();
     for (int i = 0; i < nbuf && !stop; ++i) {
-      auto b = dev.AllocPinned(opts.chunk_bytes);
+      auto b = dev.AllocPinned(buffer_bytes);
       if (!b.ok()) {
         if (i == 0) fail(b.status().Prefixed("pinned staging buffer"));
         break;
@@ -315,29 +256,29 @@ Result<UploadStats> UploadFromFile(Device& dev, int fd, const std::vector<Region
     if (allocated.load() == 0) free_buffers.Close();  // nothing will ever come: readers stop
   });
 
-  // Readers: a free buffer, the next chunk, a read, hand it on.
-  std::atomic<int> readers_left{opts.readers};
-  std::vector<double> read_seconds(static_cast<size_t>(opts.readers), 0);
+  // Readers: a free buffer, the next piece, a fill, hand it on.
+  std::atomic<int> readers_left{nreaders};
+  std::vector<double> read_seconds(static_cast<size_t>(nreaders), 0);
   std::vector<std::thread> readers;
-  for (int t = 0; t < opts.readers; ++t) {
+  for (int t = 0; t < nreaders; ++t) {
     readers.emplace_back([&, t] {
       for (;;) {
         int b;
         if (stop || !free_buffers.Pop(&b)) break;
-        const size_t c = next.fetch_add(1);
-        if (c >= chunks.size() || stop) {
+        const size_t k = next.fetch_add(1);
+        if (k >= pieces.size() || stop) {
           free_buffers.Push(b);
           break;
         }
         const auto tr = std::chrono::steady_clock::now();
-        Status s = read_chunk(buffers[static_cast<size_t>(b)], chunks[c]);
+        Result<size_t> start = fill(k, buffers[static_cast<size_t>(b)]);
         read_seconds[static_cast<size_t>(t)] += Since(tr);
-        if (!s.ok()) {
-          fail(s);
+        if (!start.ok()) {
+          fail(start.status());
           free_buffers.Push(b);
           break;
         }
-        staged.Push({b, c});
+        staged.Push({b, k, *start});
       }
       if (--readers_left == 0) staged.Close();
     });
@@ -361,27 +302,28 @@ Result<UploadStats> UploadFromFile(Device& dev, int fd, const std::vector<Region
     if (!s.ok()) fail(s.Prefixed("waiting for a weight copy"));
     free_buffers.Push(f.buffer);
   };
-  Staged s;
-  while (staged.Pop(&s)) {
+  Filled f;
+  while (staged.Pop(&f)) {
     if (stop) {
-      free_buffers.Push(s.buffer);
+      free_buffers.Push(f.buffer);
       continue;
     }
-    const Chunk& c = chunks[s.chunk];
+    const Piece& p = pieces[f.piece];
     const int stream = static_cast<int>(issued++ % static_cast<size_t>(streams));
-    Status cs = dev.CopyToDeviceAsync(c.dst, buffers[static_cast<size_t>(s.buffer)], c.size, stream);
+    const char* src = static_cast<const char*>(buffers[static_cast<size_t>(f.buffer)]) + f.start;
+    Status cs = dev.CopyToDeviceAsync(p.dst, src, p.size, stream);
     auto ev = cs.ok() ? dev.Record(stream) : Result<int>(cs);
     if (!ev.ok()) {
-      fail(ev.status().Prefixed("copying weights to the device at byte " + std::to_string(c.file_offset)));
-      free_buffers.Push(s.buffer);
+      fail(ev.status().Prefixed("copying weights to the device (" + where(f.piece) + ")"));
+      free_buffers.Push(f.buffer);
       continue;
     }
-    in_flight.push_back({s.buffer, *ev});
+    in_flight.push_back({f.buffer, *ev});
     // Keep readers fed: retire once no more than half the readers' worth of
     // the buffers allocated so far is left to them. While some buffer is not
     // in flight a reader holds it or will, so the copier never waits for a
-    // read that cannot come.
-    if (static_cast<int>(in_flight.size()) >= std::max(1, allocated.load() - opts.readers / 2)) retire_oldest();
+    // fill that cannot come.
+    if (static_cast<int>(in_flight.size()) >= std::max(1, allocated.load() - nreaders / 2)) retire_oldest();
   }
   while (!in_flight.empty()) retire_oldest();
   stop = true;  // the allocator stops early when the work is done before it
@@ -391,12 +333,179 @@ Result<UploadStats> UploadFromFile(Device& dev, int fd, const std::vector<Region
   // A copy whose marker could not be recorded may still read its buffer.
   if (!failure.status.ok()) dev.Sync();
   for (void* b : buffers) {
-    if (b) dev.FreePinned(b, opts.chunk_bytes);
+    if (b) dev.FreePinned(b, buffer_bytes);
   }
   if (!failure.status.ok()) return failure.status;
   for (double r : read_seconds) st.read_seconds += r;
   st.seconds = Since(t0);
   return st;
+}
+
+// O_DIRECT reads need page-aligned offsets, lengths and buffers (the
+// logical block size, 512 or 4096, divides a page).
+constexpr size_t kDirectAlign = 4096;
+
+// The file reopened with O_DIRECT through /proc/self/fd: its own open file
+// description, so the caller's fd keeps its flags. Fails (with the reason)
+// where the filesystem refuses O_DIRECT at open or at the first read.
+struct DirectFile {
+  int fd = -1;
+  ~DirectFile() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+Status OpenDirect(int fd, DirectFile* d) {
+  const std::string proc = "/proc/self/fd/" + std::to_string(fd);
+  d->fd = ::open(proc.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
+  if (d->fd < 0) return ErrnoError("open " + proc + " with O_DIRECT", errno);
+  // Some filesystems accept the open and refuse the reads: probe one block.
+  void* probe = std::aligned_alloc(kDirectAlign, kDirectAlign);
+  if (!probe) return Internal("out of memory for an O_DIRECT probe");
+  ssize_t r;
+  do {
+    r = ::pread(d->fd, probe, kDirectAlign, 0);
+  } while (r < 0 && errno == EINTR);
+  const int err = errno;
+  std::free(probe);
+  if (r < 0) return ErrnoError("O_DIRECT read of " + proc, err);
+  return Status();
+}
+
+// Reads [off, off + n) of the O_DIRECT file into buf (page-aligned, with
+// room for the aligned span around it); returns where the bytes start.
+Result<size_t> ReadDirect(int dfd, char* buf, uint64_t off, size_t n) {
+  const uint64_t lo = off / kDirectAlign * kDirectAlign;
+  const uint64_t need = off + n - lo;  // bytes from lo that must arrive
+  const size_t span = AlignUp(static_cast<size_t>(need), kDirectAlign);
+  size_t got = 0;
+  while (got < need) {
+    ssize_t r = ::pread(dfd, buf + got, span - got, static_cast<off_t>(lo + got));
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return ErrnoError("O_DIRECT read of weights at byte " + std::to_string(lo + got), errno);
+    if (r == 0) {
+      return Truncated("weights file ends at byte " + std::to_string(lo + got) + ", before the tensors do");
+    }
+    got += static_cast<size_t>(r);
+  }
+  return static_cast<size_t>(off - lo);
+}
+
+}  // namespace
+
+Result<UploadStats> UploadPieces(Device& dev, const std::vector<Piece>& pieces, size_t max_piece_bytes,
+                                 const FillFn& fill, const UploadOptions& opts) {
+  if (max_piece_bytes == 0 || opts.buffers < 1 || opts.readers < 1) {
+    return InvalidArgument("upload options: piece size, buffers and readers must be positive");
+  }
+  UploadStats st;
+  st.mode = "pieces";
+  for (size_t k = 0; k < pieces.size(); ++k) {
+    if (pieces[k].size > max_piece_bytes) {
+      return InvalidArgument("upload piece " + std::to_string(k) + " has " + std::to_string(pieces[k].size) +
+                             " bytes, more than the staging buffers' " + std::to_string(max_piece_bytes));
+    }
+    st.bytes += pieces[k].size;
+  }
+  auto where = [&](size_t k) { return "piece " + std::to_string(k) + " of " + std::to_string(pieces.size()); };
+  StagedFill staged = [&](size_t k, void* buf) -> Result<size_t> {
+    HB_RETURN_IF_ERROR(fill(k, buf).Prefixed(where(k)));
+    return size_t{0};
+  };
+  return RunStaged(dev, pieces, max_piece_bytes, staged, where, opts, st);
+}
+
+const char* ReadModeName(UploadOptions::ReadMode m) {
+  switch (m) {
+    case UploadOptions::ReadMode::kPread: return "pread";
+    case UploadOptions::ReadMode::kMmap: return "mmap";
+    case UploadOptions::ReadMode::kMmapPopulate: return "populate";
+    case UploadOptions::ReadMode::kRegister: return "register";
+    case UploadOptions::ReadMode::kDirect: return "direct";
+  }
+  return "?";
+}
+
+bool ParseReadMode(const std::string& s, UploadOptions::ReadMode* m) {
+  for (auto c : kReadModes) {
+    if (s == ReadModeName(c)) {
+      *m = c;
+      return true;
+    }
+  }
+  return false;
+}
+
+Result<UploadStats> UploadFromFile(Device& dev, int fd, const std::vector<Region>& regions,
+                                   const UploadOptions& opts) {
+  if (opts.chunk_bytes == 0 || opts.buffers < 1 || opts.readers < 1) {
+    return InvalidArgument("upload options: chunk_bytes, buffers and readers must be positive");
+  }
+  // Pieces end at multiples of chunk_bytes in the file: aligned reads for
+  // the direct mode, whatever the regions' offsets.
+  std::vector<Piece> pieces;
+  std::vector<uint64_t> piece_offsets;
+  UploadStats st;
+  for (const auto& r : regions) {
+    for (uint64_t off = r.file_offset, end = r.file_offset + r.size; off < end;) {
+      const uint64_t next = std::min<uint64_t>((off / opts.chunk_bytes + 1) * opts.chunk_bytes, end);
+      pieces.push_back({next - off, r.dst + (off - r.file_offset)});
+      piece_offsets.push_back(off);
+      off = next;
+    }
+    st.bytes += r.size;
+  }
+  if (pieces.empty()) return st;
+
+  // The mapped modes read through a mapping of the whole file; without one
+  // (mmap refused) the readers fall back to pread. The direct mode reads a
+  // second, O_DIRECT description of the file; refused, pread.
+  using Mode = UploadOptions::ReadMode;
+  FileMapping map;
+  DirectFile direct;
+  if (opts.mode == Mode::kDirect) {
+    if (Status d = OpenDirect(fd, &direct); !d.ok()) {
+      st.mode = "pread (O_DIRECT refused: " + d.message() + ")";
+      if (direct.fd >= 0) ::close(direct.fd), direct.fd = -1;
+    } else {
+      st.mode = "direct";
+    }
+  } else if (opts.mode != Mode::kPread && MapFile(fd, &map).ok()) {
+    HB_RETURN_IF_ERROR(CheckCovers(map, regions));
+    if (opts.mode == Mode::kRegister) {
+      auto r = UploadRegistered(dev, map, regions, opts);
+      if (r.ok() || r.status().code() != Code::kUnsupported) return r;
+      st.mode = "mmap (register refused: " + r.status().message() + ")";
+    }
+  }
+  if (st.mode.empty()) st.mode = map.ok() ? (opts.mode == Mode::kMmapPopulate ? "populate" : "mmap") : "pread";
+  const bool populate = opts.mode == Mode::kMmapPopulate;
+  const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  // Direct reads land an aligned span: room for a block before and after.
+  const size_t buffer_bytes = direct.fd >= 0 ? AlignUp(opts.chunk_bytes, kDirectAlign) + 2 * kDirectAlign
+                                             : opts.chunk_bytes;
+  StagedFill fill = [&](size_t k, void* dst) -> Result<size_t> {
+    const uint64_t off = piece_offsets[k];
+    const size_t n = static_cast<size_t>(pieces[k].size);
+    if (direct.fd >= 0 && reinterpret_cast<uintptr_t>(dst) % kDirectAlign == 0) {
+      return ReadDirect(direct.fd, static_cast<char*>(dst), off, n);
+    }
+    if (!map.ok()) {
+      HB_RETURN_IF_ERROR(ReadFully(fd, dst, n, off));
+      return size_t{0};
+    }
+    const char* src = map.at(off);
+    if (populate) {
+      // One call faults in the piece's pages; an older kernel (EINVAL) just
+      // takes the faults during the copy.
+      const uintptr_t lo = reinterpret_cast<uintptr_t>(src) / page * page;
+      ::madvise(reinterpret_cast<void*>(lo), reinterpret_cast<uintptr_t>(src) + n - lo, MADV_POPULATE_READ);
+    }
+    std::memcpy(dst, src, n);
+    return size_t{0};
+  };
+  auto where = [&](size_t k) { return "byte " + std::to_string(piece_offsets[k]) + " of the weights file"; };
+  return RunStaged(dev, pieces, buffer_bytes, fill, where, opts, st);
 }
 
 DeviceWeights::~DeviceWeights() { Reset(); }
@@ -407,36 +516,45 @@ DeviceWeights& DeviceWeights::operator=(DeviceWeights&& o) noexcept {
   if (this != &o) {
     Reset();
     dev_ = o.dev_, base_ = o.base_, reserved_ = o.reserved_, bytes_ = o.bytes_, resident_ = o.resident_;
-    offsets_ = std::move(o.offsets_), sizes_ = std::move(o.sizes_), file_offsets_ = std::move(o.file_offsets_);
+    adopted_ = o.adopted_, handle_ = o.handle_;
+    sizes_ = std::move(o.sizes_), file_offsets_ = std::move(o.file_offsets_);
     last_ = o.last_;
-    o.dev_ = nullptr, o.base_ = 0, o.reserved_ = 0, o.resident_ = false;
+    o.dev_ = nullptr, o.base_ = 0, o.reserved_ = 0, o.resident_ = false, o.adopted_ = false, o.handle_ = 0;
   }
   return *this;
 }
 
 void DeviceWeights::Reset() {
   if (!dev_ || !base_) return;
-  if (resident_) dev_->Unmap(base_, reserved_);
+  Release();
   dev_->FreeReservation(base_, reserved_);
   dev_ = nullptr, base_ = 0, reserved_ = 0, resident_ = false;
+}
+
+Result<uint64_t> DeviceWeights::ImageBytes(size_t granularity, const std::vector<uint64_t>& file_offsets,
+                                           const std::vector<uint64_t>& sizes) {
+  if (file_offsets.size() != sizes.size()) return InvalidArgument("DeviceWeights: offsets and sizes differ in count");
+  if (granularity == 0) return Internal("device reports a zero allocation granularity");
+  uint64_t end = 0;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    if (sizes[i] > UINT64_MAX / 2 || file_offsets[i] > UINT64_MAX / 2 - sizes[i]) {
+      return InvalidArgument("DeviceWeights: tensor " + std::to_string(i) + " ends past any file (offset " +
+                             std::to_string(file_offsets[i]) + ", size " + std::to_string(sizes[i]) + ")");
+    }
+    end = std::max(end, file_offsets[i] + sizes[i]);
+  }
+  return AlignUp(std::max<uint64_t>(end, 1), granularity);
 }
 
 Result<DeviceWeights> DeviceWeights::Load(Device& dev, const std::string& path,
                                           const std::vector<uint64_t>& file_offsets,
                                           const std::vector<uint64_t>& sizes, const UploadOptions& opts) {
-  if (file_offsets.size() != sizes.size()) return InvalidArgument("DeviceWeights: offsets and sizes differ in count");
   DeviceWeights w;
-  const size_t g = dev.Granularity();
-  if (g == 0) return Internal("device reports a zero allocation granularity");
-  size_t total = 0;
-  for (uint64_t s : sizes) {
-    w.offsets_.push_back(total);
-    total += AlignUp(static_cast<size_t>(s), g);
-    w.bytes_ += s;
-  }
+  HB_ASSIGN_OR_RETURN(uint64_t image, ImageBytes(dev.Granularity(), file_offsets, sizes));
+  for (uint64_t s : sizes) w.bytes_ += s;
   w.sizes_ = sizes;
   w.file_offsets_ = file_offsets;
-  w.reserved_ = std::max(total, g);
+  w.reserved_ = static_cast<size_t>(image);
   HB_ASSIGN_OR_RETURN(w.base_, dev.Reserve(w.reserved_));
   w.dev_ = &dev;
   HB_ASSIGN_OR_RETURN(w.last_, w.MapAndUpload(path, opts));
@@ -453,7 +571,7 @@ Result<UploadStats> DeviceWeights::MapAndUpload(const std::string& path, const U
     return s;
   }
   std::vector<Region> regions;
-  for (size_t i = 0; i < sizes_.size(); ++i) regions.push_back({file_offsets_[i], sizes_[i], base_ + offsets_[i]});
+  for (size_t i = 0; i < sizes_.size(); ++i) regions.push_back({file_offsets_[i], sizes_[i], base_ + file_offsets_[i]});
   auto st = UploadFromFile(*dev_, fd, regions, opts);
   ::close(fd);
   if (!st.ok()) {
@@ -467,6 +585,10 @@ Status DeviceWeights::Release() {
   if (!dev_ || !resident_) return Status();
   HB_RETURN_IF_ERROR(dev_->Unmap(base_, reserved_).Prefixed("releasing the weights' device memory"));
   resident_ = false;
+  if (adopted_) {
+    adopted_ = false;
+    HB_RETURN_IF_ERROR(dev_->ReleaseHandle(handle_).Prefixed("releasing the adopted weights' memory handle"));
+  }
   return Status();
 }
 
@@ -475,6 +597,62 @@ Result<UploadStats> DeviceWeights::Restore(const std::string& path, const Upload
   if (resident_) return FailedPrecondition("device weights are still resident; Release them first");
   HB_ASSIGN_OR_RETURN(last_, MapAndUpload(path, opts));
   return last_;
+}
+
+Status DeviceWeights::AdoptShareable(int fd) {
+  if (!dev_) return FailedPrecondition("no device weights to adopt memory for");
+  if (resident_) return FailedPrecondition("device weights are still resident; Release them first");
+  HB_ASSIGN_OR_RETURN(uint64_t h, dev_->ImportFd(fd));
+  if (Status s = dev_->MapHandle(base_, reserved_, h); !s.ok()) {
+    dev_->ReleaseHandle(h);
+    return s.Prefixed("mapping the restorer's weights (" + std::to_string(reserved_) + " bytes) at the weights' addresses");
+  }
+  handle_ = h, adopted_ = true, resident_ = true;
+  last_ = UploadStats();
+  last_.bytes = bytes_;
+  last_.mode = "adopted";
+  return Status();
+}
+
+ShareableWeights::ShareableWeights(ShareableWeights&& o) noexcept { *this = std::move(o); }
+
+ShareableWeights& ShareableWeights::operator=(ShareableWeights&& o) noexcept {
+  if (this != &o) {
+    Reset();
+    dev_ = o.dev_, base_ = o.base_, bytes_ = o.bytes_, handle_ = o.handle_, has_handle_ = o.has_handle_;
+    mapped_ = o.mapped_;
+    o.dev_ = nullptr, o.base_ = 0, o.bytes_ = 0, o.handle_ = 0, o.has_handle_ = false, o.mapped_ = false;
+  }
+  return *this;
+}
+
+Result<ShareableWeights> ShareableWeights::Create(Device& dev, uint64_t bytes) {
+  const size_t g = dev.Granularity();
+  if (g == 0) return Internal("device reports a zero allocation granularity");
+  if (bytes == 0 || bytes > UINT64_MAX / 2) return InvalidArgument("shareable weights of " + std::to_string(bytes) + " bytes");
+  ShareableWeights w;
+  w.bytes_ = AlignUp(bytes, g);
+  HB_ASSIGN_OR_RETURN(w.base_, dev.Reserve(w.bytes_));
+  w.dev_ = &dev;
+  auto h = dev.CreateShareable(w.bytes_);
+  if (!h.ok()) return h.status().Prefixed("shareable device memory for the weights");
+  w.handle_ = *h, w.has_handle_ = true;
+  HB_RETURN_IF_ERROR(dev.MapHandle(w.base_, w.bytes_, w.handle_).Prefixed("mapping shareable device memory"));
+  w.mapped_ = true;
+  return w;
+}
+
+Result<int> ShareableWeights::ExportFd() const {
+  if (!dev_ || !has_handle_) return FailedPrecondition("no shareable weights to export");
+  return dev_->ExportFd(handle_);
+}
+
+void ShareableWeights::Reset() {
+  if (!dev_) return;
+  if (mapped_) dev_->Unmap(base_, bytes_);
+  if (has_handle_) dev_->ReleaseHandle(handle_);
+  if (base_) dev_->FreeReservation(base_, bytes_);
+  dev_ = nullptr, base_ = 0, bytes_ = 0, handle_ = 0, has_handle_ = false, mapped_ = false;
 }
 
 }  // namespace hotboot::gpu

@@ -227,6 +227,38 @@ class SnapshotReader {
   // One chunk's decoded bytes, checked (random access).
   Result<std::string> ReadChunk(std::string_view section, size_t chunk) const;
 
+  // Decoding a section chunk by chunk into the caller's memory (a weights
+  // upload into pinned staging buffers, hotboot/gpu_memory.h UploadSection).
+  // Where each chunk's bytes go in the section; a ref section's chunks are
+  // the base snapshot's.
+  struct ChunkSpan {
+    uint64_t raw_offset = 0;
+    uint64_t raw_size = 0;
+  };
+  struct SectionLayout {
+    uint64_t raw_size = 0;
+    uint64_t max_chunk_raw = 0;  // the largest chunk's raw size (<= kMaxChunkRaw)
+    std::vector<ChunkSpan> chunks;
+  };
+  Result<SectionLayout> SectionChunks(std::string_view section) const;
+  // Per-thread state of DecodeChunkTo (a read buffer and a zstd decoder):
+  // one per thread, reused across chunks and sections.
+  struct ChunkScratch {
+    ChunkScratch();
+    ~ChunkScratch();
+    ChunkScratch(ChunkScratch&&) noexcept;
+    ChunkScratch& operator=(ChunkScratch&&) noexcept;
+    std::string bytes;
+    std::unique_ptr<ChunkDecoder> decoder;
+  };
+  // Chunk `chunk` of `section` decoded into out (its raw_size bytes; a zero
+  // chunk fills zeros), checked as ReadChunk checks it: the stored bytes'
+  // SHA-256 against the trust record when the file has one, the chunk's
+  // stored and raw XXH3. A single chunk has no section content hash to fall
+  // back on, so the raw XXH3 is always checked. Thread-safe with distinct
+  // scratches.
+  Status DecodeChunkTo(std::string_view section, size_t chunk, char* out, ChunkScratch& scratch) const;
+
  private:
   using Sink = std::function<Status(const SectionInfo&, const ChunkInfo&, uint64_t raw_offset, std::string_view)>;
   // Both check every chunk and every section's content hash. kOrdered: the

@@ -14,10 +14,16 @@
 // run time; tests use a host-memory fake that injects faults.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <string_view>
+#include <thread>
 #include <vector>
 
 #include "hotboot/status.h"
@@ -57,6 +63,37 @@ class Device {
   // not overlap one already registered. kUnsupported where the device cannot.
   virtual Status RegisterHost(const void* p, size_t n) = 0;
   virtual Status UnregisterHost(const void* p) = 0;
+
+  // Shareable physical memory (CUDA VMM with POSIX file descriptor handles:
+  // cuMemCreate with CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR,
+  // cuMemExportToShareableHandle, cuMemImportFromShareableHandle): the
+  // restorer uploads the weights into memory that the restored server then
+  // maps at its own reserved addresses, with no copy. Handles are opaque.
+  // Devices without it answer kUnsupported.
+  //
+  // New physical memory, `size` a multiple of Granularity(), that another
+  // process can import; the caller releases the handle (ReleaseHandle).
+  virtual Result<uint64_t> CreateShareable(size_t /*size*/) {
+    return Status(Code::kUnsupported, Name() + " cannot create shareable memory");
+  }
+  // Maps the handle's memory at [va, va+size) of a reservation, readable and
+  // writable. Unmap(va, size) undoes it; the handle stays the caller's (the
+  // memory lives until it is unmapped everywhere and every handle released).
+  virtual Status MapHandle(DevicePtr /*va*/, size_t /*size*/, uint64_t /*handle*/) {
+    return Status(Code::kUnsupported, Name() + " cannot map shareable memory");
+  }
+  // A new file descriptor for the handle's memory (close-on-exec as the
+  // driver makes it); the caller closes it.
+  virtual Result<int> ExportFd(uint64_t /*handle*/) {
+    return Status(Code::kUnsupported, Name() + " cannot export shareable memory");
+  }
+  // A handle for memory another process exported (the fd stays the caller's).
+  virtual Result<uint64_t> ImportFd(int /*fd*/) {
+    return Status(Code::kUnsupported, Name() + " cannot import shareable memory");
+  }
+  virtual Status ReleaseHandle(uint64_t /*handle*/) {
+    return Status(Code::kUnsupported, Name() + " has no shareable memory handles");
+  }
 };
 
 // The CUDA device `ordinal` through libcuda.so.1 (primary context, `streams`
@@ -81,7 +118,12 @@ struct UploadOptions {
   //                  mapped file (chunk_bytes, page-aligned) and the copies
   //                  read the page cache directly; falls back to kMmap when
   //                  the device cannot register read-only host memory
-  enum class ReadMode { kPread, kMmap, kMmapPopulate, kRegister };
+  //   kDirect:       O_DIRECT reads (the file reopened through
+  //                  /proc/self/fd) of page-aligned spans straight into the
+  //                  pinned staging buffers, bypassing the page cache (a file
+  //                  on disk that is not cached); falls back to kPread where
+  //                  the filesystem refuses O_DIRECT
+  enum class ReadMode { kPread, kMmap, kMmapPopulate, kRegister, kDirect };
   ReadMode mode = ReadMode::kMmap;
 };
 
@@ -108,14 +150,46 @@ struct Region {
 
 inline constexpr UploadOptions::ReadMode kReadModes[] = {
     UploadOptions::ReadMode::kPread, UploadOptions::ReadMode::kMmap, UploadOptions::ReadMode::kMmapPopulate,
-    UploadOptions::ReadMode::kRegister};
+    UploadOptions::ReadMode::kRegister, UploadOptions::ReadMode::kDirect};
 const char* ReadModeName(UploadOptions::ReadMode m);
-// "pread", "mmap", "populate" or "register"; false for anything else.
+// "pread", "mmap", "populate", "register" or "direct"; false for anything else.
 bool ParseReadMode(const std::string& s, UploadOptions::ReadMode* m);
 
-// Streams `regions` of the open file `fd` to the device (see the top).
+// The general upload pipeline (the file and the snapshot paths both use it):
+// `opts.readers` threads take the pieces in order, each fills a free pinned
+// staging buffer (`max_piece_bytes` each, at most `opts.buffers` of them,
+// allocated once beside the pipeline and reused) with the piece's bytes
+// through `fill`, and this thread copies the buffers round-robin over the
+// device's streams, handing each buffer back once its copy is done.
+// opts.chunk_bytes and opts.mode are not used here. On failure the first
+// error is returned (fill's prefixed with the piece), every copy has
+// finished and no staging memory is left.
+struct Piece {
+  uint64_t size = 0;  // <= max_piece_bytes
+  DevicePtr dst = 0;
+};
+// Writes piece `piece`'s `size` bytes at pinned_dst; called on any reader
+// thread, concurrently for different pieces.
+using FillFn = std::function<Status(size_t piece, void* pinned_dst)>;
+Result<UploadStats> UploadPieces(Device& dev, const std::vector<Piece>& pieces, size_t max_piece_bytes,
+                                 const FillFn& fill, const UploadOptions& opts = {});
+
+// Streams `regions` of the open file `fd` to the device (see the top):
+// pieces of opts.chunk_bytes read as opts.mode says.
 Result<UploadStats> UploadFromFile(Device& dev, int fd, const std::vector<Region>& regions,
                                    const UploadOptions& opts = {});
+
+// A snapshot section straight to the device: the section's chunks are the
+// pieces (chunk k to dst + its raw offset), each decoded and checked into the
+// pinned staging buffer by the reader (SHA-256 against the trust record,
+// XXH3s: SnapshotReader::DecodeChunkTo), one ChunkScratch per reader thread.
+// A template over the reader so that this library does not link the format
+// library: use it with hotboot::snapfile::SnapshotReader
+// (hotboot/snapshot_file.h). Decoding costs CPU: give it opts.readers =
+// the hardware threads. dst must have the section's raw size mapped.
+template <typename Reader>
+Result<UploadStats> UploadSection(Device& dev, const Reader& reader, std::string_view section, DevicePtr dst,
+                                  const UploadOptions& opts = {});
 
 // Weights on the device at addresses that outlive a capture.
 class DeviceWeights {
@@ -125,22 +199,41 @@ class DeviceWeights {
   DeviceWeights(DeviceWeights&& o) noexcept;
   DeviceWeights& operator=(DeviceWeights&& o) noexcept;
 
-  // Reserves one range for `sizes` (each aligned to the granularity), maps
-  // memory and uploads each tensor i from `file_offsets[i]` of `path`.
+  // The device memory is the file's image: one reservation of image_bytes()
+  // (the end of the last tensor in the file, rounded up to the granularity),
+  // tensor i at base + file_offsets[i] (the GPU weights file puts every tensor
+  // at a 64 KiB-aligned offset), so that whoever uploads the file's bytes in
+  // order (the restorer, ShareableWeights) lays them out as this process
+  // expects. Maps memory and uploads each tensor from `path`.
   static Result<DeviceWeights> Load(Device& dev, const std::string& path, const std::vector<uint64_t>& file_offsets,
                                     const std::vector<uint64_t>& sizes, const UploadOptions& opts = {});
+  // The image size a file with these tensors needs (what the restorer passes
+  // to ShareableWeights::Create); InvalidArgument when the lists differ in
+  // length or an offset + size overflows.
+  static Result<uint64_t> ImageBytes(size_t granularity, const std::vector<uint64_t>& file_offsets,
+                                     const std::vector<uint64_t>& sizes);
 
-  DevicePtr ptr(size_t i) const { return base_ + offsets_.at(i); }
-  size_t count() const { return offsets_.size(); }
-  uint64_t bytes() const { return bytes_; }
+  DevicePtr ptr(size_t i) const { return base_ + file_offsets_.at(i); }
+  DevicePtr base() const { return base_; }
+  size_t count() const { return file_offsets_.size(); }
+  uint64_t bytes() const { return bytes_; }  // the tensors' bytes
+  uint64_t image_bytes() const { return reserved_; }
   bool resident() const { return resident_; }
   const UploadStats& last_upload() const { return last_; }
 
-  // Before a capture: the memory goes, the addresses stay.
+  // Before a capture: the memory goes (an adopted allocation's handle
+  // released too), the addresses stay.
   Status Release();
   // After a restore: memory at the same addresses, bytes streamed back from
   // `path` (the weights file, which the restore put on this host).
   Result<UploadStats> Restore(const std::string& path, const UploadOptions& opts = {});
+  // After a restore, instead of Restore: the restorer already uploaded the
+  // file's image into shareable memory (ShareableWeights) and handed this
+  // process `fd` (its export, e.g. through pidfd_getfd): imports it and maps
+  // it over the whole reservation. The fd stays the caller's to close.
+  // kFailedPrecondition when resident already; on any failure nothing stays
+  // mapped or imported.
+  Status AdoptShareable(int fd);
 
  private:
   Result<UploadStats> MapAndUpload(const std::string& path, const UploadOptions& opts);
@@ -151,8 +244,67 @@ class DeviceWeights {
   size_t reserved_ = 0;
   uint64_t bytes_ = 0;
   bool resident_ = false;
-  std::vector<uint64_t> offsets_, sizes_, file_offsets_;
+  bool adopted_ = false;  // resident through AdoptShareable: handle_ to release
+  uint64_t handle_ = 0;
+  std::vector<uint64_t> sizes_, file_offsets_;
   UploadStats last_;
 };
+
+// Device memory another process can map: what the restorer uploads the
+// weights into (overlapped with CRIU's and the driver's restore) and hands
+// to the restored server (DeviceWeights::AdoptShareable). A reservation
+// with one shareable allocation mapped over it, in this process.
+class ShareableWeights {
+ public:
+  ShareableWeights() = default;
+  ~ShareableWeights() { Reset(); }
+  ShareableWeights(ShareableWeights&& o) noexcept;
+  ShareableWeights& operator=(ShareableWeights&& o) noexcept;
+
+  // `bytes` rounded up to the granularity (DeviceWeights::ImageBytes gives
+  // the size the server's DeviceWeights maps); reserved, created, mapped.
+  static Result<ShareableWeights> Create(Device& dev, uint64_t bytes);
+
+  DevicePtr base() const { return base_; }
+  uint64_t bytes() const { return bytes_; }
+  // A new fd for the memory (the caller closes it; send it, or let the
+  // server take it with pidfd_getfd).
+  Result<int> ExportFd() const;
+  // Unmaps, releases the handle, frees the reservation here; the memory
+  // lives on in whoever imported it.
+  void Reset();
+
+ private:
+  Device* dev_ = nullptr;
+  DevicePtr base_ = 0;
+  uint64_t bytes_ = 0;
+  uint64_t handle_ = 0;
+  bool has_handle_ = false;
+  bool mapped_ = false;
+};
+
+template <typename Reader>
+Result<UploadStats> UploadSection(Device& dev, const Reader& reader, std::string_view section, DevicePtr dst,
+                                  const UploadOptions& opts) {
+  HB_ASSIGN_OR_RETURN(auto layout, reader.SectionChunks(section));
+  std::vector<Piece> pieces;
+  pieces.reserve(layout.chunks.size());
+  for (const auto& c : layout.chunks) pieces.push_back({c.raw_size, dst + c.raw_offset});
+  std::mutex mu;
+  std::map<std::thread::id, std::unique_ptr<typename Reader::ChunkScratch>> scratch;
+  auto fill = [&](size_t k, void* pinned) -> Status {
+    typename Reader::ChunkScratch* s;
+    {
+      std::lock_guard l(mu);
+      auto& slot = scratch[std::this_thread::get_id()];
+      if (!slot) slot = std::make_unique<typename Reader::ChunkScratch>();
+      s = slot.get();
+    }
+    return reader.DecodeChunkTo(section, k, static_cast<char*>(pinned), *s);
+  };
+  HB_ASSIGN_OR_RETURN(UploadStats st, UploadPieces(dev, pieces, std::max<uint64_t>(layout.max_chunk_raw, 1), fill, opts));
+  st.mode = "snapshot";
+  return st;
+}
 
 }  // namespace hotboot::gpu
