@@ -37,6 +37,12 @@ int main(int argc, char** argv) {
   app.add_flag("--control-stdio", control,
                "Take hotboot's control commands as JSON lines on stdin, answer on stdout (server/CONTROL.md)");
   app.footer(
+      "GPU-only models: one over 4e9 parameters (hotboot-mkmodel --preset 8b, Llama-3-8B's shape,\n"
+      "~16 GB) is served on a CUDA GPU only: with --device cpu, or auto on a host without a usable\n"
+      "GPU, the server refuses it from its header, before reading any weight, and exits 3.\n"
+      "Exit codes: 0 stopped, 1 the model failed to load or warm up, 2 the port could not be bound,\n"
+      "3 the model cannot be served on this host's device.\n"
+      "\n"
       "Environment:\n"
       "  HOTBOOT_WEIGHTS_DIR  Where the packed weights go: a file mapped shared, so that a snapshot\n"
       "                       stores it once and restored replicas map it. Default:\n"

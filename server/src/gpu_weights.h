@@ -40,12 +40,21 @@ GpuWeightLayout PlanGpuWeights(const ModelConfig& c);
 struct GpuWeightsFile {
   std::string path;  // <dir>/gpu-weights-<xxh3-128>.bin
   GpuWeightLayout layout;
-  double read_ms = 0, convert_ms = 0;
+  // read_ms: the parallel pass (reads, conversions and the overlapped hash)
+  // from first read to last; convert_ms: conversion time summed over the
+  // readers (fp16 sources and norms only); hash_ms: the content hash's tail
+  // after the last read.
+  double read_ms = 0, convert_ms = 0, hash_ms = 0;
 };
 
 // Reads the model's tensors from `f`, converts them to the layout and writes
 // the file into `dir` (atomically: a temporary, then a rename to its
-// content-addressed name).
-Result<GpuWeightsFile> WriteGpuWeightsFile(const SafetensorsFile& f, const ModelConfig& c, const std::string& dir);
+// content-addressed name). `threads` readers (<= 0: one per CPU) take ~8 MiB
+// pieces in file order, bf16 read straight into the file's mapping, while
+// one thread hashes the written prefix: no tensor is held whole in memory
+// (memory: a reader's piece, twice for fp16), and the bytes and the name do
+// not depend on the thread count.
+Result<GpuWeightsFile> WriteGpuWeightsFile(const SafetensorsFile& f, const ModelConfig& c, const std::string& dir,
+                                           int threads = 0);
 
 }  // namespace hotboot

@@ -9,6 +9,7 @@
 #include <xxhash.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 
 #include <algorithm>
@@ -32,6 +33,15 @@ using Clock = std::chrono::steady_clock;
 namespace {
 
 double MsSince(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
+
+// What the CPU model says to a GPU-only model, before reading any tensor.
+Status CpuRefusal(const std::string& path, const ModelConfig& c) {
+  char n[32];
+  std::snprintf(n, sizeof n, "%.2fe9", static_cast<double>(ParameterCount(c)) / 1e9);
+  return FailedPrecondition(path + ": a model of " + n +
+                            " parameters is GPU only (the CPU model serves up to 4e9): serve it on a host with a "
+                            "CUDA GPU (--device cuda or auto), or make a smaller model (hotboot-mkmodel --preset 1b)");
+}
 
 enum Mat { kQkv, kO, kGateUp, kDown, kHead, kMatCount };
 const char* kMatNames[kMatCount] = {"qkv", "o", "gate_up", "down", "lm_head"};
@@ -183,6 +193,7 @@ Result<std::unique_ptr<Model>> LlamaModel::Load(const std::string& path, const L
   if (it == f.metadata().end()) return Corrupt(path + ": no '" + std::string(kConfigKey) + "' in __metadata__: not a hotboot model");
   auto cfg = ConfigFromJson(it->second);
   if (!cfg.ok()) return cfg.status().Prefixed(path);
+  if (GpuOnly(*cfg)) return CpuRefusal(path, *cfg);
   auto m = std::make_unique<LlamaModel>();
   m->cfg_ = *cfg;
   const ModelConfig& c = m->cfg_;
@@ -519,6 +530,17 @@ Result<std::vector<GenerateResult>> LlamaModel::Generate(const std::vector<Gener
 }
 
 }  // namespace
+
+Status CheckServable(const std::string& path, const std::string& device) {
+  HB_ASSIGN_OR_RETURN(SafetensorsFile f, SafetensorsFile::Open(path));
+  auto it = f.metadata().find(kConfigKey);
+  if (it == f.metadata().end()) return Corrupt(path + ": no '" + std::string(kConfigKey) + "' in __metadata__: not a hotboot model");
+  auto cfg = ConfigFromJson(it->second);
+  if (!cfg.ok()) return cfg.status().Prefixed(path);
+  if (!GpuOnly(*cfg) || device == "cuda") return Status::Ok();
+  if (device == "auto" && GpuUsable()) return Status::Ok();
+  return CpuRefusal(path, *cfg);
+}
 
 Result<std::unique_ptr<Model>> Model::Load(const std::string& path, const LoadOptions& opts, LoadTimings* timings) {
   if (opts.device != "cpu") {

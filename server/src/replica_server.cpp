@@ -392,7 +392,7 @@ void ReplicaServer::Impl::WorkerLoop() {
 
 void ReplicaServer::Impl::Boot() {
   if (!BootSteps()) {
-    exit_code = 1;
+    if (exit_code == 0) exit_code = 1;
     asio::post(ioc, [this] { ioc.stop(); });  // a server that cannot boot exits
   }
 }
@@ -400,6 +400,16 @@ void ReplicaServer::Impl::Boot() {
 bool ReplicaServer::Impl::BootSteps() {
   const auto t_boot = Clock::now();
   SetState(ReplicaState::kLoading);
+  if (!opts.loader) {
+    // A GPU-only model on a host that would run it on the CPU: refused from
+    // its header, before 16 GB are read (exit code 3, main.cpp).
+    if (Status s = CheckServable(opts.model_path, opts.device); !s.ok()) {
+      Log("error: " + s.message());
+      SetState(ReplicaState::kFailed, s.message());
+      if (s.code() == Code::kFailedPrecondition) exit_code = kExitNotServableHere;
+      return false;
+    }
+  }
   LoadTimings lt;
   auto loaded = opts.loader ? opts.loader(opts.model_path, &lt) : Model::Load(opts.model_path, LoadOptions{opts.threads, "", opts.device}, &lt);
   if (!loaded.ok()) {

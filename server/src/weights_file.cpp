@@ -106,10 +106,16 @@ Result<MappedTemp> CreateMappedTemp(const std::string& dir, const std::string& p
 }
 
 Result<std::string> PublishByContent(const std::string& dir, const std::string& tmp_path, const std::string& kind,
-                                     const uint8_t* bytes, size_t size) {
+                                     const uint8_t* bytes, size_t size, const snapfile::Digest128* known_hash) {
   HB_ASSIGN_OR_RETURN(SafeDir sd, SafeDir::Open(dir));
-  const XXH128_hash_t h = XXH3_128bits(bytes, size);
-  const std::string name = kind + "-" + snapfile::Digest128{h.high64, h.low64}.Hex() + ".bin";
+  snapfile::Digest128 d;
+  if (known_hash) {
+    d = *known_hash;
+  } else {
+    const XXH128_hash_t h = XXH3_128bits(bytes, size);
+    d = {h.high64, h.low64};
+  }
+  const std::string name = kind + "-" + d.Hex() + ".bin";
   const std::string tmp = std::filesystem::path(tmp_path).filename().string();
   // Never replace a file of that name: a replica or a build may map it, and
   // a build refuses a server that maps a deleted file. When one is there

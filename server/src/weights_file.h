@@ -49,8 +49,10 @@ struct MappedTemp {
 // with the same bytes is kept, and the caller's mapping is moved onto it
 // (MAP_FIXED, read-only, same address), so the process maps the published
 // file and never a deleted one.
+// `known_hash`: the XXH3-128 of the bytes when the caller computed it already
+// (while writing them), so it is not computed again.
 Result<std::string> PublishByContent(const std::string& dir, const std::string& tmp_path, const std::string& kind,
-                                     const uint8_t* bytes, size_t size);
+                                     const uint8_t* bytes, size_t size, const snapfile::Digest128* known_hash = nullptr);
 
 Result<MappedTemp> CreateMappedTemp(const std::string& dir, const std::string& prefix, size_t bytes,
                                     NoRoomAdvice advice, FreeBytesFn free_bytes = &FreeBytes);

@@ -48,6 +48,9 @@ class SafetensorsFile {
   Status Read(const TensorInfo& t, void* dst) const;
   uint64_t file_size() const { return file_size_; }
   const std::string& path() const { return path_; }
+  // The open file, for callers that read many ranges at once (pread is
+  // thread-safe); tensors' ranges were checked against the file by Open.
+  int fd() const { return fd_; }
 
  private:
   std::string path_;
@@ -59,20 +62,40 @@ class SafetensorsFile {
 
 class SafetensorsWriter {
  public:
-  // Fills exactly dst.size() bytes of one tensor; called once per tensor, in
-  // the order they were added, so a large file is streamed, never held.
+  // Fills exactly dst.size() bytes: the whole tensor, in one call.
   using FillFn = std::function<Status(std::span<std::byte> dst)>;
+  // Fills bytes [offset, offset + dst.size()) of one tensor. The writer cuts
+  // a tensor into chunks and fills them on several threads at once, so the
+  // function must be thread-safe and give the same bytes for a byte range
+  // however the tensor is cut (e.g. a random stream per fixed-size block).
+  using RangeFillFn = std::function<Status(uint64_t offset, std::span<std::byte> dst)>;
   void SetMetadata(std::string key, std::string value);
+  // Both kinds of fill may run concurrently with other tensors' fills.
   void AddTensor(std::string name, DType dtype, std::vector<int64_t> shape, FillFn fill);
-  // Writes path + ".tmp.<pid>", fsyncs, renames; removes the temporary on failure.
-  Status WriteAtomic(const std::string& path);
+  void AddTensorRanges(std::string name, DType dtype, std::vector<int64_t> shape, RangeFillFn fill);
+
+  struct WriteOptions {
+    int threads = 0;                    // fill-and-write threads; <= 0: one per online CPU
+    size_t chunk_bytes = 8u << 20;      // a range-filled tensor's chunk: memory is threads x chunk
+    // Bytes of tensor data written so far, out of the total; called from the
+    // writing threads, one call at a time.
+    std::function<void(uint64_t done, uint64_t total)> progress;
+  };
+  // Writes path + ".tmp.<pid>" (its file system's free space checked first:
+  // a full disk fails before any tensor is made), fills and writes the tensors in
+  // parallel at their offsets (pwrite: the header fixes them up front; no
+  // whole-file buffer), fsyncs, renames; removes the temporary on failure.
+  // The bytes do not depend on the thread count or the chunk size.
+  Status WriteAtomic(const std::string& path, const WriteOptions& opts);
+  Status WriteAtomic(const std::string& path) { return WriteAtomic(path, WriteOptions{}); }
 
  private:
   struct Pending {
     std::string name;
     DType dtype;
     std::vector<int64_t> shape;
-    FillFn fill;
+    FillFn fill;        // one of the two
+    RangeFillFn range;
   };
   std::map<std::string, std::string> metadata_;
   std::vector<Pending> tensors_;

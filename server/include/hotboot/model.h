@@ -68,6 +68,12 @@ struct LoadOptions {
   std::string device = "auto";
 };
 
+// Whether the model at `path` can be served on `device` ("auto", "cpu",
+// "cuda") here: a GPU-only model (presets.h GpuOnly: over 4e9 parameters)
+// is kFailedPrecondition on "cpu", and on "auto" when no CUDA GPU is usable.
+// Reads the file's header (its config) only, never a tensor.
+Status CheckServable(const std::string& path, const std::string& device);
+
 struct GenerateRequest {
   std::vector<int32_t> prompt;  // already tokenized, BOS included by the caller
   int max_tokens = 16;

@@ -42,6 +42,11 @@ struct ServerOptions {
 
 using Logger = std::function<void(const std::string& line)>;
 
+// Run's exit code when the model cannot be served on this host's device (a
+// GPU-only model with --device cpu, or auto without a usable GPU); 1 is any
+// other boot failure, 2 a listener that could not bind.
+inline constexpr int kExitNotServableHere = 3;
+
 class ReplicaServer {
  public:
   ReplicaServer(ServerOptions opts, Logger log);

@@ -525,6 +525,8 @@ Result<double> GpuLlamaModel::RestoreDevice() {
 
 }  // namespace
 
+bool GpuUsable() { return kg::DeviceCount() > 0; }
+
 Result<std::unique_ptr<Model>> LoadGpuModel(const std::string& path, const LoadOptions& opts, LoadTimings* timings) {
   return GpuLlamaModel::Load(path, opts, timings);
 }

@@ -4,6 +4,8 @@
 
 namespace hotboot {
 
+bool GpuUsable() { return false; }
+
 Result<std::unique_ptr<Model>> LoadGpuModel(const std::string&, const LoadOptions&, LoadTimings*) {
   return NotFound("this hotboot-server was built without the CUDA toolkit, so it has no GPU kernels");
 }
