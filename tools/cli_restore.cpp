@@ -40,6 +40,7 @@ struct RestoreArgs {
   std::string log_file;
   std::string work_dir;
   std::string cuda_lib;
+  std::string gpu_weights = "auto";
   int verify_timeout_s = 120;
   int criu_timeout_s = 300;
   TrustArgs trust;
@@ -370,6 +371,7 @@ int RunRestore(const RestoreArgs& a, const ProcessStart& start) {
   o.criu_timeout = std::chrono::seconds(a.criu_timeout_s);
   o.skip_latency_check = a.no_latency_check;
   o.log_file = a.log_file;
+  ParseGpuWeightsMode(a.gpu_weights, &o.gpu_weights);  // CLI11 checked it
   if (a.detach && o.log_file.empty()) {
     const char* t = std::getenv("TMPDIR");
     o.log_file = std::string(t && *t ? t : "/tmp") + "/hotboot-replica-" + std::to_string(a.port ? a.port : ::getpid()) + ".log";
@@ -493,6 +495,9 @@ int RunRestore(const RestoreArgs& a, const ProcessStart& start) {
   }
   RestoreResult& res = *r;
   EndStatusLine();
+  if (res.gpu_weights && res.gpu_weights->mode != "handoff") {
+    Note("GPU weights: the server uploaded them itself (" + res.gpu_weights->reason + ")");
+  }
   obs.Ready(res);
   // The replica is ready and every chunk it was made of was checked. What
   // was fetched is checked blob by blob and kept in the node cache after the
@@ -542,6 +547,7 @@ int RunRestore(const RestoreArgs& a, const ProcessStart& start) {
     if (!res.cold) out["trust"] = TrustJson(res.trust, &o.trust);
     if (!unverified.empty()) out["trust_warning"] = unverified;
     if (remote) out["fetch"] = fetched;
+    if (res.gpu_weights) out["gpu_weights"] = res.gpu_weights->ToJson();
     if (a.metrics_port >= 0) out["metrics_port"] = obs.served_port();
     std::printf("%s\n", out.dump().c_str());
   } else {
@@ -607,6 +613,15 @@ Runner AddRestore(CLI::App& app) {
   app.add_option("--log", a->log_file, "Replica log file (default with --detach: $TMPDIR/hotboot-replica-PORT.log)");
   app.add_option("--cuda-lib", a->cuda_lib,
                  "CUDA driver library for GPU snapshots (default: libcuda.so.1 when the host has one)");
+  app.add_option("--gpu-weights", a->gpu_weights,
+                 "How a GPU snapshot's weights file gets back onto the device. handoff: this process uploads it "
+                 "(from the weights directory, or straight from the snapshot) into shareable device memory beside "
+                 "the CRIU and driver restore, and the server maps that memory in after_restore; refused with exit 3 "
+                 "(incompatible host) where this process cannot open the GPU or make shareable memory. server: the "
+                 "file goes into the weights directory and the server uploads it (as before). auto: handoff where "
+                 "it can be done, else server, saying why (--json: gpu_weights)")
+      ->check(CLI::IsMember({"auto", "handoff", "server"}))
+      ->capture_default_str();
   app.add_option("--work-dir", a->work_dir, "Where to unpack CRIU images (default /dev/shm when they fit, else $TMPDIR or /tmp)");
   app.add_option("--verify-timeout", a->verify_timeout_s, "Seconds allowed for each verification step");
   app.add_option("--criu-timeout", a->criu_timeout_s,

@@ -1,5 +1,6 @@
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/random.h>
 #include <sys/statvfs.h>
@@ -199,24 +200,45 @@ Result<int> ReplicaPort(const Manifest& manifest, int asked) {
 // Cooperative: after_restore over the control channel (new port, a new
 // instance id and fresh entropy, "seed" derived from it for servers that
 // predate "entropy"), then the digest and the canary, then mark_ready.
+// With a finished weights handoff (`handoff`, else null) the command carries
+// "device_weights"; the server takes the fd with pidfd_getfd, and once it
+// replied this process lets go of the memory and the device.
 Status VerifyCooperative(const Manifest& manifest, const RestoreOptions& opts, Replica& replica,
-                         const std::function<void(const std::string&)>& phase, RestoreResult* res) {
+                         const std::function<void(const std::string&)>& phase, WeightsHandoff* handoff,
+                         RestoreResult* res) {
   phase("after-restore");
   const auto ta = Clock::now();
   HB_ASSIGN_OR_RETURN(const ReplicaIdentity id, NewReplicaIdentity(opts));
   res->instance = id.instance;
-  json cmd = {{"cmd", "after_restore"}, {"port", opts.port},         {"host", opts.host},
-              {"instance", id.instance}, {"entropy", id.entropy}, {"seed", id.seed}};
-  auto reply = replica.Call(cmd, opts.verify_timeout);
+  json device_weights;
+  if (handoff) {
+    device_weights = handoff->DeviceWeightsJson();
+    // pidfd_getfd needs ptrace access to this process: under Yama
+    // (ptrace_scope 1) only an ancestor has it unless we name the server.
+    // Without Yama this fails with EINVAL and is not needed.
+    ::prctl(PR_SET_PTRACER, static_cast<unsigned long>(replica.pid()), 0, 0, 0);
+  }
+  auto reply = replica.Call(AfterRestoreCommand(opts.host, opts.port, id, handoff ? &device_weights : nullptr),
+                            opts.verify_timeout);
+  if (handoff) {
+    // The server's mapping keeps the memory alive; ours goes, as does the
+    // context (a supervising restore holds no GPU memory).
+    const auto tf = Clock::now();
+    ::prctl(PR_SET_PTRACER, 0, 0, 0, 0);
+    handoff->Finish();
+    res->timings_ms["weights_handoff_release"] = MsSince(tf);
+  }
   // A replica that could not take its new identity is not ready (exit 5).
   if (!reply.ok()) return reply.status().Prefixed("readiness verification failed: after_restore");
   res->digest = reply->value("digest", "");
+  CopyServerTimings(*reply, &res->timings_ms);
   res->timings_ms["after_restore"] = MsSince(ta);
 
   phase("verify");
   const auto tv = Clock::now();
   HB_RETURN_IF_ERROR(VerifyReplica(manifest, opts, res->digest, &res->canary_latency_ms)
                          .Prefixed("readiness verification failed"));
+  res->timings_ms["verify_canary"] = res->canary_latency_ms;
   auto ready = replica.Call({{"cmd", "mark_ready"}}, opts.verify_timeout);
   if (!ready.ok()) return ready.status().Prefixed("mark_ready");
   HB_ASSIGN_OR_RETURN(HttpResponse rz, HttpRequest(opts.host, opts.port, "GET", "/readyz", "", opts.verify_timeout));
@@ -287,6 +309,7 @@ Status VerifyTransparent(const Manifest& manifest, const RestoreOptions& opts, i
                               canary.expected.dump().substr(0, 200) + ", got " + got->dump().substr(0, 200));
   }
   res->canary_latency_ms = r.elapsed_ms;
+  res->timings_ms["verify_canary"] = r.elapsed_ms;
   const double bound = canary.latency_bound_ms;
   if (!opts.skip_latency_check && bound > 0 && r.elapsed_ms > bound) {
     return FailedPrecondition("readiness verification failed: canary answered correctly but in " +
@@ -498,8 +521,9 @@ Result<std::vector<std::string>> ReusedSections(const Manifest& m, const std::op
 }
 
 Status PlaceProvidedFiles(const Manifest& m, const snapfile::SnapshotReader& reader, const SafeDir& dir, int threads,
-                          bool signature_checked) {
+                          bool signature_checked, const std::set<std::string>& skip) {
   for (const ProvidedFile& f : m.process.provided_files) {
+    if (skip.count(f.name)) continue;
     HB_ASSIGN_OR_RETURN(bool reuse, Reusable(f, dir, signature_checked));
     // Single flight (node_cache.h NameLock): restores started at once on a
     // fresh host extract a missing file one at a time, and those after the
@@ -520,8 +544,154 @@ Status PlaceProvidedFiles(const Manifest& m, const snapfile::SnapshotReader& rea
   return Status::Ok();
 }
 
+// The handoff needs a cooperative server (after_restore over the control
+// channel), GPU state and one provided file named gpu-weights-*.bin.
+Result<std::optional<WeightsHandoffPlan>> PlanWeightsHandoff(const Manifest& m, const std::optional<SafeDir>& dir,
+                                                            bool signature_checked, GpuWeightsMode mode,
+                                                            int ordinal, std::string* why) {
+  std::optional<WeightsHandoffPlan> none;
+  const ProvidedFile* gpu_file = nullptr;
+  for (const ProvidedFile& f : m.process.provided_files) {
+    if (f.name.rfind("gpu-weights-", 0) == 0) gpu_file = &f;
+  }
+  if (!gpu_file) {
+    *why = "the snapshot has no GPU weights file (gpu-weights-*.bin)";
+    return none;
+  }
+  if (!m.gpu || m.gpu->processes == 0) {
+    *why = "the snapshot holds no GPU state";
+    return none;
+  }
+  if (m.transparent()) {
+    *why = "a transparent server takes no device memory in after_restore";
+    return none;
+  }
+  if (mode == GpuWeightsMode::kServer) {
+    *why = "--gpu-weights server";
+    return none;
+  }
+  if (!dir) return Internal("a snapshot with provided files but no weights directory checked");
+  WeightsHandoffPlan plan;
+  plan.file = gpu_file->name;
+  plan.section = gpu_file->section;
+  plan.bytes = gpu_file->size;
+  plan.ordinal = ordinal;
+  HB_ASSIGN_OR_RETURN(const bool reuse, Reusable(*gpu_file, *dir, signature_checked));
+  if (reuse) {
+    // Opened now: the upload reads this inode whatever happens to the name.
+    plan.cache_fd = ::openat(dir->fd(), gpu_file->name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (plan.cache_fd < 0) return ErrnoError("open " + dir->PathOf(gpu_file->name), errno);
+    ::utimensat(dir->fd(), gpu_file->name.c_str(), nullptr, AT_SYMLINK_NOFOLLOW);  // its last use
+  }
+  return std::optional<WeightsHandoffPlan>(std::move(plan));
+}
 
 namespace {
+
+// This process's CUDA ordinal of the GPU the build's first device is
+// restored onto (the server's device); 0 when the pairing says nothing.
+int HandoffOrdinal(const Manifest& m, const std::vector<GpuPair>& pairs, CudaDriver* cuda) {
+  if (!m.gpu || m.gpu->devices.empty() || !cuda) return 0;
+  const std::string built = GpuCaptureInfoFromManifest(*m.gpu).Captured().front().uuid;
+  std::string here = built;
+  for (const GpuPair& p : pairs) {
+    if (p.old_uuid == built) here = p.new_uuid;
+  }
+  auto devices = cuda->Devices(/*free_memory=*/false);
+  if (!devices.ok()) return 0;
+  for (const GpuDevice& d : *devices) {
+    if (d.uuid == here) return d.ordinal;
+  }
+  return 0;
+}
+
+const ProvidedFile* GpuWeightsFile(const Manifest& m) {
+  for (const ProvidedFile& f : m.process.provided_files) {
+    if (f.name.rfind("gpu-weights-", 0) == 0) return &f;
+  }
+  return nullptr;
+}
+
+// Phase (end of "check"): plans the weights handoff and starts its thread.
+// Without a handoff, a snapshot that has a GPU weights file says why in
+// res->gpu_weights (the server uploads it, as before issue 15).
+Status StartWeightsHandoff(const Manifest& m, const snapfile::SnapshotReader& reader,
+                           const std::optional<SafeDir>& dir, bool signature_checked, const RestoreOptions& opts,
+                           int ordinal, std::unique_ptr<WeightsHandoff>* handoff, RestoreResult* res) {
+  const ProvidedFile* f = GpuWeightsFile(m);
+  if (!f) return Status::Ok();  // nothing to hand off, whatever --gpu-weights says
+  std::string why;
+  HB_ASSIGN_OR_RETURN(auto plan, PlanWeightsHandoff(m, dir, signature_checked, opts.gpu_weights, ordinal, &why));
+  if (!plan) {
+    if (opts.gpu_weights == GpuWeightsMode::kHandoff) {
+      return Incompatible("--gpu-weights handoff: " + why + " (--gpu-weights auto restores it anyway)");
+    }
+    GpuWeightsReport r;
+    r.mode = "server";
+    r.file = f->name;
+    r.bytes = f->size;
+    r.reason = why;
+    res->gpu_weights = r;
+    return Status::Ok();
+  }
+  *handoff = WeightsHandoff::Start(std::move(*plan), &reader, opts.open_device);
+  return Status::Ok();
+}
+
+// Phase (in "weights", once CRIU's images are unpacked): the GPU weights
+// file a handoff from the snapshot left out goes into the weights directory
+// after all when the handoff cannot be done here (auto: the server uploads
+// it from there; --gpu-weights handoff: refused) or when CRIU's images name
+// it (the server keeps it mapped, so CRIU opens it).
+Status SettleWeightsHandoff(const Manifest& m, const snapfile::SnapshotReader& reader,
+                            const std::optional<SafeDir>& dir, const std::string& images, bool signature_checked,
+                            const RestoreOptions& opts, WeightsHandoff& h, RestoreResult* res) {
+  const bool from_snapshot = h.plan().cache_fd < 0;
+  const bool required = opts.gpu_weights == GpuWeightsMode::kHandoff;
+  if (!from_snapshot && !required) return Status::Ok();  // the file is there either way
+  const auto tv = Clock::now();
+  const Status viable = h.WaitViable();
+  res->timings_ms["weights_handoff_open_wait"] = MsSince(tv);
+  if (!viable.ok() && required) {
+    return Incompatible("--gpu-weights handoff: " + viable.message() +
+                        " (--gpu-weights auto lets the server upload the weights instead)");
+  }
+  if (!from_snapshot) return Status::Ok();
+  bool needed = !viable.ok();
+  if (!needed) {
+    HB_ASSIGN_OR_RETURN(needed, ImagesNameFile(images, h.plan().file));
+  }
+  if (!needed) return Status::Ok();
+  if (!dir) return Internal("a GPU weights file but no weights directory checked");
+  std::set<std::string> others;
+  for (const ProvidedFile& f : m.process.provided_files) {
+    if (f.name != h.plan().file) others.insert(f.name);
+  }
+  h.set_file_extracted();
+  return PlaceProvidedFiles(m, reader, *dir, opts.threads, signature_checked, others);
+}
+
+// Phase (after the driver's restore, before after_restore): waits for the
+// handoff thread, whose upload ran beside CRIU's and the driver's restore.
+// A failed upload fails the restore (the replica is ended unready); a
+// handoff that could not be done here leaves the server's upload.
+Status AwaitWeightsHandoff(const RestoreOptions& opts, const std::function<void(const std::string&)>& phase,
+                           std::unique_ptr<WeightsHandoff>& handoff, RestoreResult* res) {
+  phase("weights-handoff");
+  const auto th = Clock::now();
+  const Status st = handoff->Wait();
+  res->timings_ms["weights_handoff_wait"] = MsSince(th);
+  res->timings_ms["weights_handoff"] = handoff->wall_ms();
+  res->gpu_weights = handoff->Report();
+  if (st.ok()) return Status::Ok();
+  if (handoff->viable()) return st.Prefixed("the GPU weights were not uploaded; the replica is not ready");
+  if (opts.gpu_weights == GpuWeightsMode::kHandoff) {
+    return Incompatible("--gpu-weights handoff: " + st.message() +
+                        " (--gpu-weights auto lets the server upload the weights instead)");
+  }
+  handoff.reset();  // the server uploads the file from the weights directory
+  return Status::Ok();
+}
 
 // Bounds a CRIU restore: past `limit` it ends the cgroup CRIU runs in
 // (CriuRestoreOptions::cgroup: CRIU and whatever it restored so far), or,
@@ -645,6 +815,10 @@ Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, con
     HB_ASSIGN_OR_RETURN(const auto reused, ReusedSections(manifest, weights_dir, signature_checked));
     opts.on_plan(*reader, reused);
   }
+  // The weights handoff (issue 15) starts here, beside everything below.
+  std::unique_ptr<WeightsHandoff> handoff;
+  HB_RETURN_IF_ERROR(StartWeightsHandoff(manifest, *reader, weights_dir, signature_checked, opts,
+                                         HandoffOrdinal(manifest, gpu_pairs, cuda), &handoff, &res));
   res.timings_ms["check"] = MsSince(t0);
 
   phase("unpack");
@@ -656,9 +830,13 @@ Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, con
   HB_ASSIGN_OR_RETURN(TempDir work, TempDir::Make(opts.work_root, raw_bytes, *job));
   const std::string images = work.path() + "/images";
   fs::create_directories(images);
+  // A handoff straight from the snapshot leaves the GPU weights file out
+  // (SettleWeightsHandoff puts it there after all when it must).
+  std::set<std::string> skip;
+  if (handoff && handoff->plan().cache_fd < 0) skip.insert(handoff->plan().file);
   auto place_weights = [&]() -> std::pair<Status, double> {
     const auto tw = Clock::now();
-    Status st = weights_dir ? PlaceProvidedFiles(manifest, *reader, *weights_dir, opts.threads, signature_checked)
+    Status st = weights_dir ? PlaceProvidedFiles(manifest, *reader, *weights_dir, opts.threads, signature_checked, skip)
                             : Status::Ok();
     return {st, MsSince(tw)};
   };
@@ -675,6 +853,10 @@ Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, con
   auto [weights_st, weights_ms] = weights_beside.valid() ? weights_beside.get() : place_weights();
   HB_RETURN_IF_ERROR(images_st);
   HB_RETURN_IF_ERROR(weights_st);
+  if (handoff) {
+    HB_RETURN_IF_ERROR(SettleWeightsHandoff(manifest, *reader, weights_dir, images, signature_checked, opts,
+                                            *handoff, &res));
+  }
   res.timings_ms["weights"] = MsSince(tw);
   if (opts.source) res.timings_ms["weights_overlapped"] = weights_ms;
 
@@ -733,13 +915,14 @@ Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, con
     res.timings_ms["gpu_restore"] = g->restore_ms;
     res.timings_ms["gpu_unlock"] = g->unlock_ms;
   }
+  if (handoff) HB_RETURN_IF_ERROR(AwaitWeightsHandoff(opts, phase, handoff, &res));
 
   if (IsTransparent(manifest)) {
     HB_RETURN_IF_ERROR(VerifyTransparent(manifest, opts, port, *replica, phase, &res));
   } else {
     RestoreOptions o = opts;
     o.port = port;
-    HB_RETURN_IF_ERROR(VerifyCooperative(manifest, o, *replica, phase, &res));
+    HB_RETURN_IF_ERROR(VerifyCooperative(manifest, o, *replica, phase, handoff.get(), &res));
   }
   res.time_to_ready_ms = MsSince(origin);
   res.timings_ms["total"] = res.time_to_ready_ms;

@@ -11,13 +11,16 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "hotboot/criu.h"
 #include "hotboot/gpu.h"
+#include "hotboot/gpu_memory.h"
 #include "hotboot/host_info.h"
 #include "hotboot/http_client.h"
 #include "hotboot/manifest.h"
@@ -56,8 +59,118 @@ inline constexpr uint64_t kMaxProvidedBytes = uint64_t{1} << 40;  // 1 TiB
 Result<std::optional<SafeDir>> CheckProvidedFiles(const Manifest& m, const snapfile::SnapshotReader& reader);
 Result<std::vector<std::string>> ReusedSections(const Manifest& m, const std::optional<SafeDir>& dir,
                                                 bool signature_checked);
+// Files named in `skip` are left out (the weights handoff uploads them
+// straight from the snapshot instead).
 Status PlaceProvidedFiles(const Manifest& m, const snapfile::SnapshotReader& reader, const SafeDir& dir, int threads,
-                          bool signature_checked);
+                          bool signature_checked, const std::set<std::string>& skip = {});
+
+// How a cooperative GPU snapshot's weights file (a provided file named
+// gpu-weights-<hex>.bin) gets back onto the device (issue 15):
+//   kHandoff: the restore process fills shareable device memory itself,
+//             beside the CRIU restore and the driver's context restore, from
+//             the node's weights directory or straight from the snapshot, and
+//             hands it to the server in after_restore ("device_weights"); a
+//             host where that cannot be done is refused (kIncompatible);
+//   kServer:  the file goes into the weights directory and the server
+//             streams it to the device in after_restore (before issue 15);
+//   kAuto:    kHandoff where this process can open the device and make
+//             shareable memory, else kServer, saying why.
+enum class GpuWeightsMode { kAuto, kHandoff, kServer };
+const char* GpuWeightsModeName(GpuWeightsMode m);  // "auto", "handoff", "server"
+bool ParseGpuWeightsMode(std::string_view s, GpuWeightsMode* m);
+
+// Opens this process's CUDA device `ordinal` (the seam for tests).
+using OpenDeviceFn = std::function<Result<std::unique_ptr<gpu::Device>>(int ordinal)>;
+
+// How the GPU weights came back, for RestoreResult and `restore --json`.
+struct GpuWeightsReport {
+  std::string mode;    // "handoff" or "server"
+  std::string source;  // "node_cache" or "snapshot" (handoff); "" (server)
+  std::string file;    // gpu-weights-<hex>.bin
+  uint64_t bytes = 0;
+  double upload_ms = 0, GBps = 0, device_open_ms = 0;
+  std::string upload_mode;  // the upload's read mode (gpu::UploadStats::mode)
+  std::string reason;       // why not a handoff, when not
+  // The file was put into the weights directory as well (a handoff from the
+  // snapshot whose CRIU images map the file; a fallback).
+  bool extracted = false;
+  nlohmann::json ToJson() const;
+};
+
+// What the handoff thread does, decided before it starts.
+struct WeightsHandoffPlan {
+  std::string file;     // gpu-weights-<hex>.bin
+  std::string section;  // weights/<file>
+  uint64_t bytes = 0;
+  int ordinal = 0;      // this process's CUDA device (the build's device 0 paired here)
+  // The weights directory's file, open read-only (the handoff takes it
+  // over), or -1: the bytes come straight from the snapshot's section.
+  int cache_fd = -1;
+  gpu::UploadOptions upload;
+};
+
+// The handoff thread (issue 15 items 2 and 3): opens the device, makes
+// shareable device memory of the file's size (gpu::ShareableWeights), fills
+// it (gpu::UploadFromFile from the node's file, or gpu::UploadSection
+// decoding the snapshot's chunks, each checked as extraction checks it, into
+// pinned staging) and exports it as a file descriptor the server takes with
+// pidfd_getfd. A kill at any point leaves nothing: the fd dies with this
+// process and the driver frees memory no process holds.
+class WeightsHandoff {
+ public:
+  // `reader` must outlive the handoff (the snapshot source).
+  static std::unique_ptr<WeightsHandoff> Start(WeightsHandoffPlan plan, const snapfile::SnapshotReader* reader,
+                                               OpenDeviceFn open_device);
+  ~WeightsHandoff();  // waits for the thread, then Finish()
+  WeightsHandoff(const WeightsHandoff&) = delete;
+  WeightsHandoff& operator=(const WeightsHandoff&) = delete;
+
+  // Blocks until the device is open and the memory made: OK, or why the
+  // handoff cannot be done on this host (nothing uploaded; the caller falls
+  // back to the server path).
+  Status WaitViable();
+  // Blocks until the thread is done: OK when the memory is filled and
+  // exported; else the viability error (see viable()) or the upload's.
+  Status Wait();
+  bool viable() const;  // after WaitViable/Wait: the device and memory were there
+
+  // After Wait() returned OK: {"pid", "fd", "bytes", "file"} for after_restore.
+  nlohmann::json DeviceWeightsJson() const;
+  // Closes the exported fd, unmaps and releases the memory (what the server
+  // imported lives on with it) and closes the device (its primary context:
+  // the supervising restore must hold no GPU memory). Idempotent.
+  void Finish();
+
+  const WeightsHandoffPlan& plan() const { return plan_; }
+  GpuWeightsReport Report() const;  // after Wait()
+  double wall_ms() const;           // the thread's time, start to exported
+  gpu::DevicePtr base() const;      // the memory's device address (tests)
+  int exported_fd() const;          // -1 before the export and after Finish
+  // The restore also put the file into the weights directory (CRIU's images
+  // name it, or the handoff could not be done): GpuWeightsReport::extracted.
+  void set_file_extracted() { extracted_ = true; }
+
+ private:
+  WeightsHandoff() = default;
+  void Run(const snapfile::SnapshotReader* reader, OpenDeviceFn open_device);
+  struct State;
+  WeightsHandoffPlan plan_;
+  bool extracted_ = false;
+  std::unique_ptr<State> st_;
+};
+
+// The plan for `m` on this host, or nullopt with *why (no GPU state, no
+// gpu-weights file, a transparent server, mode kServer). `dir` is the
+// weights directory (CheckProvidedFiles); the file there is used when it is
+// trusted the way ReusedSections trusts it.
+Result<std::optional<WeightsHandoffPlan>> PlanWeightsHandoff(const Manifest& m, const std::optional<SafeDir>& dir,
+                                                            bool signature_checked, GpuWeightsMode mode,
+                                                            int ordinal, std::string* why);
+
+// True when CRIU's images in `images_dir` name the file `name` (the
+// restored process maps it, so it must be in place): every image but the
+// memory pages is searched for it.
+Result<bool> ImagesNameFile(const std::string& images_dir, const std::string& name);
 
 // True when host:port can be bound now.
 bool PortAvailable(const std::string& host, int port);
@@ -110,6 +223,10 @@ struct RestoreOptions {
   // Off only for `hotboot bench trust`, which measures what the chunk
   // hashes cost a restore; nothing that uses a replica turns it off.
   bool check_chunk_hashes = true;
+  // How a GPU snapshot's weights come back (GpuWeightsMode), and the device
+  // the handoff opens (null: gpu::OpenCudaDevice(ordinal)).
+  GpuWeightsMode gpu_weights = GpuWeightsMode::kAuto;
+  OpenDeviceFn open_device;
 };
 
 struct RestoreEvents {
@@ -128,7 +245,12 @@ struct RestoreResult {
   double canary_latency_ms = 0;
   // Phases in milliseconds, one after another: they add up to at most
   // "total" (= time_to_ready_ms; the rest is the gaps between them). A key
-  // ending in "_overlapped" ran beside the others and is not part of that sum.
+  // ending in "_overlapped" ran beside the others and is not part of that sum,
+  // nor is "weights_handoff" (the handoff thread's time, beside unpack, CRIU
+  // and the driver's restore; "weights_handoff_wait" is what the restore
+  // waited for it after the driver's restore) or "verify_canary" (part of
+  // "verify"). "server_<name>": the server's own after_restore steps (part
+  // of "after_restore").
   nlohmann::json timings_ms = nlohmann::json::object();
   bool cold = false;  // true when this is a cold boot fallback
   // The snapshot's trust record as its reader checked it when it was opened
@@ -141,6 +263,9 @@ struct RestoreResult {
   // the snapshot's canary request (transparent; empty for cooperative ones,
   // which keep themselves warm).
   std::vector<HttpCall> keep_warm;
+  // How a cooperative GPU snapshot's weights file came back; absent when the
+  // snapshot has none.
+  std::optional<GpuWeightsReport> gpu_weights;
 };
 
 // What restore hands a replica so that it is not a copy of the build
@@ -155,6 +280,14 @@ struct ReplicaIdentity {
 // Fresh for every call (getrandom(2); an error only if the kernel refuses),
 // unless opts.seed / opts.instance override it (see RestoreOptions).
 Result<ReplicaIdentity> NewReplicaIdentity(const RestoreOptions& opts);
+
+// The after_restore command a cooperative replica gets; with `device_weights`
+// (a handoff) it carries them.
+nlohmann::json AfterRestoreCommand(const std::string& host, int port, const ReplicaIdentity& id,
+                                   const nlohmann::json* device_weights);
+// The server's after_restore timings (reply "timings_ms") into `timings_ms`
+// as server_<name>: numbers, finite, >= 0, at most 16 keys of [a-z_]{1,32}.
+void CopyServerTimings(const nlohmann::json& reply, nlohmann::json* timings_ms);
 
 // Fails with Code::kIncompatible (and touches nothing) when the snapshot
 // cannot run here; with kCorrupt/kTruncated when its bytes are bad.
