@@ -12,6 +12,7 @@
 #include <cstring>
 #include <fstream>
 #include <future>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -165,6 +166,46 @@ Result<std::vector<uint32_t>> RestoreSeedWords(const json& cmd) {
     return std::vector<uint32_t>{static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32)};
   }
   return KernelSeedWords();
+}
+
+// The after_restore's "device_weights" (CONTROL.md "Weights handoff") as a
+// checked record: every field typed and bounded, the size and the file
+// those of this model's device weights. Absent: nullopt.
+Result<std::optional<DeviceWeightsHandoff>> ParseDeviceWeights(const json& cmd, const Model& model) {
+  if (!cmd.contains("device_weights")) return std::optional<DeviceWeightsHandoff>();
+  const json& d = cmd["device_weights"];
+  auto bad = [](const std::string& why) { return InvalidArgument("after_restore: device_weights" + why); };
+  if (!d.is_object()) return bad(" must be an object {\"pid\", \"fd\", \"bytes\", \"file\"}");
+  DeviceWeightsHandoff h;
+  if (!d.contains("pid") || !d["pid"].is_number_integer() || d["pid"].get<int64_t>() <= 1 ||
+      d["pid"].get<int64_t>() > INT_MAX) {
+    return bad(".pid must be the restorer's process id, an integer > 1");
+  }
+  h.pid = static_cast<int>(d["pid"].get<int64_t>());
+  if (!d.contains("fd") || !d["fd"].is_number_integer() || d["fd"].get<int64_t>() < 0 ||
+      d["fd"].get<int64_t>() > INT_MAX) {
+    return bad(".fd must be a file descriptor number, an integer >= 0");
+  }
+  h.fd = static_cast<int>(d["fd"].get<int64_t>());
+  if (!d.contains("bytes") || !d["bytes"].is_number_unsigned()) return bad(".bytes must be an unsigned integer");
+  h.bytes = d["bytes"].get<uint64_t>();
+  if (!d.contains("file") || !d["file"].is_string()) return bad(".file must be a string (gpu-weights-<hex>.bin)");
+  h.file = d["file"].get<std::string>();
+  const uint64_t image = model.device_image_bytes();
+  if (image == 0) return FailedPrecondition("after_restore: device_weights: this server holds no device weights");
+  if (h.bytes != image) {
+    return bad(".bytes is " + std::to_string(h.bytes) + ", this server's device weights image is " +
+               std::to_string(image) + " bytes");
+  }
+  std::string registered;
+  for (const std::string& f : model.weight_files()) {
+    const std::string base = f.substr(f.find_last_of('/') + 1);
+    if (base.rfind("gpu-weights-", 0) == 0) registered = base;
+  }
+  if (h.file != registered) {
+    return bad(".file '" + h.file + "' is not this server's GPU weights file '" + registered + "'");
+  }
+  return std::optional<DeviceWeightsHandoff>(std::move(h));
 }
 
 }  // namespace
@@ -620,6 +661,8 @@ json ReplicaServer::Impl::HandleControl(const json& cmd) {
     }
     auto words = RestoreSeedWords(cmd);
     if (!words.ok()) return fail(words.status().message());
+    auto handoff = ParseDeviceWeights(cmd, *model);
+    if (!handoff.ok()) return fail(handoff.status().message());
     const auto t_restore = Clock::now();
     SetState(ReplicaState::kRestored);
     {
@@ -633,20 +676,48 @@ json ReplicaServer::Impl::HandleControl(const json& cmd) {
       detached = false;
     }
     // Device memory first: nothing is served before the weights are back.
+    // From the restorer's device memory when it handed it over; from the
+    // weights file when it did not, or when taking it failed (the reply's
+    // device_weights_error says why: the handoff is an optimisation, the
+    // file is on this host either way).
     Result<double> uploaded = 0.0;
-    RunOnWorker([&] { uploaded = model->RestoreDevice(); });
+    std::string handoff_error;
+    RunOnWorker([&] {
+      if (*handoff) {
+        uploaded = model->AdoptDevice(**handoff);
+        if (uploaded.ok()) return;
+        handoff_error = uploaded.status().message();
+      }
+      uploaded = model->RestoreDevice();
+    });
+    if (!handoff_error.empty()) Log("weights handoff failed, uploaded from the file instead: " + handoff_error);
     if (!uploaded.ok()) return fail("restoring device memory: " + uploaded.status().message());
+    const auto t_listen = Clock::now();
     const std::string host = cmd.value("host", opts.host);
     const int port = cmd["port"].get<int>();
     Status s = OnIo([&] { return Listen(host, port); });
     if (!s.ok()) return fail(s.message());
     opts.host = host;
+    const double listen_ms = MsBetween(t_listen, Clock::now());
     // Re-check itself: the warm state must hash to what the build recorded.
     const auto t_digest = Clock::now();
     const std::string digest = model->Digest();
+    const double digest_ms = MsBetween(t_digest, Clock::now());
+    // This command's own steps, for the restorer's table (it reports them as
+    // server_<name>): how the weights came back and what followed.
+    json timings = json::object();
+    if (*uploaded > 0) {
+      timings["device_restore"] = *uploaded;
+      for (const auto& [phase, ms] : model->device_phases_ms()) {
+        if (phase.rfind("restore_", 0) == 0) timings[phase.substr(8)] = ms;
+      }
+    }
+    timings["listen"] = listen_ms;
+    timings["digest"] = digest_ms;
+    timings["total"] = MsBetween(t_restore, Clock::now());
     {
       std::lock_guard lock(metrics.mu);
-      metrics.phase_ms["restore_digest"] = MsBetween(t_digest, Clock::now());
+      metrics.phase_ms["restore_digest"] = digest_ms;
       metrics.phase_ms["restore_rebind_and_digest"] = MsBetween(t_restore, Clock::now());
       if (*uploaded > 0) {
         // The whole device restore, then the model's own parts of it (weight upload, graph capture...).
@@ -660,7 +731,10 @@ json ReplicaServer::Impl::HandleControl(const json& cmd) {
       metrics.last_request = Clock::now();
     }
     SetState(ReplicaState::kVerifying);
-    return {{"ok", true}, {"digest", digest}, {"port", bound_port.load()}, {"instance", instance}};
+    json reply = {{"ok", true}, {"digest", digest}, {"port", bound_port.load()}, {"instance", instance},
+                  {"timings_ms", timings}};
+    if (!handoff_error.empty()) reply["device_weights_error"] = handoff_error;
+    return reply;
   }
   if (name == "mark_ready") {
     if (st != ReplicaState::kVerifying) return fail(std::string("mark_ready needs state verifying, not ") + StateName(st));

@@ -85,14 +85,38 @@ class FakeModel : public Model {
     if (fail_device_restore) return Internal("cuMemCreate failed: CUDA_ERROR_OUT_OF_MEMORY (injected)");
     device_resident = true;
     ++device_restores;
+    last_restore_adopted = false;
     return 12.5;
+  }
+  // The weights handoff: a model with device weights has an image size
+  // and a registered GPU weights file; image_bytes 0 is a CPU model.
+  uint64_t device_image_bytes() const override { return image_bytes; }
+  std::vector<std::string> weight_files() const override { return files; }
+  Result<double> AdoptDevice(const DeviceWeightsHandoff& h) override {
+    if (image_bytes == 0) return Model::AdoptDevice(h);
+    adopted = h;
+    if (fail_adopt) return NotFound("pidfd_getfd: process " + std::to_string(h.pid) + " has no fd 9 (injected)");
+    device_resident = true;
+    ++device_adopts;
+    last_restore_adopted = true;
+    return 4.5;
   }
   std::string device() const override { return "Fake GPU"; }
   std::map<std::string, double> device_phases_ms() const override {
     std::map<std::string, double> p = {{"weight_upload", 3.0}};
-    if (device_restores > 0) p["restore_weight_upload"] = 2.0;
+    if (last_restore_adopted) {
+      p["restore_weight_adopt"] = 1.5;
+    } else if (device_restores > 0) {
+      p["restore_weight_upload"] = 2.0;
+    }
+    if (device_restores + device_adopts > 0) p["restore_graph_capture"] = 0.5;
     return p;
   }
+  uint64_t image_bytes = 0;
+  std::vector<std::string> files;
+  bool fail_adopt = false, last_restore_adopted = false;
+  int device_adopts = 0;
+  DeviceWeightsHandoff adopted;
   uint64_t parameter_count() const override { return 1; }
   uint64_t weight_bytes() const override { return 2; }
   int released = 0;
@@ -425,6 +449,118 @@ TEST_F(ServerFixture, DeviceRestoreFailureIsNotServed) {
   EXPECT_FALSE(bad["ok"].get<bool>());
   EXPECT_NE(bad["error"].get<std::string>().find("restoring device memory"), std::string::npos) << bad.dump();
   EXPECT_EQ(Http(new_port, http::verb::get, "/livez").status, -1);  // nothing listens
+}
+
+// ---------------------------------------------------------------- weights handoff
+
+class HandoffFixture : public ServerFixture {
+ protected:
+  static constexpr uint64_t kImage = 6u << 20;
+  const std::string kFile = "gpu-weights-00112233445566778899aabbccddeeff.bin";
+  // A server whose model has device weights, captured.
+  void Frozen(bool gpu = true) {
+    Start();
+    WaitState("warm");
+    if (gpu) {
+      model_->image_bytes = kImage;
+      model_->files = {"/dev/shm/hotboot-weights/" + kFile};
+    }
+    ASSERT_TRUE(Call({{"cmd", "before_capture"}})["ok"].get<bool>());
+  }
+  int FreePort() {
+    asio::io_context ioc;
+    asio::ip::tcp::acceptor probe(ioc, asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
+    return probe.local_endpoint().port();
+  }
+  json Handoff() { return {{"pid", 4242}, {"fd", 9}, {"bytes", kImage}, {"file", kFile}}; }
+  json AfterRestore(const json& dw) {
+    return Call({{"cmd", "after_restore"}, {"port", FreePort()}, {"seed", 1}, {"device_weights", dw}});
+  }
+};
+
+TEST_F(HandoffFixture, TheDeviceWeightsAreAdoptedAndTimed) {
+  Frozen();
+  json r = AfterRestore(Handoff());
+  ASSERT_TRUE(r["ok"].get<bool>()) << r.dump();
+  EXPECT_EQ(model_->device_adopts, 1);
+  EXPECT_EQ(model_->device_restores, 0);  // no upload from the file
+  EXPECT_EQ(model_->adopted.pid, 4242);
+  EXPECT_EQ(model_->adopted.fd, 9);
+  EXPECT_EQ(model_->adopted.bytes, kImage);
+  EXPECT_EQ(model_->adopted.file, kFile);
+  const json& t = r["timings_ms"];
+  EXPECT_EQ(t["weight_adopt"], 1.5) << r.dump();
+  EXPECT_FALSE(t.contains("weight_upload")) << r.dump();
+  EXPECT_EQ(t["graph_capture"], 0.5);
+  EXPECT_EQ(t["device_restore"], 4.5);
+  for (const char* k : {"digest", "listen", "total"}) EXPECT_TRUE(t[k].is_number()) << k << " " << r.dump();
+  EXPECT_FALSE(r.contains("device_weights_error"));
+  const std::string metrics = Http(r["port"], http::verb::get, "/metrics").body;
+  EXPECT_NE(metrics.find("phase=\"restore_weight_adopt\"} 0.0015"), std::string::npos) << metrics;
+}
+
+TEST_F(HandoffFixture, WithoutAHandoffTheWeightsComeFromTheFile) {
+  Frozen();
+  json r = Call({{"cmd", "after_restore"}, {"port", FreePort()}, {"seed", 1}});
+  ASSERT_TRUE(r["ok"].get<bool>()) << r.dump();
+  EXPECT_EQ(model_->device_restores, 1);
+  EXPECT_EQ(r["timings_ms"]["weight_upload"], 2.0) << r.dump();
+  EXPECT_FALSE(r["timings_ms"].contains("weight_adopt"));
+}
+
+TEST_F(HandoffFixture, AFailedTakeFallsBackToTheFileAndSaysWhy) {
+  Frozen();
+  model_->fail_adopt = true;
+  json r = AfterRestore(Handoff());
+  ASSERT_TRUE(r["ok"].get<bool>()) << r.dump();
+  EXPECT_EQ(model_->device_restores, 1);
+  EXPECT_NE(r["device_weights_error"].get<std::string>().find("has no fd 9"), std::string::npos) << r.dump();
+  EXPECT_EQ(r["timings_ms"]["weight_upload"], 2.0) << r.dump();
+}
+
+TEST_F(HandoffFixture, ACpuServerRefusesDeviceWeights) {
+  Frozen(/*gpu=*/false);
+  json r = AfterRestore(Handoff());
+  EXPECT_FALSE(r["ok"].get<bool>());
+  EXPECT_NE(r["error"].get<std::string>().find("this server holds no device weights"), std::string::npos) << r.dump();
+  EXPECT_EQ(Call({{"cmd", "status"}})["state"], "frozen");  // refused before anything moved
+}
+
+TEST_F(HandoffFixture, EveryBadFieldIsRefusedByName) {
+  Frozen();
+  struct Case {
+    const char* field;
+    json value;
+    const char* says;
+  };
+  const std::vector<Case> cases = {
+      {"pid", 1, "device_weights.pid"},          {"pid", -5, "device_weights.pid"},
+      {"pid", "4242", "device_weights.pid"},     {"pid", nullptr, "device_weights.pid"},
+      {"fd", -1, "device_weights.fd"},           {"fd", 1.5, "device_weights.fd"},
+      {"fd", 4294967296LL, "device_weights.fd"}, {"bytes", -1, "device_weights.bytes"},
+      {"bytes", kImage + 1, "device_weights.bytes is"},
+      {"file", "gpu-weights-ffffffffffffffffffffffffffffffff.bin", "device_weights.file"},
+      {"file", 7, "device_weights.file"},
+  };
+  for (const Case& c : cases) {
+    json dw = Handoff();
+    if (c.value.is_null()) {
+      dw.erase(c.field);
+    } else {
+      dw[c.field] = c.value;
+    }
+    json r = AfterRestore(dw);
+    EXPECT_FALSE(r["ok"].get<bool>()) << dw.dump();
+    EXPECT_NE(r.value("error", "").find(c.says), std::string::npos) << dw.dump() << " -> " << r.dump();
+  }
+  json r = AfterRestore("fd 9 of 4242");
+  EXPECT_FALSE(r["ok"].get<bool>());
+  EXPECT_NE(r.value("error", "").find("device_weights must be an object"), std::string::npos) << r.dump();
+  EXPECT_EQ(model_->device_adopts, 0);
+  EXPECT_EQ(Call({{"cmd", "status"}})["state"], "frozen");
+  // And after all that, a good one still works.
+  EXPECT_TRUE(AfterRestore(Handoff())["ok"].get<bool>());
+  EXPECT_EQ(model_->device_adopts, 1);
 }
 
 TEST_F(ServerFixture, GarbageCommandsAreAnsweredNotFatal) {

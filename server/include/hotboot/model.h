@@ -74,6 +74,16 @@ struct LoadOptions {
 // Reads the file's header (its config) only, never a tensor.
 Status CheckServable(const std::string& path, const std::string& device);
 
+// The weights handoff of after_restore (server/CONTROL.md "Weights
+// handoff"): the restorer uploaded the GPU weights file's image into
+// shareable device memory; fd `fd` of process `pid` is its export.
+struct DeviceWeightsHandoff {
+  int pid = 0;
+  int fd = -1;
+  uint64_t bytes = 0;  // the image's size: must be the model's device_image_bytes()
+  std::string file;    // the weights file it was made from: "gpu-weights-<hex>.bin"
+};
+
 struct GenerateRequest {
   std::vector<int32_t> prompt;  // already tokenized, BOS included by the caller
   int max_tokens = 16;
@@ -127,13 +137,25 @@ class Model {
   // weights file. The CPU model has nothing on a device: no-ops.
   virtual Status ReleaseDevice() { return Status(); }
   virtual Result<double> RestoreDevice() { return 0.0; }  // milliseconds spent
+  // The size of the device weights' image (what a handoff must bring); 0 for
+  // a model with no weights on a device.
+  virtual uint64_t device_image_bytes() const { return 0; }
+  // After a restore, instead of RestoreDevice: takes the restorer's memory
+  // (pidfd_getfd, then DeviceWeights::AdoptShareable at the same addresses)
+  // and does the rest of RestoreDevice; milliseconds spent. The caller has
+  // checked the handoff against device_image_bytes() and weight_files().
+  virtual Result<double> AdoptDevice(const DeviceWeightsHandoff&) {
+    return FailedPrecondition("this server holds no device weights");
+  }
   // What the process still holds on its device (for the log), after
   // ReleaseDevice; empty for a model with no device.
   virtual std::string DeviceMemoryReport() const { return ""; }
   // "cpu" or the GPU's name.
   virtual std::string device() const { return "cpu"; }
   // Boot phases a device adds to LoadTimings (CUDA init, weight upload,
-  // kernel compilation, graph capture), in milliseconds, for /metrics.
+  // kernel compilation, graph capture), in milliseconds, for /metrics; those
+  // of the last RestoreDevice/AdoptDevice are prefixed "restore_"
+  // (restore_weight_upload or restore_weight_adopt, restore_graph_capture...).
   virtual std::map<std::string, double> device_phases_ms() const { return {}; }
 
   virtual uint64_t parameter_count() const = 0;

@@ -24,6 +24,7 @@
 #include <map>
 
 #include "../bpe_tokenizer.h"
+#include "../fd_handoff.h"
 #include "../gpu_model.h"
 #include "../gpu_weights.h"
 #include "../weights_file.h"
@@ -70,6 +71,8 @@ class GpuLlamaModel final : public Model {
   void ReleaseScratch() override { FreeScratch(); }
   Status ReleaseDevice() override;
   Result<double> RestoreDevice() override;
+  uint64_t device_image_bytes() const override { return weights_.image_bytes(); }
+  Result<double> AdoptDevice(const DeviceWeightsHandoff& h) override;
   std::string device() const override { return device_name_; }
   std::map<std::string, double> device_phases_ms() const override { return phases_; }
   std::string DeviceMemoryReport() const override { return memory_report_; }
@@ -92,6 +95,10 @@ class GpuLlamaModel final : public Model {
   Result<std::vector<int32_t>> Run(const std::vector<int32_t>& tokens, const std::vector<int32_t>& pos,
                                    const std::vector<int32_t>& slot, const std::vector<int32_t>& rowidx, bool decode);
   Status CaptureGraphs();
+  // What a restore does once the weights are back: the stack limit, the graphs.
+  Status AfterWeightsBack();
+  // Forgets the last restore's "restore_*" phases.
+  void ClearRestorePhases();
   // Compiles and loads the kernels specialised for this model; without
   // NVRTC (or when it fails) the generic ops run and jit_note_ says why.
   void Specialise(int arch);
@@ -166,6 +173,7 @@ Result<std::unique_ptr<Model>> GpuLlamaModel::Load(const std::string& path, cons
   HB_ASSIGN_OR_RETURN(m->file_, WriteGpuWeightsFile(f, c, dir));
   lt.read_ms = m->file_.read_ms;
   lt.convert_ms = m->file_.convert_ms;
+  m->phases_["weight_file_hash"] = m->file_.hash_ms;
   {
     const int fd = ::open(m->file_.path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) return ErrnoError("open " + m->file_.path, errno);
@@ -506,20 +514,50 @@ Status GpuLlamaModel::ReleaseDevice() {
   return Status();
 }
 
-Result<double> GpuLlamaModel::RestoreDevice() {
-  if (weights_.resident()) return 0.0;  // nothing was released
-  const auto t = Clock::now();
-  HB_ASSIGN_OR_RETURN(gpu::UploadStats up, weights_.Restore(file_.path));
-  phases_["restore_weight_upload"] = up.seconds * 1000;  // /metrics exports phases as seconds
-  const auto tg = Clock::now();
+void GpuLlamaModel::ClearRestorePhases() {
+  for (auto it = phases_.begin(); it != phases_.end();) {
+    it = it->first.rfind("restore_", 0) == 0 ? phases_.erase(it) : std::next(it);
+  }
+}
+
+Status GpuLlamaModel::AfterWeightsBack() {
   if (stack_limit_ > 0) {
     const auto ts = Clock::now();
     HB_RETURN_IF_ERROR(Cuda(cudaDeviceSetLimit(cudaLimitStackSize, stack_limit_), "restore the stack limit"));
     stack_limit_ = 0;
     phases_["restore_stack_limit"] = MsSince(ts);
   }
+  const auto tg = Clock::now();
   HB_RETURN_IF_ERROR(CaptureGraphs());
   phases_["restore_graph_capture"] = MsSince(tg);
+  return Status();
+}
+
+Result<double> GpuLlamaModel::RestoreDevice() {
+  if (weights_.resident()) return 0.0;  // nothing was released
+  ClearRestorePhases();
+  const auto t = Clock::now();
+  HB_ASSIGN_OR_RETURN(gpu::UploadStats up, weights_.Restore(file_.path));
+  phases_["restore_weight_upload"] = up.seconds * 1000;  // /metrics exports phases as seconds
+  HB_RETURN_IF_ERROR(AfterWeightsBack());
+  return MsSince(t);
+}
+
+// The restorer filled the weights' image in shareable memory while CRIU and
+// the driver restored this process; taking it is an fd and a mapping, no
+// copy. The fd taken here is closed after the import: the mapping keeps the
+// memory (CONTROL.md "Weights handoff").
+Result<double> GpuLlamaModel::AdoptDevice(const DeviceWeightsHandoff& h) {
+  if (weights_.resident()) return FailedPrecondition("the device weights are resident: there was no release to undo");
+  ClearRestorePhases();
+  const auto t = Clock::now();
+  HB_ASSIGN_OR_RETURN(const int fd, TakeFdFromProcess(h.pid, h.fd));
+  phases_["restore_weight_fd_take"] = MsSince(t);
+  const Status s = weights_.AdoptShareable(fd);
+  ::close(fd);
+  HB_RETURN_IF_ERROR(s.Prefixed("adopting the restorer's device weights"));
+  phases_["restore_weight_adopt"] = MsSince(t);
+  HB_RETURN_IF_ERROR(AfterWeightsBack());
   return MsSince(t);
 }
 
