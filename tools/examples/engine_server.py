@@ -116,7 +116,7 @@ class NumpyEngine:
     def __init__(self, seed, vocab=4096, dim=256):
         import numpy
         self.np = numpy
-        self.device, self.kind, self.model = "cpu", "numpy", f"numpy-rnn vocab {vocab} dim {dim} seed {seed}"
+        self.device, self.kind, self.label = "cpu", "numpy", f"numpy-rnn vocab {vocab} dim {dim} seed {seed}"
         self.timings = {}
         t = time.perf_counter()
         rng = numpy.random.default_rng(seed)  # its own generator: reseeding the globals leaves the model be
@@ -174,7 +174,7 @@ class TorchEngine:
         t = time.perf_counter()
         self.inner = torch_server.Engine(args)
         self.device, self.kind = str(self.inner.device), "torch"
-        self.model = "torch_server dim 1024 layers 12 vocab 32000"
+        self.label = "torch_server dim 1024 layers 12 vocab 32000"
         self.timings = dict(self.inner.timings, load_s=time.perf_counter() - t)
 
     def generate(self, prompt, max_tokens):
@@ -203,9 +203,7 @@ def make_engine(args):
     if args.model:
         sys.path.insert(0, HERE)
         import hf_server  # torch and transformers: an ImportError here is the message to show
-        e = hf_server.HfEngine(args.model, args.device, args.compile, args.seed)
-        e.kind = "hf"
-        return e, None
+        return hf_server.HfEngine(args.model, args.device, args.compile, args.seed), None
     if args.device == "cuda":
         try:
             import torch
@@ -242,7 +240,7 @@ def engine_main(args):
             if op == "warmup":
                 lengths = [int(n) for n in req.get("lengths", [8, 64, 256])]
                 engine.warmup(lengths)
-                reply = {"device": engine.device, "engine": engine.kind, "model": engine.model,
+                reply = {"device": engine.device, "engine": engine.kind, "model": engine.label,
                          "timings": engine.timings, "pid": os.getpid(), "note": note,
                          "compile": getattr(engine, "compile_used", "none")}
             elif op == "generate":
