@@ -196,6 +196,7 @@ TEST(ChildEngine, HuggingFaceScriptsParseAndNameWhatTheyLack) {
   }
   if (RunCmd({Python(), "-c", "import torch, transformers"}).exit_code == 0) return;  // a host that has them
   const std::string dir = ScratchDir() + "/hf-model";
+  fs::remove_all(dir);  // a repeated run's
   CmdResult mk = RunCmd({Python(), Example("hf_mkmodel.py"), "--shape", "1b", "--out", dir, "--device", "cpu"});
   EXPECT_EQ(mk.exit_code, 2) << mk.err;
   EXPECT_NE(mk.err.find("needs torch and transformers"), std::string::npos) << mk.err;
