@@ -634,6 +634,7 @@ Status StartWeightsHandoff(const Manifest& m, const snapfile::SnapshotReader& re
     res->gpu_weights = r;
     return Status::Ok();
   }
+  plan->upload = opts.handoff_upload;
   *handoff = WeightsHandoff::Start(std::move(*plan), &reader, opts.open_device);
   return Status::Ok();
 }
@@ -856,6 +857,9 @@ Result<RestoreResult> RestoreReplica(const RestoreOptions& opts, Criu& criu, con
   if (handoff) {
     HB_RETURN_IF_ERROR(SettleWeightsHandoff(manifest, *reader, weights_dir, images, signature_checked, opts,
                                             *handoff, &res));
+    // A damaged chunk found already: no CRIU restore for a replica that
+    // cannot become ready.
+    HB_RETURN_IF_ERROR(handoff->UploadFailure().Prefixed("the GPU weights were not uploaded"));
   }
   res.timings_ms["weights"] = MsSince(tw);
   if (opts.source) res.timings_ms["weights_overlapped"] = weights_ms;

@@ -176,6 +176,12 @@ bool WeightsHandoff::viable() const {
   return st_->viable_known && st_->viable_status.ok();
 }
 
+Status WeightsHandoff::UploadFailure() const {
+  std::lock_guard l(st_->mu);
+  if (st_->done && st_->viable_known && st_->viable_status.ok()) return st_->status;
+  return Status::Ok();
+}
+
 json WeightsHandoff::DeviceWeightsJson() const {
   std::lock_guard l(st_->mu);
   return {{"pid", static_cast<int64_t>(::getpid())},

@@ -556,8 +556,6 @@ TEST_F(HandoffRestore, HandoffModeWithoutADeviceIsRefusedBeforeCriu) {
 }
 
 TEST_F(HandoffRestore, ADamagedWeightsChunkFailsTheRestoreAndLeavesNothing) {
-  // The damage is in the snapshot; the restore reaches the wait for the
-  // handoff and fails there, the replica ended.
   const std::string snap = WriteSnap(GpuManifest());
   {
     auto reader = snapfile::SnapshotReader::Open(snap);
@@ -581,11 +579,12 @@ TEST_F(HandoffRestore, ADamagedWeightsChunkFailsTheRestoreAndLeavesNothing) {
   auto r = RestoreReplica(o, criu, {}, &cuda);
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), Code::kCorrupt) << r.status().ToString();
-  EXPECT_NE(r.status().message().find("the GPU weights were not uploaded; the replica is not ready"),
-            std::string::npos)
+  // Found before CRIU's restore (then none is made) or when the restore
+  // waits for the handoff (then the replica is ended).
+  EXPECT_NE(r.status().message().find("the GPU weights were not uploaded"), std::string::npos)
       << r.status().message();
-  ASSERT_GT(criu.started, 0);
-  EXPECT_NE(::kill(criu.started, 0), 0) << "the replica was ended";
+  EXPECT_NE(r.status().message().find("weights/" + name_), std::string::npos) << r.status().message();
+  if (criu.started > 0) EXPECT_NE(::kill(criu.started, 0), 0) << "the replica was ended";
   ExpectNothingHeld();
   EXPECT_TRUE(fs::is_empty(dir_ / "work"));
 }

@@ -133,6 +133,9 @@ class WeightsHandoff {
   // exported; else the viability error (see viable()) or the upload's.
   Status Wait();
   bool viable() const;  // after WaitViable/Wait: the device and memory were there
+  // Without waiting: the upload's error when it already failed (a damaged
+  // chunk, a device error), else OK.
+  Status UploadFailure() const;
 
   // After Wait() returned OK: {"pid", "fd", "bytes", "file"} for after_restore.
   nlohmann::json DeviceWeightsJson() const;
@@ -227,6 +230,9 @@ struct RestoreOptions {
   // the handoff opens (null: gpu::OpenCudaDevice(ordinal)).
   GpuWeightsMode gpu_weights = GpuWeightsMode::kAuto;
   OpenDeviceFn open_device;
+  // How the handoff reads the weights directory's file (gpu::UploadFromFile;
+  // from the snapshot, readers become at least the hardware threads).
+  gpu::UploadOptions handoff_upload;
 };
 
 struct RestoreEvents {
