@@ -65,14 +65,15 @@ def parse_args():
 def make_config(transformers, shape):
     s = dict(SHAPES[shape])
     theta = s.pop("rope_theta")
-    common = dict(s, hidden_act="silu", rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=1,
-                  eos_token_id=2, attention_bias=False, mlp_bias=False)
-    try:  # transformers 5: RoPE settings live in rope_parameters
-        config = transformers.LlamaConfig(**common, rope_parameters={"rope_type": "default", "rope_theta": theta})
-    except TypeError:
-        config = None
-    if config is None or getattr(config, "rope_parameters", None) is None:  # 4.x: rope_theta
-        config = transformers.LlamaConfig(**common, rope_theta=theta)
+    config = transformers.LlamaConfig(**s, hidden_act="silu", rms_norm_eps=1e-5, tie_word_embeddings=False,
+                                      bos_token_id=1, eos_token_id=2, attention_bias=False, mlp_bias=False)
+    # transformers 5 keeps RoPE settings in rope_parameters, 4.x in rope_theta:
+    # set whichever this version has (set after construction, so that neither
+    # version sees an argument it does not know).
+    if hasattr(config, "rope_parameters"):
+        config.rope_parameters = {"rope_type": "default", "rope_theta": theta}
+    if hasattr(config, "rope_theta"):
+        config.rope_theta = theta
     return config
 
 
@@ -121,14 +122,9 @@ def main():
     config = make_config(transformers, args.shape)
 
     t = time.perf_counter()
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device("meta"):  # no storage, no _init_weights: the fast way at 8B
-            model = transformers.LlamaForCausalLM(config)
-    finally:
-        torch.set_default_dtype(default)
-    model = model.to_empty(device=device)
+    with torch.device("meta"):  # no storage, so _init_weights costs nothing: the fast way at 8B
+        model = transformers.LlamaForCausalLM(config)
+    model = model.to(dtype=dtype).to_empty(device=device)
     times["build_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -165,6 +161,7 @@ def main():
         print(f"hf_mkmodel: {k[:-2]:10s} {v:8.2f} s")
     print(json.dumps({"out": os.path.abspath(args.out), "shape": args.shape, "params": params,
                       "dtype": args.dtype, "device": args.device, "bytes": size, "tokenizer": tokenizer,
+                      "rope": getattr(config, "rope_parameters", None) or getattr(config, "rope_theta", None),
                       "seed": args.seed, "torch": torch.__version__, "transformers": transformers.__version__,
                       "timings": times}), flush=True)
     return 0

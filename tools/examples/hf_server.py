@@ -79,6 +79,7 @@ class HfEngine:
         self.device, self.kind = device, "hf"
         self.dtype = torch.bfloat16
         self.compile_requested, self.compile_used, self.compile_error = compile_mode, "none", None
+        self.compile_note = None
         self.max_prompt = max_prompt_tokens
         self.max_len = max_prompt_tokens + MAX_NEW_TOKENS
         self.lock = threading.Lock()
@@ -126,7 +127,7 @@ class HfEngine:
 
     def _load(self, model_dir):
         cls = self.transformers.AutoModelForCausalLM
-        kw = dict(attn_implementation="sdpa", low_cpu_mem_usage=True)
+        kw = dict(attn_implementation="sdpa")
         attempts = [dict(dtype=self.dtype, device_map=str(self.dev)), dict(torch_dtype=self.dtype, device_map=str(self.dev))]
         last = None
         for extra in attempts:
@@ -261,14 +262,22 @@ class HfEngine:
         if mode == "cuda-graphs":
             self._capture_graph()
             self.static_mode = "graph"
+            got = self.generate(probe, 12)
+            if got != want:  # a replay runs the captured kernels: it must agree exactly
+                raise RuntimeError(f"CUDA graph decoding gives {got}, eager decoding on the same cache {want}")
         else:
             self.compiled = self.torch.compile(self.model.forward, mode="reduce-overhead", fullgraph=False)
             self.static_mode = "compiled"
             for _ in range(3):  # compiles, then records the CUDA graph tree
                 self.generate(probe, 4)
-        got = self.generate(probe, 12)
-        if got != want:
-            raise RuntimeError(f"{mode} decoding gives {got}, eager decoding on the same cache {want}")
+            # Inductor's fused kernels round differently from eager ones, so
+            # only repeatability is required (the canary needs it); a
+            # difference from eager is reported, not fatal.
+            got, again = self.generate(probe, 12), self.generate(probe, 12)
+            if got != again:
+                raise RuntimeError(f"torch.compile decoding does not repeat: {got} then {again}")
+            if got != want:
+                self.compile_note = f"torch.compile tokens differ from eager ones: {got} vs {want}"
         self.torch.cuda.synchronize()
         self.compile_used = mode
 
@@ -311,6 +320,8 @@ class HfEngine:
              "versions": {"torch": self.torch.__version__, "transformers": self.transformers.__version__}}
         if self.compile_error:
             h["compile_error"] = self.compile_error
+        if self.compile_note:
+            h["compile_note"] = self.compile_note
         if self.load_note:
             h["load_note"] = self.load_note
         return h
