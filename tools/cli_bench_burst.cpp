@@ -32,6 +32,7 @@
 #include "commands.h"
 #include "hotboot/job.h"
 #include "hotboot/manifest.h"
+#include "hotboot/presets.h"
 #include "hotboot/snapshot_file.h"
 #include "timeline.h"
 
@@ -559,7 +560,7 @@ void AddBenchBurst(CLI::App& bench, Runner* run) {
       ->check(CLI::Range(1, 20))
       ->capture_default_str();
   b->add_option("--preset", a->preset, "Model preset (the snapshot's and the cold boots')")
-      ->check(CLI::IsMember({"tiny", "small", "1b"}))
+      ->check(CLI::IsMember(hotboot::PresetNames()))
       ->capture_default_str();
   b->add_option("--snapshot", a->snapshot,
                 "A snapshot to push instead of the preset's (its weights directory must be in the bench directory)")

@@ -26,6 +26,7 @@
 #include "cli_common.h"
 #include "commands.h"
 #include "hotboot/manifest.h"
+#include "hotboot/presets.h"
 #include "hotboot/snapshot_file.h"
 
 namespace hotboot::cli {
@@ -589,7 +590,7 @@ void AddBenchFetch(CLI::App& bench, Runner* run) {
       "and everything in it are removed at the end, on failure and on SIGINT/SIGTERM.");
   f->add_option("--presets", a->presets, "Presets to measure (comma-separated)")
       ->delimiter(',')
-      ->check(CLI::IsMember({"tiny", "small", "1b"}))
+      ->check(CLI::IsMember(hotboot::PresetNames()))
       ->capture_default_str();
   f->add_option("--rates", a->rates, "Link rates in Gbit/s (comma-separated)")
       ->delimiter(',')

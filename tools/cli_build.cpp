@@ -5,6 +5,7 @@
 #include "cli_common.h"
 #include "commands.h"
 #include "hotboot/builder.h"
+#include "hotboot/presets.h"
 
 namespace hotboot::cli {
 
@@ -181,7 +182,7 @@ Runner AddBuild(CLI::App& app) {
   app.add_option("-o,--out", a->out, "Snapshot file to write")->required();
   app.add_option("-m,--model", a->model, "Model file (safetensors) for the reference server");
   app.add_option("--preset", a->preset, "Default model preset when --model is not given")
-      ->check(CLI::IsMember({"tiny", "small", "1b"}));
+      ->check(CLI::IsMember(hotboot::PresetNames()));
   app.add_option("--spec", a->spec_path, "Build spec (JSON: command, warmup, canary, timeouts, zstd_level)");
   app.add_option("--cuda-lib", a->cuda_lib,
                  "CUDA driver library for GPU capture (default: libcuda.so.1 when the host has one)");
