@@ -5,7 +5,9 @@
 // (--gpu-weights handoff), and after_restore carries device_weights only
 // when the handoff happened.
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -19,6 +21,7 @@
 #include <map>
 #include <optional>
 #include <random>
+#include <thread>
 
 #include <xxhash.h>
 
@@ -148,8 +151,63 @@ std::string Hash128(const std::string& b) {
   return snapfile::Digest128{h.high64, h.low64}.Hex();
 }
 
+// A minimal HTTP server on 127.0.0.1:port for the readiness check: the
+// canary's tokens for POST /v1/generate, 200 {} for anything else.
+class TinyHttp {
+ public:
+  explicit TinyHttp(int port) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    const int one = 1;
+    ::setsockopt(fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(static_cast<uint16_t>(port));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ok_ = ::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 && ::listen(fd_, 8) == 0;
+    thread_ = std::thread([this] { Serve(); });
+  }
+  ~TinyHttp() {
+    ::shutdown(fd_, SHUT_RDWR);
+    thread_.join();
+    ::close(fd_);
+  }
+  bool ok() const { return ok_; }
+
+ private:
+  void Serve() {
+    for (;;) {
+      const int c = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (c < 0) return;
+      std::string req;
+      char buf[4096];
+      size_t want = std::string::npos;
+      while (want == std::string::npos || req.size() < want) {
+        const ssize_t n = ::read(c, buf, sizeof buf);
+        if (n <= 0) break;
+        req.append(buf, static_cast<size_t>(n));
+        const size_t end = req.find("\r\n\r\n");
+        if (want == std::string::npos && end != std::string::npos) {
+          size_t len = 0;
+          const size_t cl = req.find("Content-Length: ");
+          if (cl != std::string::npos && cl < end) len = std::stoul(req.substr(cl + 16));
+          want = end + 4 + len;
+        }
+      }
+      const std::string body = req.rfind("POST /v1/generate", 0) == 0 ? R"({"tokens":[1,2,3,4]})" : "{}";
+      const std::string resp = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: " +
+                               std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" + body;
+      (void)!::write(c, resp.data(), resp.size());
+      ::close(c);
+    }
+  }
+  int fd_ = -1;
+  bool ok_ = false;
+  std::thread thread_;
+};
+
 class FakeCriu : public Criu {
  public:
+  std::function<void()> on_restore;
   // With a server script: Restore starts it as the "restored" replica on
   // the inherited pipes, else it fails.
   std::string server_script;
@@ -160,6 +218,7 @@ class FakeCriu : public Criu {
   Status Dump(const CriuDumpOptions&) override { return Internal("not used"); }
   Result<pid_t> Restore(const CriuRestoreOptions& o) override {
     ++restores;
+    if (on_restore) on_restore();
     if (server_script.empty()) return Internal("criu_restore failed (injected)");
     int fds[3] = {-1, -1, -1};
     for (const auto& [fd, key] : o.inherit_fds) {
@@ -587,6 +646,49 @@ TEST_F(HandoffRestore, ADamagedWeightsChunkFailsTheRestoreAndLeavesNothing) {
   if (criu.started > 0) EXPECT_NE(::kill(criu.started, 0), 0) << "the replica was ended";
   ExpectNothingHeld();
   EXPECT_TRUE(fs::is_empty(dir_ / "work"));
+}
+
+// All the way to ready: the server (a shell) adopts and answers, the
+// canary and /readyz answer (TinyHttp); the result says how the weights came
+// back and where the time went.
+TEST_F(HandoffRestore, ReadyWithTheHandoffReportedAndTimed) {
+  const std::string snap = WriteSnap(GpuManifest());
+  FakeCriu criu;
+  std::unique_ptr<TinyHttp> http;
+  const int port = 47398;
+  criu.on_restore = [&] { http = std::make_unique<TinyHttp>(port); };
+  criu.server_script =
+      "read line; printf '%s\\n' '{\"reply\":\"after_restore\",\"ok\":true,\"digest\":\"" +
+      std::string("0123456789abcdef0123456789abcdef") +
+      "\",\"timings_ms\":{\"weight_adopt\":2.5,\"digest\":7}}'; read line; " +
+      "printf '%s\\n' '{\"reply\":\"mark_ready\",\"ok\":true}'; while read line; do :; done";
+  test::FakeCudaDriver cuda = Cuda();
+  cuda.adopt = [&criu](pid_t p) { return p == criu.started; };
+  cuda.adopted.state = CudaProcessState::kCheckpointed;
+  RestoreOptions o = Opts(snap, port);
+  o.open_device = Opener();
+  auto r = RestoreReplica(o, criu, {}, &cuda);
+  ASSERT_TRUE(http && http->ok());
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_TRUE(r->gpu_weights.has_value());
+  const json g = r->gpu_weights->ToJson();
+  EXPECT_EQ(g["mode"], "handoff") << g.dump();
+  EXPECT_EQ(g["source"], "snapshot");
+  EXPECT_EQ(g["bytes"], weights_.size());
+  EXPECT_EQ(g["extracted"], false);
+  EXPECT_FALSE(g.contains("reason"));
+  for (const char* k : {"upload_ms", "GBps", "device_open_ms"}) EXPECT_TRUE(g[k].is_number()) << k;
+  const json& t = r->timings_ms;
+  for (const char* k : {"weights_handoff", "weights_handoff_wait", "weights_handoff_open_wait",
+                        "weights_handoff_release", "after_restore", "verify", "verify_canary", "criu_restore",
+                        "gpu_restore", "total"}) {
+    EXPECT_TRUE(t.contains(k) && t[k].is_number() && t[k].get<double>() >= 0) << k << " in " << t.dump();
+  }
+  EXPECT_EQ(t["server_weight_adopt"], 2.5);
+  EXPECT_EQ(t["server_digest"], 7);
+  EXPECT_EQ(t["verify_canary"], r->canary_latency_ms);
+  ExpectNothingHeld();  // the memory is the server's now; the device is closed
+  r->replica.reset();
 }
 
 }  // namespace
