@@ -28,6 +28,8 @@
 #include "commands.h"
 #include "hotboot/builder.h"
 #include "hotboot/http_client.h"
+#include "hotboot/model.h"
+#include "hotboot/presets.h"
 #include "hotboot/restore.h"
 #include "timeline.h"
 
@@ -401,8 +403,16 @@ std::string PhaseLine(const json& phases) {
 int RunDemo(const DemoArgs& a) {
   auto server = FindSibling("hotboot-server");
   if (!server.ok()) return Fail(server.status());
+  // A GPU-only preset (8b, ~16 GB) is refused before it is written where
+  // the servers would run it on the CPU.
+  if (auto cfg = PresetConfig(a.preset); a.model.empty() && cfg.ok() && GpuOnly(*cfg) && !GpuUsable()) {
+    return Fail(FailedPrecondition("preset " + a.preset +
+                                   " is GPU only and no CUDA GPU is usable here: run the demo on a GPU host, or "
+                                   "pick --preset tiny, small or 1b"));
+  }
   auto model = EnsureModel(a.model, a.preset);
   if (!model.ok()) return Fail(model.status());
+  if (Status s = CheckServable(*model, "auto"); !s.ok()) return Fail(s);
   std::string work = a.work_dir.empty() ? fs::temp_directory_path().string() + "/hotboot-demo" : a.work_dir;
   fs::create_directories(work);
   const std::string snap = work + "/replica.hbsnap";
@@ -591,7 +601,8 @@ Runner AddDemo(CLI::App& app) {
              "from the snapshot) and the whole machine's page cache is dropped (sync, then 3 >\n"
              "/proc/sys/vm/drop_caches, as root; when that fails the column says \"cache warm\").");
   app.add_option("-m,--model", a->model, "Model file (default: the preset's, generated when missing)");
-  app.add_option("--preset", a->preset, "Model preset")->check(CLI::IsMember({"tiny", "small", "1b"}));
+  app.add_option("--preset", a->preset, "Model preset: tiny, small, 1b; 8b (Llama-3-8B's shape, ~16 GB) is GPU only")
+      ->check(CLI::IsMember(PresetNames()));
   app.add_option("--work-dir", a->work_dir, "Where the snapshot and logs go (default $TMPDIR/hotboot-demo)");
   app.add_option("--port", a->port, "Cold server port; the restored replicas use port+1 and port+2");
   app.add_flag("--json", a->json_out, "Print the comparison as JSON");

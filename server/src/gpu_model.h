@@ -18,9 +18,6 @@ namespace hotboot {
 // prompts of valid ids that fit max_seq_len with their max_tokens).
 Status CheckBatch(const ModelConfig& c, const std::vector<GenerateRequest>& batch);
 
-// Whether this build has the GPU model and a CUDA GPU is usable here.
-bool GpuUsable();
-
 Result<std::unique_ptr<Model>> LoadGpuModel(const std::string& path, const LoadOptions& opts, LoadTimings* timings);
 
 }  // namespace hotboot

@@ -150,11 +150,13 @@ Result<ModelConfig> PresetConfig(const std::string& name) {
   if (name == "small") return Make(768, 12, 12, 12, 2048, 32000, 1024, true);
   if (name == "1b") return Make(2048, 22, 32, 4, 5632, 32000, 2048, false);
   if (name == "8b") {
-    // Llama-3-8B. max_seq_len 4096, not 8192: the GPU model keeps fp32 KV
-    // caches for 8 sequences at full length (8 x 32 layers x 8 KV heads x
-    // 128 x 2 x 4 bytes = 64 KiB a position per sequence x 8), 4 GiB at
-    // 4096 and 8 GiB at 8192, beside 16 GB of weights; and 8 GiB of caches
-    // would be memory the driver's checkpoint and the digest walk too.
+    // Llama-3-8B, with max_seq_len 4096 rather than its 8192: the GPU model
+    // keeps fp32 K and V caches for 8 sequences at full length (32 layers x
+    // 8 KV heads x 128 x 4 bytes x 2 = 256 KiB a position a sequence), 8 GiB
+    // at 4096 and 16 GiB at 8192, beside 16 GB of weights: 4096 keeps a
+    // replica near 25 GB, on a 40/48 GB GPU too. (They are freed before a
+    // capture and made again after a restore, so neither the snapshot nor
+    // the digest carries them.)
     ModelConfig c = Make(4096, 32, 32, 8, 14336, 128256, 4096, false);
     c.rope_theta = 500000.f;
     return c;

@@ -73,6 +73,8 @@ struct LoadOptions {
 // is kFailedPrecondition on "cpu", and on "auto" when no CUDA GPU is usable.
 // Reads the file's header (its config) only, never a tensor.
 Status CheckServable(const std::string& path, const std::string& device);
+// Whether this build has the GPU model and a CUDA GPU is usable here.
+bool GpuUsable();
 
 // The weights handoff of after_restore (server/CONTROL.md "Weights
 // handoff"): the restorer uploaded the GPU weights file's image into
