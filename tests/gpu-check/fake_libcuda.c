@@ -25,10 +25,11 @@
 //               and bench run in different processes than the server). A
 //               CUDA process is one whose /proc/<pid>/comm is listed in
 //               HOTBOOT_FAKE_CUDA_COMMS (comma separated). A checkpointed pid
-//               that comes back as a new process (CRIU restores it with the
-//               same pid when the snapshot has no PID namespace: the GPU
-//               hosts' path) is CHECKPOINTED, as the driver sees a restored
-//               process; any other listed process starts RUNNING. Each one
+//               that comes back as a new process (CRIU-restored) is
+//               CHECKPOINTED, as the driver sees a restored process: the
+//               checkpoint marks the process image (HOTBOOT_FAKE_CUDA_MARK,
+//               see WriteMark), so this holds under any PID; any other listed
+//               process starts RUNNING. Each one
 //               not checkpointed holds HOTBOOT_FAKE_CUDA_PROC_MIB (default
 //               2048) of the device's memory, which cuMemGetInfo reports used.
 //               Each lock/checkpoint/restore/unlock asked for is appended to
@@ -51,6 +52,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <time.h>
 #include <unistd.h>
 
 #define EXPORT __attribute__((visibility("default")))
@@ -432,6 +434,86 @@ static int HasCheckpoint(const char* dir, int pid) {
   return access(path, F_OK) == 0;
 }
 
+// The checkpoint travels in the process image, as the driver's does: a
+// process with HOTBOOT_FAKE_CUDA_MARK=<16 characters> in its environment gets
+// "ckpt" and 12 hex digits written over that value in its memory
+// (/proc/<pid>/mem) when checkpointed, which CRIU dumps and restores with the
+// rest; a mark-<value> file says the value is a checkpoint's. A restored
+// process is then CHECKPOINTED under any PID (a PID namespace, another host
+// PID). Without the variable, only a process that comes back under the same
+// PID is (ckpt-<pid>).
+static const char kMarkVar[] = "HOTBOOT_FAKE_CUDA_MARK=";
+enum { kMarkLen = 16 };
+
+// The mark's value in pid's environment and the address it is at; 0: none.
+static int ReadMark(int pid, char value[kMarkLen + 1], unsigned long long* addr) {
+  char path[64], buf[65536];
+  snprintf(path, sizeof path, "/proc/%d/environ", pid);
+  const int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  size_t n = 0;
+  for (ssize_t r; n < sizeof buf && (r = read(fd, buf + n, sizeof buf - n)) > 0;) n += (size_t)r;
+  close(fd);
+  const size_t vlen = sizeof kMarkVar - 1;
+  for (size_t i = 0; i + vlen + kMarkLen <= n;) {
+    const size_t len = strnlen(buf + i, n - i);
+    if (len == vlen + kMarkLen && memcmp(buf + i, kMarkVar, vlen) == 0) {
+      memcpy(value, buf + i + vlen, kMarkLen);
+      value[kMarkLen] = '\0';
+      // env_start: field 50 of /proc/<pid>/stat.
+      snprintf(path, sizeof path, "/proc/%d/stat", pid);
+      char st[1024];
+      const int sfd = open(path, O_RDONLY | O_CLOEXEC);
+      if (sfd < 0) return 0;
+      const ssize_t m = read(sfd, st, sizeof st - 1);
+      close(sfd);
+      if (m <= 0) return 0;
+      st[m] = '\0';
+      const char* p = strrchr(st, ')');
+      int field = 2;
+      for (p = p ? p + 1 : st; *p && field < 50; ++p) {
+        if (*p == ' ') ++field;
+      }
+      *addr = strtoull(p, NULL, 10) + i + vlen;
+      return *addr > i + vlen;
+    }
+    i += len + 1;
+  }
+  return 0;
+}
+
+static int HasFile(const char* dir, const char* kind, const char* name) {
+  char path[4096];
+  snprintf(path, sizeof path, "%s/%s-%s", dir, kind, name);
+  return access(path, F_OK) == 0;
+}
+
+// Marks pid's image as checkpointed (when it carries the variable).
+static int WriteMark(const char* dir, int pid) {
+  char value[kMarkLen + 1];
+  unsigned long long addr = 0;
+  if (!ReadMark(pid, value, &addr)) return 0;
+  static unsigned counter;
+  char mark[kMarkLen + 1];
+  snprintf(mark, sizeof mark, "ckpt%04x%08x", (unsigned)(getpid() & 0xffff),
+           (unsigned)time(NULL) ^ (__atomic_add_fetch(&counter, 1, __ATOMIC_RELAXED) << 24));
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%d/mem", pid);
+  const int fd = open(path, O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  const ssize_t w = pwrite(fd, mark, kMarkLen, (off_t)addr);
+  close(fd);
+  if (w != kMarkLen) return -1;
+  char name[80];
+  snprintf(name, sizeof name, "%s", mark);
+  char file[4200];
+  snprintf(file, sizeof file, "%s/mark-%s", dir, name);
+  FILE* f = fopen(file, "we");
+  if (!f) return -1;
+  fprintf(f, "%d\n", pid);
+  return fclose(f);
+}
+
 // The state of a listed process, its live record made on first sight.
 // Called with the directory locked. -1: not a CUDA process.
 static int StateOf(const char* dir, int pid) {
@@ -441,7 +523,13 @@ static int StateOf(const char* dir, int pid) {
   int state = 0;
   unsigned long long start = 0;
   if (ReadLive(dir, pid, &state, &start) && start == now) return state;
-  state = HasCheckpoint(dir, pid) ? kStateCheckpointed : kStateRunning;
+  char value[kMarkLen + 1];
+  unsigned long long addr = 0;
+  if (ReadMark(pid, value, &addr)) {
+    state = HasFile(dir, "mark", value) ? kStateCheckpointed : kStateRunning;
+  } else {
+    state = HasCheckpoint(dir, pid) ? kStateCheckpointed : kStateRunning;
+  }
   char text[64];
   snprintf(text, sizeof text, "%d %llu\n", state, now);
   return WriteFile(dir, "live", pid, text) == 0 ? state : -1;
@@ -474,7 +562,9 @@ static CUresult Move(int pid, int from, int to, const char* call) {
     char text[64];
     snprintf(text, sizeof text, "%d %llu\n", to, StartTime(pid));
     if (WriteFile(dir, "live", pid, text) != 0) r = kUnknown;
-    if (r == kSuccess && to == kStateCheckpointed && WriteFile(dir, "ckpt", pid, "checkpointed\n") != 0) r = kUnknown;
+    if (r == kSuccess && to == kStateCheckpointed &&
+        (WriteFile(dir, "ckpt", pid, "checkpointed\n") != 0 || WriteMark(dir, pid) != 0))
+      r = kUnknown;
   }
   LogCall(dir, call, pid, r);
   close(lock);
@@ -547,6 +637,7 @@ typedef struct {
   int fd;  // -1: free slot
   size_t size;
   int device;
+  int shareable;  // made with requestedHandleTypes POSIX fd (or imported)
 } Handle;
 typedef struct {
   uintptr_t base;
@@ -571,12 +662,13 @@ static Handle* HandleOf(CUmemGenericAllocationHandle h) {
   return &handles[h - 1];
 }
 
-static CUmemGenericAllocationHandle NewHandle(int fd, size_t size, int device) {
+static CUmemGenericAllocationHandle NewHandle(int fd, size_t size, int device, int shareable) {
   for (int i = 0; i < kMaxHandles; ++i) {
     if (handles[i].size == 0) {
       handles[i].fd = fd;
       handles[i].size = size;
       handles[i].device = device;
+      handles[i].shareable = shareable;
       return (CUmemGenericAllocationHandle)(i + 1);
     }
   }
@@ -717,7 +809,7 @@ EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle* h, size_t size, const 
     return kOutOfMemory;
   }
   pthread_mutex_lock(&mu);
-  const CUmemGenericAllocationHandle nh = NewHandle(fd, size, dev);
+  const CUmemGenericAllocationHandle nh = NewHandle(fd, size, dev, (prop->requested_handle_types & 1) != 0);
   if (nh) created_bytes[dev] += size;
   pthread_mutex_unlock(&mu);
   if (!nh) {
@@ -826,9 +918,11 @@ EXPORT CUresult cuMemExportToShareableHandle(void* shareable, CUmemGenericAlloca
   if (type != 1) return kNotSupported;  // POSIX file descriptors only
   pthread_mutex_lock(&mu);
   Handle* hd = HandleOf(h);
-  const int fd = hd ? fcntl(hd->fd, F_DUPFD_CLOEXEC, 0) : -1;
+  // As the driver: only memory created to be shared as a POSIX fd exports.
+  const int ok = hd && hd->shareable;
+  const int fd = ok ? fcntl(hd->fd, F_DUPFD_CLOEXEC, 0) : -1;
   pthread_mutex_unlock(&mu);
-  if (!hd) return kInvalidValue;
+  if (!ok) return kInvalidValue;
   if (fd < 0) return kOutOfMemory;
   *(int*)shareable = fd;
   return kSuccess;
@@ -848,7 +942,7 @@ EXPORT CUresult cuMemImportFromShareableHandle(CUmemGenericAllocationHandle* h, 
   const int fd = fcntl(src, F_DUPFD_CLOEXEC, 0);
   if (fd < 0) return kOutOfMemory;
   pthread_mutex_lock(&mu);
-  const CUmemGenericAllocationHandle nh = NewHandle(fd, (size_t)st.st_size, 0);
+  const CUmemGenericAllocationHandle nh = NewHandle(fd, (size_t)st.st_size, 0, 1);
   pthread_mutex_unlock(&mu);
   if (!nh) {
     close(fd);
