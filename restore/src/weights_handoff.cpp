@@ -51,7 +51,9 @@ bool ParseGpuWeightsMode(std::string_view s, GpuWeightsMode* m) {
 json GpuWeightsReport::ToJson() const {
   json j = {{"mode", mode},         {"source", source},           {"file", file},
             {"bytes", bytes},       {"upload_ms", upload_ms},     {"GBps", GBps},
-            {"device_open_ms", device_open_ms}, {"upload_mode", upload_mode}};
+            {"device_open_ms", device_open_ms}, {"memory_ms", memory_ms},
+            {"staging_ms", staging_ms},         {"copy_wait_ms", copy_wait_ms},
+            {"upload_mode", upload_mode}};
   j["extracted"] = extracted;
   if (!reason.empty()) j["reason"] = reason;
   return j;
@@ -68,7 +70,7 @@ struct WeightsHandoff::State {
   gpu::ShareableWeights mem;
   int fd = -1;
   gpu::UploadStats upload;
-  double device_open_ms = 0, wall_ms = 0;
+  double device_open_ms = 0, memory_ms = 0, wall_ms = 0;
   std::thread thread;
 };
 
@@ -107,7 +109,9 @@ void WeightsHandoff::Run(const snapfile::SnapshotReader* reader, OpenDeviceFn op
     return;
   }
   s.dev = std::move(dev).value();
+  const auto tm = Clock::now();
   auto mem = gpu::ShareableWeights::Create(*s.dev, plan_.bytes);
+  s.memory_ms = MsSince(tm);
   if (!mem.ok()) {
     milestone(true, mem.status().Prefixed("no shareable device memory of " + std::to_string(plan_.bytes) + " bytes"));
     return;
@@ -213,6 +217,9 @@ GpuWeightsReport WeightsHandoff::Report() const {
     r.upload_ms = st_->upload.seconds * 1000;
     r.GBps = st_->upload.GBps();
     r.upload_mode = st_->upload.mode;
+    r.memory_ms = st_->memory_ms;
+    r.staging_ms = st_->upload.staging_seconds * 1000;
+    r.copy_wait_ms = st_->upload.copy_wait_seconds * 1000;
   } else {
     r.mode = "server";
     r.reason = st_->done ? st_->status.message() : "the handoff did not finish";

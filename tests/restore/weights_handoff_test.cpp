@@ -677,7 +677,9 @@ TEST_F(HandoffRestore, ReadyWithTheHandoffReportedAndTimed) {
   EXPECT_EQ(g["bytes"], weights_.size());
   EXPECT_EQ(g["extracted"], false);
   EXPECT_FALSE(g.contains("reason"));
-  for (const char* k : {"upload_ms", "GBps", "device_open_ms"}) EXPECT_TRUE(g[k].is_number()) << k;
+  for (const char* k : {"upload_ms", "GBps", "device_open_ms", "memory_ms", "staging_ms", "copy_wait_ms"}) {
+    EXPECT_TRUE(g[k].is_number()) << k;
+  }
   const json& t = r->timings_ms;
   for (const char* k : {"weights_handoff", "weights_handoff_wait", "weights_handoff_open_wait",
                         "weights_handoff_release", "after_restore", "verify", "verify_canary", "criu_restore",

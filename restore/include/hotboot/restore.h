@@ -89,6 +89,9 @@ struct GpuWeightsReport {
   std::string file;    // gpu-weights-<hex>.bin
   uint64_t bytes = 0;
   double upload_ms = 0, GBps = 0, device_open_ms = 0;
+  // Making the shareable memory (reserve, create, map), and inside upload_ms
+  // the pinned staging allocation and the wait for the last copies.
+  double memory_ms = 0, staging_ms = 0, copy_wait_ms = 0;
   std::string upload_mode;  // the upload's read mode (gpu::UploadStats::mode)
   std::string reason;       // why not a handoff, when not
   // The file was put into the weights directory as well (a handoff from the
