@@ -82,6 +82,18 @@ json Call(int port, const std::string& method, const std::string& path, const st
   return j;
 }
 
+// Ends a supervising restore the test has not reaped yet (its replica goes
+// with it), so that a failed assertion leaves no replica behind.
+struct ReapOnExit {
+  pid_t pid;
+  ~ReapOnExit() {
+    if (pid > 0 && ::waitpid(pid, nullptr, WNOHANG) == 0) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, nullptr, 0);
+    }
+  }
+};
+
 // A cold engine_server, outside hotboot: its answers are what a restore must give.
 struct ColdAnswers {
   json canary, other;
@@ -108,18 +120,34 @@ ColdAnswers ColdServer() {
   return a;
 }
 
+// engine_server.py on the CPU, built transparently once per test process.
+struct EngineSnap {
+  std::string path;
+  int port = 0;
+  CmdResult build;
+};
+const EngineSnap& EngineSnapshot() {
+  static const EngineSnap s = [] {
+    EngineSnap e{ScratchDir() + "/child-engine.hbsnap", FreePort(), {}};
+    e.build = RunCmd({Bin("hotboot"), "build", "--out", e.path, "--json", "--port", std::to_string(e.port),
+                      "--canary-path", "/generate", "--canary-body", kCanary, "--canary-compare", "/tokens",
+                      "--after-restore", "/after-restore", "--", Python(), Example("engine_server.py"), "--port",
+                      std::to_string(e.port), "--device", "cpu"});
+    return e;
+  }();
+  return s;
+}
+
 TEST(ChildEngine, FrontAndEngineChildAreBuiltAndRestoredWhole) {
   if (!HasNumpy()) GTEST_SKIP() << "no python3 with NumPy here";
   const ColdAnswers cold = ColdServer();
   ASSERT_EQ(cold.canary.value("http_status", 0), 200) << cold.canary;
   ASSERT_EQ(cold.other.value("http_status", 0), 200) << cold.other;
 
-  const int port = FreePort();
-  const std::string snap = ScratchDir() + "/child-engine.hbsnap";
-  CmdResult b = RunCmd({Bin("hotboot"), "build", "--out", snap, "--json", "--port", std::to_string(port),
-                        "--canary-path", "/generate", "--canary-body", kCanary, "--canary-compare", "/tokens",
-                        "--after-restore", "/after-restore", "--", Python(), Example("engine_server.py"), "--port",
-                        std::to_string(port), "--device", "cpu"});
+  const EngineSnap& built_snap = EngineSnapshot();
+  const CmdResult& b = built_snap.build;
+  const std::string& snap = built_snap.path;
+  const int port = built_snap.port;
   ASSERT_EQ(b.exit_code, 0) << b.err;
   json built = json::parse(b.out);
   EXPECT_TRUE(built["warnings"].empty()) << built["warnings"];
@@ -133,6 +161,7 @@ TEST(ChildEngine, FrontAndEngineChildAreBuiltAndRestoredWhole) {
   const std::string log = ScratchDir() + "/child-engine-restore";
   const pid_t r = Spawn({Bin("hotboot"), "restore", snap, "--json"}, log + ".out", log + ".err");
   ASSERT_GT(r, 0);
+  const ReapOnExit reap{r};
   ASSERT_TRUE(WaitForText(r, log + ".err", "] ready", 120)) << ReadFile(log + ".err");
   for (int i = 0; i < 200 && ReadFile(log + ".out").empty(); ++i) ::usleep(5 * 1000);
   const json res = json::parse(ReadFile(log + ".out"), nullptr, false);
@@ -179,6 +208,37 @@ TEST(ChildEngine, FrontAndEngineChildAreBuiltAndRestoredWhole) {
   EXPECT_FALSE(PidAlive(engine)) << "the engine outlived its supervisor";
   EXPECT_FALSE(fs::exists(cg)) << "the replica's cgroup is left: " << cg;
   EXPECT_EQ(HttpStatus(port, "/health"), -1);
+}
+
+// The engine dies after a restore (a CUDA fault, the OOM killer): the
+// restored front notices it (its wait on the child came back with it), exits,
+// and the supervising restore ends with its replica, leaving nothing.
+TEST(ChildEngine, ARestoredEngineThatDiesTakesTheReplicaDown) {
+  if (!HasNumpy()) GTEST_SKIP() << "no python3 with NumPy here";
+  const EngineSnap& snap = EngineSnapshot();
+  ASSERT_EQ(snap.build.exit_code, 0) << snap.build.err;
+  const std::string log = ScratchDir() + "/child-engine-dies";
+  const pid_t r = Spawn({Bin("hotboot"), "restore", snap.path, "--json"}, log + ".out", log + ".err");
+  ASSERT_GT(r, 0);
+  const ReapOnExit reap{r};
+  ASSERT_TRUE(WaitForText(r, log + ".err", "] ready", 120)) << ReadFile(log + ".err");
+  for (int i = 0; i < 200 && ReadFile(log + ".out").empty(); ++i) ::usleep(5 * 1000);
+  const json res = json::parse(ReadFile(log + ".out"), nullptr, false);
+  ASSERT_TRUE(res.is_object()) << ReadFile(log + ".out");
+  const pid_t front = res["pid"].get<pid_t>();
+  const std::vector<pid_t> children = ChildrenOf(front);
+  ASSERT_EQ(children.size(), 1u);
+  const std::string cg = res.value("cgroup", "");
+  ::kill(children[0], SIGKILL);
+  int st = 0;
+  pid_t w = 0;
+  for (int i = 0; i < 500 && (w = ::waitpid(r, &st, WNOHANG)) == 0; ++i) ::usleep(10 * 1000);
+  ASSERT_EQ(w, r) << "the supervising restore still runs 5 s after its replica's engine died";
+  EXPECT_FALSE(PidAlive(front));
+  EXPECT_NE(ReadFile(log + ".err").find("the engine (pid"), std::string::npos) << ReadFile(log + ".err");
+  for (int i = 0; i < 200 && !cg.empty() && fs::exists(cg); ++i) ::usleep(10 * 1000);
+  EXPECT_FALSE(!cg.empty() && fs::exists(cg)) << "the replica's cgroup is left: " << cg;
+  EXPECT_EQ(HttpStatus(snap.port, "/health"), -1);
 }
 
 // The Hugging Face scripts cannot run here (no torch, no transformers): they
