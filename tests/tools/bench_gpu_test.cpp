@@ -1,0 +1,140 @@
+// `hotboot bench gpu`: what runs without a GPU. --host-only generates the
+// weights file, writes and decodes the snapshot, mounts, fills and unmounts
+// the huge-page tmpfs and reads with O_DIRECT; every row is there, and
+// nothing it made is left behind. Without --host-only and without a driver
+// it fails as it always did.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+#include <string>
+
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+class BenchGpu : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    bin_ = std::string(HOTBOOT_BIN_DIR) + "/bin/hotboot";
+    if (::access(bin_.c_str(), X_OK) != 0) GTEST_SKIP() << bin_ << " is not built";
+    const std::string tag = std::to_string(::getpid());
+    work_ = fs::temp_directory_path() / ("hotboot-bench-gpu-test.w." + tag);
+    disk_ = fs::path("/var/tmp") / ("hotboot-bench-gpu-test.d." + tag);
+    fs::create_directories(work_);
+    fs::create_directories(disk_);
+  }
+  void TearDown() override {
+    std::error_code ec;
+    fs::remove_all(work_, ec);
+    fs::remove_all(disk_, ec);
+  }
+  // stdout; stderr into *err.
+  std::string Run(const std::string& args, int* rc, std::string* err) {
+    const std::string err_path = (work_ / "stderr").string();
+    FILE* p = ::popen((bin_ + " " + args + " 2>" + err_path).c_str(), "r");
+    std::string out;
+    char buf[4096];
+    size_t n;
+    while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+    const int st = ::pclose(p);
+    *rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    std::ifstream e(err_path);
+    std::stringstream ss;
+    ss << e.rdbuf();
+    *err = ss.str();
+    fs::remove(err_path);
+    return out;
+  }
+  static bool MountedUnder(const fs::path& dir) {
+    std::ifstream in("/proc/self/mountinfo");
+    for (std::string line; std::getline(in, line);) {
+      if (line.find(dir.string()) != std::string::npos) return true;
+    }
+    return false;
+  }
+  std::string bin_;
+  fs::path work_, disk_;
+};
+
+TEST_F(BenchGpu, HostOnlyRunsEveryHostSideStepAndLeavesNothing) {
+  int rc = -1;
+  std::string err;
+  const std::string out = Run("bench gpu --host-only --json --size-mib 24 --workdir " + work_.string() +
+                                  " --disk-dir " + disk_.string(),
+                              &rc, &err);
+  ASSERT_EQ(rc, 0) << err;
+  json j = json::parse(out, nullptr, false);
+  ASSERT_TRUE(j.is_object()) << out;
+  EXPECT_EQ(j["host_only"], true);
+  EXPECT_EQ(j["weights_bytes"], 24u << 20);
+  EXPECT_TRUE(j["handoff_import_ms"].is_null());
+  std::set<std::string> seen;
+  for (const auto& r : j["sources"]) {
+    const std::string s = r["source"];
+    seen.insert(s);
+    EXPECT_EQ(r["bytes"], 24u << 20) << s;
+    EXPECT_FALSE(r.contains("upload_GBps")) << s << ": no device, no upload";
+    ASSERT_TRUE(r.contains("error")) << s;
+    if (s == "snapshot") {
+      // Written as the builder writes weights (bf16 planes, 4 MiB chunks),
+      // decoded and checked: bf16-looking data shrinks, but not much.
+      EXPECT_GT(r["decode_GBps"].get<double>(), 0) << r.dump();
+      EXPECT_EQ(r["chunks"], 6u);
+      EXPECT_EQ(r["max_chunk_bytes"], 4u << 20);
+      const double ratio = r["snapshot_bytes"].get<double>() / (24 << 20);
+      EXPECT_GT(ratio, 0.5) << r.dump();
+      EXPECT_LT(ratio, 0.95) << r.dump();
+    }
+    if (s == "direct") {
+      EXPECT_GT(r["read_GBps"].get<double>(), 0) << r.dump();
+    }
+    if (s == "huge_tmpfs") {
+      if (::geteuid() == 0) {
+        EXPECT_GT(r["copy_GBps"].get<double>(), 0) << r.dump();
+      } else {
+        EXPECT_NE(r["error"].get<std::string>().find("mount tmpfs"), std::string::npos) << r.dump();
+      }
+    }
+  }
+  EXPECT_EQ(seen, (std::set<std::string>{"page_cache", "huge_tmpfs", "direct", "snapshot", "handoff"}));
+  // Nothing left: no file, no snapshot, no mount point, no mount.
+  EXPECT_TRUE(fs::is_empty(work_)) << fs::begin(fs::directory_iterator(work_))->path();
+  EXPECT_TRUE(fs::is_empty(disk_)) << fs::begin(fs::directory_iterator(disk_))->path();
+  EXPECT_FALSE(MountedUnder(disk_));
+}
+
+TEST_F(BenchGpu, SourcesSelectTheRowsAndUnknownOnesAreRefused) {
+  int rc = -1;
+  std::string err;
+  json j = json::parse(Run("bench gpu --host-only --json --size-mib 8 --sources snapshot --workdir " +
+                               work_.string() + " --disk-dir " + disk_.string(),
+                           &rc, &err),
+                       nullptr, false);
+  ASSERT_EQ(rc, 0) << err;
+  ASSERT_EQ(j["sources"].size(), 1u);
+  EXPECT_EQ(j["sources"][0]["source"], "snapshot");
+  Run("bench gpu --host-only --sources snapshot,pcie", &rc, &err);
+  EXPECT_EQ(rc, 2) << err;
+  EXPECT_NE(err.find("unknown source 'pcie'"), std::string::npos) << err;
+}
+
+TEST_F(BenchGpu, WithoutADeviceItFailsAsBefore) {
+  if (::access("/dev/nvidiactl", F_OK) == 0) GTEST_SKIP() << "this host has an NVIDIA device";
+  int rc = -1;
+  std::string err;
+  Run("bench gpu --size-mib 8 --workdir " + work_.string(), &rc, &err);
+  EXPECT_EQ(rc, 1) << err;
+  EXPECT_NE(err.find("bench gpu needs a CUDA device"), std::string::npos) << err;
+  EXPECT_TRUE(fs::is_empty(work_));  // nothing generated before the device check
+}
+
+}  // namespace
