@@ -70,6 +70,10 @@ class HfEngine:
     """A causal LM from a save_pretrained directory, greedy decoding, optional CUDA graphs."""
 
     def __init__(self, model_dir, device="cuda", compile_mode="none", seed=1234, max_prompt_tokens=512):
+        # Inductor compiles in a pool of worker processes by default: they
+        # would join the process tree hotboot captures. One thread, no pool.
+        if compile_mode == "torch-compile":
+            os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
         import torch
         import transformers
         self.torch, self.transformers = torch, transformers
@@ -98,7 +102,8 @@ class HfEngine:
         self.model = self._load(model_dir)
         self.timings["load_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        if next(self.model.parameters()).device != self.dev or next(self.model.parameters()).dtype != self.dtype:
+        first = next(self.model.parameters())
+        if first.device.type != self.dev.type or first.dtype != self.dtype:
             self.model = self.model.to(self.dev, self.dtype)
         if self.dev.type == "cuda":
             torch.cuda.synchronize()
