@@ -1,16 +1,20 @@
 // The GPU model's weights file, built on the CPU: every tensor where the
 // layout says, fused matrices in the CPU model's order, fp16 rounded as the
 // CPU packs it, norms in fp32, and a name that depends on content only.
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
+#include <iterator>
 #include <filesystem>
 #include <fstream>
 
 #include "../../server/src/gpu_weights.h"
 #include "hotboot/kernels.h"
+#include "hotboot/node_cache.h"
 #include "hotboot/presets.h"
 
 namespace hotboot {
@@ -102,6 +106,29 @@ TEST_P(GpuWeightsFileTest, TheNameIsTheContent) {
   for (const auto& e : fs::directory_iterator(dir_ / "w")) {
     EXPECT_EQ(e.path().filename().string().rfind(".gpu-loading", 0), std::string::npos);
   }
+}
+
+// The hash is computed while the pieces are written (one stream behind
+// the readers): it must be the whole file's XXH3-128 whatever the thread
+// count, or a second server of the same model would take the published
+// file for damaged.
+TEST_P(GpuWeightsFileTest, TheNameIsTheWholeFilesHashWhateverTheThreads) {
+  cfg_.vocab_size = 32768;  // a 24 MiB embedding and head: three 8 MiB pieces each
+  ASSERT_TRUE(WriteModel(model_, cfg_, 7, nullptr).ok());
+  auto f = SafetensorsFile::Open(model_);
+  ASSERT_TRUE(f.ok());
+  auto one = WriteGpuWeightsFile(*f, cfg_, (dir_ / "w1").string(), 1);
+  auto many = WriteGpuWeightsFile(*f, cfg_, (dir_ / "w5").string(), 5);
+  ASSERT_TRUE(one.ok() && many.ok());
+  EXPECT_EQ(fs::path(one->path).filename(), fs::path(many->path).filename());
+  const int fd = ::open(many->path.c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  auto h = HashFileXxh128(fd, many->path);
+  ::close(fd);
+  ASSERT_TRUE(h.ok());
+  EXPECT_EQ(fs::path(many->path).filename().string(), "gpu-weights-" + *h + ".bin");
+  std::ifstream a(one->path, std::ios::binary), b(many->path, std::ios::binary);
+  EXPECT_TRUE(std::equal(std::istreambuf_iterator<char>(a), {}, std::istreambuf_iterator<char>(b), {}));
 }
 
 TEST_P(GpuWeightsFileTest, AConfigThatDoesNotMatchTheFileIsCorrupt) {
