@@ -232,6 +232,14 @@ Status VerifyCooperative(const Manifest& manifest, const RestoreOptions& opts, R
   if (!reply.ok()) return reply.status().Prefixed("readiness verification failed: after_restore");
   res->digest = reply->value("digest", "");
   CopyServerTimings(*reply, &res->timings_ms);
+  // The server could not take the memory and uploaded from the file
+  // instead (server/CONTROL.md "Weights handoff"): say so.
+  auto refused = reply->find("device_weights_error");
+  if (handoff && res->gpu_weights && refused != reply->end() && refused->is_string()) {
+    res->gpu_weights->mode = "server";
+    res->gpu_weights->reason = "the server did not adopt the handed-off memory and uploaded the file itself: " +
+                               refused->get<std::string>().substr(0, 300);
+  }
   res->timings_ms["after_restore"] = MsSince(ta);
 
   phase("verify");

@@ -520,6 +520,10 @@ TEST_F(WeightsHandoffTest, ModesParse) {
 // gets) and a fake driver: the readiness check then fails on the canary
 // (nobody serves HTTP), after after_restore.
 class HandoffRestore : public WeightsHandoffTest {
+ public:
+  std::string WorkRoot() { return (dir_ / "work").string(); }
+  using WeightsHandoffTest::ExpectNothingHeld;
+
  protected:
   // Runs the restore; returns what the fake server got as after_restore
   // ("" when it never got one) and the result.
@@ -651,24 +655,34 @@ TEST_F(HandoffRestore, ADamagedWeightsChunkFailsTheRestoreAndLeavesNothing) {
 // All the way to ready: the server (a shell) adopts and answers, the
 // canary and /readyz answer (TinyHttp); the result says how the weights came
 // back and where the time went.
-TEST_F(HandoffRestore, ReadyWithTheHandoffReportedAndTimed) {
-  const std::string snap = WriteSnap(GpuManifest());
+Result<RestoreResult> HandoffRestore_Ready(HandoffRestore& t, const std::string& snap, const std::string& reply_extra,
+                                           OpenDeviceFn open) {
   FakeCriu criu;
   std::unique_ptr<TinyHttp> http;
   const int port = 47398;
   criu.on_restore = [&] { http = std::make_unique<TinyHttp>(port); };
   criu.server_script =
       "read line; printf '%s\\n' '{\"reply\":\"after_restore\",\"ok\":true,\"digest\":\"" +
-      std::string("0123456789abcdef0123456789abcdef") +
-      "\",\"timings_ms\":{\"weight_adopt\":2.5,\"digest\":7}}'; read line; " +
+      std::string("0123456789abcdef0123456789abcdef") + "\"" + reply_extra +
+      ",\"timings_ms\":{\"weight_adopt\":2.5,\"digest\":7}}'; read line; " +
       "printf '%s\\n' '{\"reply\":\"mark_ready\",\"ok\":true}'; while read line; do :; done";
-  test::FakeCudaDriver cuda = Cuda();
+  test::FakeCudaDriver cuda;
+  cuda.devices = {test::FakeCudaDriver::Device(0, "GPU-aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee")};
   cuda.adopt = [&criu](pid_t p) { return p == criu.started; };
   cuda.adopted.state = CudaProcessState::kCheckpointed;
-  RestoreOptions o = Opts(snap, port);
-  o.open_device = Opener();
+  RestoreOptions o;
+  o.snapshot_path = snap;
+  o.port = port;
+  o.work_root = t.WorkRoot();
+  o.verify_timeout = std::chrono::seconds(2);
+  o.open_device = std::move(open);
   auto r = RestoreReplica(o, criu, {}, &cuda);
-  ASSERT_TRUE(http && http->ok());
+  EXPECT_TRUE(http && http->ok());
+  return r;
+}
+
+TEST_F(HandoffRestore, ReadyWithTheHandoffReportedAndTimed) {
+  auto r = HandoffRestore_Ready(*this, WriteSnap(GpuManifest()), "", Opener());
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   ASSERT_TRUE(r->gpu_weights.has_value());
   const json g = r->gpu_weights->ToJson();
@@ -690,6 +704,20 @@ TEST_F(HandoffRestore, ReadyWithTheHandoffReportedAndTimed) {
   EXPECT_EQ(t["server_digest"], 7);
   EXPECT_EQ(t["verify_canary"], r->canary_latency_ms);
   ExpectNothingHeld();  // the memory is the server's now; the device is closed
+  r->replica.reset();
+}
+
+TEST_F(HandoffRestore, AServerThatDidNotAdoptTheMemoryIsReportedAsServerMode) {
+  // (CRIU's images name the file, so the server has it to upload from.)
+  auto r = HandoffRestore_Ready(*this, WriteSnap(GpuManifest(), "/w/" + name_),
+                                ",\"device_weights_error\":\"pidfd_getfd: Operation not permitted\"", Opener());
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_TRUE(r->gpu_weights.has_value());
+  EXPECT_EQ(r->gpu_weights->mode, "server");
+  EXPECT_NE(r->gpu_weights->reason.find("pidfd_getfd: Operation not permitted"), std::string::npos)
+      << r->gpu_weights->reason;
+  EXPECT_TRUE(r->gpu_weights->extracted);
+  ExpectNothingHeld();
   r->replica.reset();
 }
 
