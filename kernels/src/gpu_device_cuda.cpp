@@ -5,7 +5,10 @@
 // declared here with their ABI layout and checked against cuda.h when the
 // toolkit is present at build time.
 #include <dlfcn.h>
+#include <fcntl.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <cstddef>
 #include <cstdint>
 #include <map>
@@ -195,6 +198,13 @@ class CudaDevice final : public Device {
     Scope s(this);
     drv::AllocationProp prop = Prop();
     prop.requested_handle_types = drv::kHandlePosixFd;
+    // Shareable allocations may want a coarser granularity than plain ones.
+    size_t g = 0;
+    HB_RETURN_IF_ERROR(Check("cuMemGetAllocationGranularity", granularity_(&g, &prop, drv::kGranularityRecommended)));
+    if (g == 0 || size % g != 0) {
+      return InvalidArgument("shareable allocation of " + std::to_string(size) + " bytes, not a multiple of its " +
+                             "granularity " + std::to_string(g));
+    }
     drv::Handle h = 0;
     HB_RETURN_IF_ERROR(Check("cuMemCreate (POSIX fd shareable)", mem_create_(&h, size, &prop, 0)));
     return static_cast<uint64_t>(h);
@@ -217,6 +227,13 @@ class CudaDevice final : public Device {
     int fd = -1;
     HB_RETURN_IF_ERROR(Check("cuMemExportToShareableHandle",
                              export_(&fd, static_cast<drv::Handle>(handle), drv::kHandlePosixFd, 0)));
+    // Close-on-exec whatever the driver did: the restorer starts CRIU and
+    // others, which must not inherit the weights' memory.
+    if (const int fl = ::fcntl(fd, F_GETFD); fl < 0 || ::fcntl(fd, F_SETFD, fl | FD_CLOEXEC) != 0) {
+      const int e = errno;
+      ::close(fd);
+      return ErrnoError("set close-on-exec on the exported weights fd", e);
+    }
     return fd;
   }
   Result<uint64_t> ImportFd(int fd) override {

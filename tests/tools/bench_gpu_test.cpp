@@ -137,4 +137,46 @@ TEST_F(BenchGpu, WithoutADeviceItFailsAsBefore) {
   EXPECT_TRUE(fs::is_empty(work_));  // nothing generated before the device check
 }
 
+// The real gpu::Device (kernels/src/gpu_device_cuda.cpp: dlopen, every
+// driver call, the shareable export/import/map) against the fake NVIDIA
+// driver of tests/gpu-check: every row uploads, and the snapshot and handoff
+// rows check the device's bytes against the file.
+TEST_F(BenchGpu, EveryRowRunsOnTheFakeDriver) {
+  const std::string lib = std::string(HOTBOOT_BIN_DIR) + "/tests/gpu-check/fake-cuda";
+  if (::access((lib + "/libcuda.so.1").c_str(), R_OK) != 0) GTEST_SKIP() << "no fake libcuda built in " << lib;
+  int rc = -1;
+  std::string err;
+  bin_ = "LD_LIBRARY_PATH=" + lib + " " + bin_;
+  json j = json::parse(Run("bench gpu --json --repeat 1 --size-mib 16 --workdir " + work_.string() +
+                               " --disk-dir " + disk_.string(),
+                           &rc, &err),
+                       nullptr, false);
+  ASSERT_EQ(rc, 0) << err;
+  ASSERT_TRUE(j.is_object());
+  EXPECT_EQ(j["device"], "NVIDIA H200 (fake)");
+  EXPECT_GT(j["pinned_h2d_GBps"].get<double>(), 0);
+  ASSERT_TRUE(j["handoff_import_ms"].is_number()) << j.dump();
+  std::multiset<std::string> seen;
+  for (const auto& r : j["sources"]) {
+    const std::string s = r["source"];
+    seen.insert(s);
+    if (s == "huge_tmpfs" && ::geteuid() != 0) continue;  // no mount without root
+    EXPECT_FALSE(r.contains("error")) << r.dump();
+    EXPECT_GT(r["upload_GBps"].get<double>(), 0) << r.dump();
+    EXPECT_EQ(r["bytes"], 16u << 20) << r.dump();
+    EXPECT_NEAR(r["vs_pinned"].get<double>(), r["upload_GBps"].get<double>() / j["pinned_h2d_GBps"].get<double>(),
+                1e-9);
+    if (s == "direct") {
+      EXPECT_EQ(r["mode"], "direct") << r.dump();  // /var/tmp is on disk
+    }
+  }
+  if (::geteuid() == 0) {
+    EXPECT_EQ(seen, (std::multiset<std::string>{"page_cache", "huge_tmpfs", "huge_tmpfs", "direct", "snapshot",
+                                                 "handoff"}));
+  }
+  EXPECT_TRUE(fs::is_empty(work_));
+  EXPECT_TRUE(fs::is_empty(disk_));
+  EXPECT_FALSE(MountedUnder(disk_));
+}
+
 }  // namespace

@@ -82,8 +82,8 @@ class Device {
   virtual Status MapHandle(DevicePtr /*va*/, size_t /*size*/, uint64_t /*handle*/) {
     return Status(Code::kUnsupported, Name() + " cannot map shareable memory");
   }
-  // A new file descriptor for the handle's memory (close-on-exec as the
-  // driver makes it); the caller closes it.
+  // A new file descriptor for the handle's memory, close-on-exec; the
+  // caller closes it.
   virtual Result<int> ExportFd(uint64_t /*handle*/) {
     return Status(Code::kUnsupported, Name() + " cannot export shareable memory");
   }
