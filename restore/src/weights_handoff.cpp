@@ -97,6 +97,12 @@ void WeightsHandoff::Run(const snapfile::SnapshotReader* reader, OpenDeviceFn op
       s.done = true;
       s.status = st;
       s.wall_ms = MsSince(t0);
+      // Once it failed nothing is held: no memory, no context beside the
+      // rest of the restore.
+      if (!st.ok()) {
+        s.mem.Reset();
+        s.dev.reset();
+      }
     }
     s.cv.notify_all();
   };

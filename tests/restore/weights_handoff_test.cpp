@@ -435,6 +435,7 @@ TEST_F(WeightsHandoffTest, ADamagedChunkFailsTheHandoffAndLeavesNothing) {
   EXPECT_NE(st.message().find("weights/" + name_), std::string::npos) << st.message();
   EXPECT_TRUE(h->viable()) << "a bad chunk is a failure, not a reason to fall back";
   EXPECT_EQ(h->exported_fd(), -1);
+  ExpectNothingHeld();  // as soon as it failed, before the restore lets go of it
   h.reset();
   ExpectNothingHeld();
   EXPECT_EQ(OpenFds(), fds_before);
