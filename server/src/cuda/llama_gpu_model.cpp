@@ -557,7 +557,12 @@ Result<double> GpuLlamaModel::AdoptDevice(const DeviceWeightsHandoff& h) {
   ::close(fd);
   HB_RETURN_IF_ERROR(s.Prefixed("adopting the restorer's device weights"));
   phases_["restore_weight_adopt"] = MsSince(t);
-  HB_RETURN_IF_ERROR(AfterWeightsBack());
+  if (Status after = AfterWeightsBack(); !after.ok()) {
+    // Nothing stays adopted on failure, so that the caller's fallback
+    // (RestoreDevice from the file) starts from released weights.
+    if (Status r = weights_.Release(); !r.ok()) return after.Prefixed("after adopting (and releasing: " + r.message() + ")");
+    return after;
+  }
   return MsSince(t);
 }
 
