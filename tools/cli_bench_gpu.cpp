@@ -572,8 +572,8 @@ SourceRow RowSnapshot(RowContext& c) {
     r.error = ms.ToString();
     return r;
   }
-  gpu::UploadOptions o = c.o;
-  o.readers = threads;
+  const gpu::UploadOptions o = gpu::SectionUploadOptions();
+  r.extra["upload_readers"] = o.readers;
   Result<gpu::UploadStats> best = Internal("no run");
   for (int k = 0; k < c.a.repeat; ++k) {
     auto up = gpu::UploadSection(*c.dev, **reader, section, *va, o);

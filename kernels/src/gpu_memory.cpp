@@ -415,6 +415,13 @@ Result<UploadStats> UploadPieces(Device& dev, const std::vector<Piece>& pieces, 
   return RunStaged(dev, pieces, max_piece_bytes, staged, where, opts, st);
 }
 
+UploadOptions SectionUploadOptions() {
+  UploadOptions o;
+  o.readers = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  o.buffers = 2 * o.readers;
+  return o;
+}
+
 const char* ReadModeName(UploadOptions::ReadMode m) {
   switch (m) {
     case UploadOptions::ReadMode::kPread: return "pread";

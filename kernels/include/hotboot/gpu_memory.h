@@ -190,6 +190,10 @@ Result<UploadStats> UploadFromFile(Device& dev, int fd, const std::vector<Region
 template <typename Reader>
 Result<UploadStats> UploadSection(Device& dev, const Reader& reader, std::string_view section, DevicePtr dst,
                                   const UploadOptions& opts = {});
+// Options for UploadSection: decoding is CPU-bound, so one reader per
+// hardware thread, two staging buffers per reader (pinned memory: buffers x
+// the section's largest chunk, 4 MiB as the writer makes them).
+UploadOptions SectionUploadOptions();
 
 // Weights on the device at addresses that outlive a capture.
 class DeviceWeights {
