@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <filesystem>
 
+#include "hotboot/model.h"
 #include "hotboot/presets.h"
 
 namespace hotboot::cli {
@@ -291,6 +292,12 @@ Result<std::string> EnsureModel(const std::string& path_or_empty, const std::str
   }
   if (fs::exists(path)) return fs::absolute(path).string();
   if (!path_or_empty.empty()) return NotFound("model file " + path + " does not exist");
+  // A GPU-only preset (8b: ~16 GB) is refused before it is written where
+  // no CUDA GPU could serve it (the server would refuse it only afterwards).
+  if (auto cfg = PresetConfig(preset); cfg.ok() && GpuOnly(*cfg) && !GpuUsable()) {
+    return FailedPrecondition("preset " + preset + " is GPU only and no CUDA GPU is usable here: use a GPU host, or " +
+                              "pick one of the CPU presets (tiny, small, 1b)");
+  }
   std::error_code ec;
   fs::create_directories(fs::path(path).parent_path(), ec);
   Note("generating the default model (preset '" + preset + "') at " + path);

@@ -403,13 +403,7 @@ std::string PhaseLine(const json& phases) {
 int RunDemo(const DemoArgs& a) {
   auto server = FindSibling("hotboot-server");
   if (!server.ok()) return Fail(server.status());
-  // A GPU-only preset (8b, ~16 GB) is refused before it is written where
-  // the servers would run it on the CPU.
-  if (auto cfg = PresetConfig(a.preset); a.model.empty() && cfg.ok() && GpuOnly(*cfg) && !GpuUsable()) {
-    return Fail(FailedPrecondition("preset " + a.preset +
-                                   " is GPU only and no CUDA GPU is usable here: run the demo on a GPU host, or "
-                                   "pick --preset tiny, small or 1b"));
-  }
+  // A GPU-only preset (8b) is refused by EnsureModel before it is written.
   auto model = EnsureModel(a.model, a.preset);
   if (!model.ok()) return Fail(model.status());
   if (Status s = CheckServable(*model, "auto"); !s.ok()) return Fail(s);
