@@ -658,19 +658,22 @@ Status SettleWeightsHandoff(const Manifest& m, const snapfile::SnapshotReader& r
   const bool from_snapshot = h.plan().cache_fd < 0;
   const bool required = opts.gpu_weights == GpuWeightsMode::kHandoff;
   if (!from_snapshot && !required) return Status::Ok();  // the file is there either way
-  const auto tv = Clock::now();
-  const Status viable = h.WaitViable();
-  res->timings_ms["weights_handoff_open_wait"] = MsSince(tv);
-  if (!viable.ok() && required) {
-    return Incompatible("--gpu-weights handoff: " + viable.message() +
-                        " (--gpu-weights auto lets the server upload the weights instead)");
-  }
-  if (!from_snapshot) return Status::Ok();
-  bool needed = !viable.ok();
-  if (!needed) {
+  bool needed = false;
+  if (from_snapshot) {
     HB_ASSIGN_OR_RETURN(needed, ImagesNameFile(images, h.plan().file));
   }
-  if (!needed) return Status::Ok();
+  // Whether the device is there matters only when it decides something.
+  if (required || (from_snapshot && !needed)) {
+    const auto tv = Clock::now();
+    const Status viable = h.WaitViable();
+    res->timings_ms["weights_handoff_open_wait"] = MsSince(tv);
+    if (!viable.ok() && required) {
+      return Incompatible("--gpu-weights handoff: " + viable.message() +
+                          " (--gpu-weights auto lets the server upload the weights instead)");
+    }
+    needed = needed || !viable.ok();
+  }
+  if (!from_snapshot || !needed) return Status::Ok();
   if (!dir) return Internal("a GPU weights file but no weights directory checked");
   std::set<std::string> others;
   for (const ProvidedFile& f : m.process.provided_files) {
