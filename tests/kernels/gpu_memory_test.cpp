@@ -445,6 +445,44 @@ TEST(ShareableWeightsTest, TheExportedFdCarriesTheBytesToAnotherProcessAndBack) 
   ::close(*fd);
 }
 
+TEST_F(GpuMemory, TheHandoffAcrossProcessesRestorerUploadsServerAdopts) {
+  // The restorer (this process) uploads the file's image into shareable
+  // memory and exports it; the server (a child with its own device and its
+  // own DeviceWeights, released as before a capture) adopts the fd it got
+  // and finds every tensor at its own addresses.
+  FakeDevice dev;
+  auto image = DeviceWeights::ImageBytes(dev.granularity, offsets_, sizes_);
+  ASSERT_TRUE(image.ok());
+  auto sw = UploadImage(dev, path_, *image, bytes_.size());
+  ASSERT_TRUE(sw.ok()) << sw.status().ToString();
+  auto fd = sw->ExportFd();
+  ASSERT_TRUE(fd.ok());
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    FakeDevice server;
+    auto w = DeviceWeights::Load(server, path_, offsets_, sizes_);
+    if (!w.ok() || w->image_bytes() != *image) ::_exit(2);
+    std::vector<DevicePtr> before;
+    for (size_t i = 0; i < w->count(); ++i) before.push_back(w->ptr(i));
+    if (!w->Release().ok() || !w->AdoptShareable(*fd).ok()) ::_exit(3);
+    ::close(*fd);
+    for (size_t i = 0; i < w->count(); ++i) {
+      std::string got(sizes_[i], '\0');
+      if (w->ptr(i) != before[i] || !server.CopyToHost(got.data(), w->ptr(i), got.size()).ok()) ::_exit(4);
+      if (got != bytes_.substr(offsets_[i], sizes_[i])) ::_exit(5);
+    }
+    if (!w->Release().ok() || server.HandlesNow() != 0 || server.MappedBytes() != 0) ::_exit(6);
+    ::_exit(0);
+  }
+  ::close(*fd);
+  sw->Reset();  // the restorer may let go at once: the child holds its own fd
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "2: load, 3: release/adopt, 4: address/read, 5: bytes, 6: release";
+}
+
 // --- O_DIRECT reads ---
 
 TEST_F(GpuMemory, DirectReadsFromADiskFileLandEveryTensor) {
