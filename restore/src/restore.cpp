@@ -578,6 +578,13 @@ Result<std::optional<WeightsHandoffPlan>> PlanWeightsHandoff(const Manifest& m, 
     *why = "--gpu-weights server";
     return none;
   }
+  if (m.process.pid_namespace) {
+    // The server finds this process by PID (pidfd_open): from inside a PID
+    // namespace of its own it cannot see it.
+    *why = "the server runs in a PID namespace of its own (built with --pid-namespace on), where the restore "
+           "process has no PID to take the memory from";
+    return none;
+  }
   if (!dir) return Internal("a snapshot with provided files but no weights directory checked");
   WeightsHandoffPlan plan;
   plan.file = gpu_file->name;

@@ -131,6 +131,17 @@ class MemfdDevice : public gpu::Device {
   std::atomic<int> copies_{0};
 };
 
+// A PID no process has, below the kernel's last one: the restore's
+// ReservePids then leaves the PID counter where it is.
+int64_t FreePid() {
+  long last = 0;
+  std::ifstream("/proc/sys/kernel/ns_last_pid") >> last;
+  for (long p = last > 300 ? last - 1 : 4000; p > 300; --p) {
+    if (!fs::exists("/proc/" + std::to_string(p))) return p;
+  }
+  return 4000;
+}
+
 int OpenFds() {
   int n = 0;
   for (const auto& e : fs::directory_iterator("/proc/self/fd")) (void)e, ++n;
@@ -273,6 +284,8 @@ class WeightsHandoffTest : public ::testing::Test {
     m.criu.version = "4.2.1";
     m.process.command = {"/bin/true"};
     m.process.fd_keys = {"pipe:[1]", "pipe:[2]", "pipe:[3]"};
+    m.process.pid_namespace = false;  // as a GPU build makes it (auto)
+    m.process.pids = {FreePid()};     // free here (the restore checks)
     m.process.provided_files = {{name_, weights_.size(), "weights/" + name_, hash_}};
     m.process.weights_dir = wdir_.string();
     m.warm.digest = "0123456789abcdef0123456789abcdef";
@@ -604,6 +617,33 @@ TEST_F(HandoffRestore, ServerModeSendsNoDeviceWeightsAndOpensNoDevice) {
   EXPECT_FALSE(cmd.contains("device_weights"));
   EXPECT_EQ(opened_ordinal_, -1);
   EXPECT_TRUE(fs::exists(wdir_ / name_));
+}
+
+TEST_F(WeightsHandoffTest, NoPlanWithoutGpuStateForTransparentServersOrInAPidNamespace) {
+  Manifest m = GpuManifest();
+  const std::optional<SafeDir> none;
+  std::string why;
+  auto p = PlanWeightsHandoff(m, none, false, GpuWeightsMode::kServer, 0, &why);
+  ASSERT_TRUE(p.ok());
+  EXPECT_FALSE(p->has_value());
+  EXPECT_EQ(why, "--gpu-weights server");
+  m.process.pid_namespace = true;
+  p = PlanWeightsHandoff(m, none, false, GpuWeightsMode::kAuto, 0, &why);
+  ASSERT_TRUE(p.ok());
+  EXPECT_FALSE(p->has_value());
+  EXPECT_NE(why.find("PID namespace"), std::string::npos);
+  m = GpuManifest();
+  m.mode = "transparent";
+  p = PlanWeightsHandoff(m, none, false, GpuWeightsMode::kAuto, 0, &why);
+  ASSERT_TRUE(p.ok());
+  EXPECT_FALSE(p->has_value());
+  EXPECT_NE(why.find("transparent"), std::string::npos);
+  m = GpuManifest();
+  m.gpu.reset();
+  p = PlanWeightsHandoff(m, none, false, GpuWeightsMode::kAuto, 0, &why);
+  ASSERT_TRUE(p.ok());
+  EXPECT_FALSE(p->has_value());
+  EXPECT_EQ(why, "the snapshot holds no GPU state");
 }
 
 TEST_F(HandoffRestore, HandoffModeWithoutADeviceIsRefusedBeforeCriu) {
