@@ -169,6 +169,12 @@ TEST_F(BenchGpu, EveryRowRunsOnTheFakeDriver) {
     if (s == "direct") {
       EXPECT_EQ(r["mode"], "direct") << r.dump();  // /var/tmp is on disk
     }
+    if (s == "handoff") {
+      // Imported by a process of its own, which checked the bytes.
+      EXPECT_EQ(r["import_where"], "another process") << r.dump();
+      EXPECT_EQ(r["import_ms"], j["handoff_import_ms"]);
+      EXPECT_TRUE(r["import_same_process_ms"].is_number()) << r.dump();
+    }
   }
   if (::geteuid() == 0) {
     EXPECT_EQ(seen, (std::multiset<std::string>{"page_cache", "huge_tmpfs", "huge_tmpfs", "direct", "snapshot",
