@@ -667,7 +667,9 @@ Status SettleWeightsHandoff(const Manifest& m, const snapfile::SnapshotReader& r
   if (!from_snapshot && !required) return Status::Ok();  // the file is there either way
   bool needed = false;
   if (from_snapshot) {
+    const auto ts = Clock::now();
     HB_ASSIGN_OR_RETURN(needed, ImagesNameFile(images, h.plan().file));
+    res->timings_ms["weights_images_scan"] = MsSince(ts);
   }
   // Whether the device is there matters only when it decides something.
   if (required || (from_snapshot && !needed)) {
