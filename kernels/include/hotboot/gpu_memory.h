@@ -9,9 +9,17 @@
 // several streams, reads of the next chunks overlapped with copies of the
 // previous ones.
 //
+// The device memory is the weights file's image (tensor i at base + its file
+// offset), so that another process can fill it: the `hotboot restore`
+// process uploads the weights (from the node cache's file or straight from
+// the snapshot, overlapped with CRIU's and the driver's restore) into
+// shareable memory (ShareableWeights) and the restored server maps it at its
+// own reserved addresses (DeviceWeights::AdoptShareable): no copy there.
+//
 // The device is a seam: the real one is the CUDA driver's virtual memory
-// management API (cuMemAddressReserve / cuMemCreate / cuMemMap), loaded at
-// run time; tests use a host-memory fake that injects faults.
+// management API (cuMemAddressReserve / cuMemCreate / cuMemMap, POSIX fd
+// shareable handles), loaded at run time; tests use a host-memory fake that
+// injects faults (tests/kernels/fake_gpu_device.h).
 #pragma once
 
 #include <algorithm>
