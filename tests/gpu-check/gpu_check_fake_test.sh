@@ -27,6 +27,12 @@ done
 
 tmp=$(mktemp -d /tmp/gpu-check-test.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
+# The binaries as they are now: a build relinking them mid-run (a shared
+# build directory) does not pull them from under the run.
+mkdir -p "$tmp/bin"
+for b in hotboot hotboot-server hotboot-mkmodel kernels_gpu_compare; do
+  [[ -e $build/bin/$b ]] && cp "$build/bin/$b" "$tmp/bin/"
+done
 export PATH="$src/tests/gpu-check/bin:$PATH"
 export LD_LIBRARY_PATH="$fake${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 # The reference server is the CUDA process; a checkpoint marks its image
@@ -70,7 +76,7 @@ run() {  # run NAME ARGS...: gpu-check with the fakes; its exit status in $rc
   local name=$1
   shift
   local t0=$SECONDS
-  "$src/tools/gpu-check" --bin "$build/bin" --out "$tmp/$name" "$@" >"$tmp/$name.stdout" 2>"$tmp/$name.stderr"
+  "$src/tools/gpu-check" --bin "$tmp/bin" --out "$tmp/$name" "$@" >"$tmp/$name.stdout" 2>"$tmp/$name.stderr"
   rc=$?
   echo "gpu-check $* : exit $rc in $((SECONDS - t0)) s"
 }
@@ -121,7 +127,7 @@ check "no checkpoint call refused" bash -c "! grep -v ' 0\$' '$calls'"
 for f in step-machine.log step-ref.log criu-check.log ref-mkmodel.log ref-cold.log ref-build.json ref-inspect.json \
          ref-restore-auto-node.json ref-restore-auto-fresh.json bench-gpu.json demo-tiny.json \
          $( ((have_numpy)) && echo engine-build.json engine-restore.json); do
-  if [[ $f == ref-restore-auto-* ]] && ! grep -q -- '--gpu-weights' <("$build/bin/hotboot" restore --help 2>&1); then
+  if [[ $f == ref-restore-auto-* ]] && ! grep -q -- '--gpu-weights' <("$tmp/bin/hotboot" restore --help 2>&1); then
     f=${f/auto/default}
   fi
   check "log $f" test -s "$tmp/full/$f"
