@@ -385,6 +385,13 @@ SourceRow FromStats(const std::string& source, const Result<gpu::UploadStats>& u
   r.gbps = up->GBps();
   r.seconds = up->seconds;
   r.bytes = up->bytes;
+  // Where the time went, so that a GPU run tells reads/decode from PCIe:
+  // per-reader fill rate (read, or decode and check), time the copier
+  // waited on copies, pinned staging set-up (overlapped).
+  if (up->read_seconds > 0) r.extra["fill_GBps_per_reader"] = static_cast<double>(up->bytes) / up->read_seconds / 1e9;
+  r.extra["copy_wait_ms"] = up->copy_wait_seconds * 1e3;
+  r.extra["staging_ms"] = up->staging_seconds * 1e3;
+  r.extra["staging_buffers"] = up->staging_buffers;
   return r;
 }
 
@@ -473,7 +480,7 @@ std::vector<SourceRow> RowHugeTmpfs(RowContext& c) {
     gpu::UploadOptions o = c.o;
     o.mode = mode;
     SourceRow r = FromStats("huge_tmpfs", BestUpload(*c.w, fs.file(), o, c.a.repeat));
-    r.extra = base.extra;
+    r.extra.update(base.extra);
     rows.push_back(r);
   }
   return rows;
@@ -591,7 +598,7 @@ SourceRow RowSnapshot(RowContext& c) {
   c.dev->FreeReservation(*va, mapped);
   json extra = r.extra;
   r = FromStats("snapshot", best);
-  r.extra = extra;
+  r.extra.update(extra);
   if (!check.ok()) r.error = check.ToString(), r.measured = false;
   return r;
 }
