@@ -9,7 +9,8 @@
 //
 //   devices     HOTBOOT_FAKE_CUDA_DEVICES (default 1, at most 8) of
 //               "NVIDIA H200 (fake)", 143771 MiB, compute capability 9.0,
-//               UUID GPU-fa4ec0da-0000-4000-8000-00000000000<ordinal>
+//               UUID GPU-fa4ec0da-0000-4000-8000-0000000000NN (NN: the
+//               ordinal, two hex digits)
 //   VMM         reserve: an inaccessible anonymous mapping; cuMemCreate: a
 //               memfd (so cuMemExportToShareableHandle gives a real fd that
 //               another process imports and maps: the same pages); map:
@@ -24,14 +25,14 @@
 //               shared by every process that loads the fake (build, restore
 //               and bench run in different processes than the server). A
 //               CUDA process is one whose /proc/<pid>/comm is listed in
-//               HOTBOOT_FAKE_CUDA_COMMS (comma separated). A checkpointed pid
-//               that comes back as a new process (CRIU-restored) is
+//               HOTBOOT_FAKE_CUDA_COMMS (comma separated). A checkpointed
+//               process that comes back as a new one (CRIU-restored) is
 //               CHECKPOINTED, as the driver sees a restored process: the
 //               checkpoint marks the process image (HOTBOOT_FAKE_CUDA_MARK,
 //               see WriteMark), so this holds under any PID; any other listed
-//               process starts RUNNING. Each one
-//               not checkpointed holds HOTBOOT_FAKE_CUDA_PROC_MIB (default
-//               2048) of the device's memory, which cuMemGetInfo reports used.
+//               process starts RUNNING. Each one not checkpointed holds
+//               HOTBOOT_FAKE_CUDA_PROC_MIB (default 2048) of the device's
+//               memory, which cuMemGetInfo reports used.
 //               Each lock/checkpoint/restore/unlock asked for is appended to
 //               calls.log there: "<call> <pid> <CUresult>".
 //   faults      HOTBOOT_FAKE_CUDA_FAIL: comma-separated call names (e.g.

@@ -148,7 +148,18 @@ check "small budget: reference server not run" has_row "$t" 'tiny: reference ser
 check "small budget: demo not run" has_row "$t" 'demo \(tiny\)' 'not run: budget'
 check "small budget: no step started" bash -c "! compgen -G '$tmp/budget/step-*.log'"
 
-# 3. --only, bad arguments, no GPU.
+# 3. A driver that fails the checkpoint: the build fails, gpu-check says so
+#    (FAILED, exit 1), the next restores are not attempted, nothing is left.
+HOTBOOT_FAKE_CUDA_FAIL=cuCheckpointProcessCheckpoint run broken --only ref --big-preset tiny --budget 120
+t=$tmp/broken/gpu-check.txt
+check "failed checkpoint: exit 1" test "$rc" = 1
+check "failed checkpoint: the build's row says FAILED and why" \
+  has_row "$t" 'tiny: build' 'FAILED: .*cuCheckpointProcessCheckpoint'
+check "failed checkpoint: no restore row" bash -c "! grep -q 'restore,' '$t'"
+check "failed checkpoint: the cold boot still measured" has_row "$t" 'tiny: cold boot' 'ms wall to /readyz 200'
+check "failed checkpoint: no process of the run left" test -z "$(leftovers)"
+
+# 4. --only, bad arguments, no GPU.
 run only --only machine --budget 60
 check "--only machine: exit 0" test "$rc" = 0
 check "--only machine: the GPU row and nothing of the other steps" \
