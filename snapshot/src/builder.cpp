@@ -565,6 +565,18 @@ Result<BuildResult> BuildSnapshot(const BuildSpec& spec, const std::string& out_
       if (w.is_string()) provided.insert(w.get<std::string>());
     }
   }
+  // A registered weights file the server does not keep mapped (the GPU
+  // model: its bytes live on the device, and restore may hand them over
+  // without writing the file) travels all the same.
+  for (const auto& path : provided) {
+    if (std::any_of(files.begin(), files.end(), [&](const MappedFile& f) { return f.path == path; })) continue;
+    struct stat st{};
+    if (::stat(path.c_str(), &st) != 0) return ErrnoError("the server registered the weights file " + path, errno);
+    if (!S_ISREG(st.st_mode)) {
+      return FailedPrecondition("the server registered " + path + " as a weights file, but it is not a regular file");
+    }
+    files.push_back({path, static_cast<uint64_t>(st.st_size)});
+  }
   Manifest m;
   std::vector<snapfile::SectionSource> extra_sections;
   HB_RETURN_IF_ERROR(RecordFiles(files, provided, &m.process, &extra_sections));

@@ -57,7 +57,6 @@ class GpuLlamaModel final : public Model {
     FreeScratch();
     cudaFree(rope_cos_), cudaFree(rope_sin_);
     if (stream_) cudaStreamDestroy(stream_);
-    if (map_) ::munmap(map_, map_bytes_);
   }
 
   static Result<std::unique_ptr<Model>> Load(const std::string& path, const LoadOptions& opts, LoadTimings* timings);
@@ -114,8 +113,6 @@ class GpuLlamaModel final : public Model {
   ModelConfig cfg_;
   std::unique_ptr<BpeTokenizer> tok_;
   GpuWeightsFile file_;
-  void* map_ = nullptr;  // the weights file, mapped read-only (the snapshot carries mapped, registered files)
-  size_t map_bytes_ = 0;
   std::unique_ptr<gpu::Device> dev_;
   gpu::DeviceWeights weights_;
   std::map<std::string, size_t> index_;
@@ -174,15 +171,9 @@ Result<std::unique_ptr<Model>> GpuLlamaModel::Load(const std::string& path, cons
   lt.read_ms = m->file_.read_ms;
   lt.convert_ms = m->file_.convert_ms;
   m->phases_["weight_file_hash"] = m->file_.hash_ms;
-  {
-    const int fd = ::open(m->file_.path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return ErrnoError("open " + m->file_.path, errno);
-    m->map_bytes_ = m->file_.layout.file_bytes;
-    void* p = ::mmap(nullptr, m->map_bytes_, PROT_READ, MAP_SHARED, fd, 0);
-    ::close(fd);
-    if (p == MAP_FAILED) return ErrnoError("map " + m->file_.path, errno);
-    m->map_ = p;
-  }
+  // The file is registered with the snapshot (weights_files) but not kept
+  // mapped: its bytes live on the device, and a restore that hands them
+  // over (the weights handoff) never needs the file on the new host.
 
   // Upload: one reserved range, one region per tensor.
   const auto t_up = Clock::now();
