@@ -14,7 +14,6 @@
 // the driver's checkpoint moves it.
 #include <cuda_runtime.h>
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <unistd.h>
 #include <xxhash.h>
 
