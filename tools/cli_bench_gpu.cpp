@@ -7,7 +7,14 @@
 // staging buffers, and the restorer-to-server handoff of shareable memory.
 // --host-only runs what needs no GPU (file generation, snapshot writing and
 // host decode, the tmpfs mount, O_DIRECT reads): the tests use it.
+//
+// Nothing outlives a killed bench: the huge_tmpfs row mounts in a mount
+// namespace of this process's own (gone with its last process), and every
+// file or directory it makes is a temporary of its job (host/job.h), removed
+// by the job's janitor if it dies, by the next job's sweep if both do.
 #include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
 #include <spawn.h>
 #include <sys/mount.h>
 #include <sys/wait.h>
@@ -32,6 +39,7 @@
 #include "cli_common.h"
 #include "commands.h"
 #include "hotboot/gpu_memory.h"
+#include "hotboot/job.h"
 #include "hotboot/snapshot_file.h"
 
 namespace hotboot::cli {
@@ -122,6 +130,9 @@ struct GpuBenchArgs {
   // import this inherited fd, map `handoff_bytes` of it, check the bytes.
   int handoff_fd = -1;
   uint64_t handoff_bytes = 0;
+  // Hidden, for the tests: SIGSTOP this process once the tmpfs is mounted
+  // (a test kills it there and checks that nothing is left).
+  bool stop_when_mounted = false;
 };
 
 constexpr const char* kSources[] = {"page_cache", "huge_tmpfs", "direct", "snapshot", "handoff"};
@@ -233,19 +244,48 @@ Status DropFromPageCache(const std::string& path) {
   return st;
 }
 
-// A private tmpfs with transparent huge pages (huge=always) on a temporary
-// directory of its own, unmounted and removed when this goes out of scope,
-// whatever the path out. Mounting needs root (CAP_SYS_ADMIN).
+// Moves this process into a mount namespace of its own whose mounts
+// propagate nowhere (/ made private, recursively, in it): a tmpfs mounted
+// there is seen by no other process and goes when the namespace does, with
+// the last process in it, however that process ends. Called before any
+// thread is started (unshare moves only the calling thread; the threads
+// made later follow it). Needs CAP_SYS_ADMIN.
+Status EnterPrivateMountNamespace() {
+  if (::unshare(CLONE_NEWNS) != 0) {
+    return ErrnoError(std::string("a mount namespace of its own: unshare(CLONE_NEWNS)") +
+                          (::geteuid() != 0 ? " (needs root)" : ""),
+                      errno);
+  }
+  if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) {
+    return ErrnoError("make / private in the bench's mount namespace (mount MS_REC|MS_PRIVATE)", errno);
+  }
+  return Status();
+}
+
+// A tmpfs with transparent huge pages (huge=always) on a directory of its
+// own (PARENT/hotboot-bench-huge.PID), in the bench's private mount
+// namespace (`ns`: whether entering it worked, else why not): unmounted and
+// removed when this goes out of scope; if the bench is killed instead, the
+// mount dies with its namespace and the job's janitor removes the directory,
+// registered before it is made. Mounting needs root (CAP_SYS_ADMIN).
 class HugeTmpfs {
  public:
+  explicit HugeTmpfs(host::Job& job) : job_(job) {}
   ~HugeTmpfs() { Cleanup(); }
-  Status Mount(const std::string& parent, uint64_t bytes) {
-    std::string tmpl = parent + "/hotboot-bench-huge.XXXXXX";
-    if (!::mkdtemp(tmpl.data())) return ErrnoError("mkdtemp under " + parent, errno);
-    dir_ = tmpl;
+  Status Mount(const Status& ns, const std::string& parent, uint64_t bytes) {
     // Room for the file and a little more, whole 2 MiB pages.
     const uint64_t size = ((bytes + (64u << 20)) >> 21) << 21;
     const std::string opts = "huge=always,mode=0700,size=" + std::to_string(size);
+    const std::string where = "mount tmpfs (" + opts + ") under " + parent;
+    if (!ns.ok()) return ns.Prefixed(where);
+    const std::string dir = parent + "/hotboot-bench-huge." + std::to_string(::getpid());
+    HB_RETURN_IF_ERROR(job_.AddTemporary(dir).Prefixed(where));
+    if (::mkdir(dir.c_str(), 0700) != 0) {
+      const int e = errno;
+      job_.DropTemporary(dir);
+      return ErrnoError(where + ": mkdir " + dir, e);
+    }
+    dir_ = dir;
     if (::mount("hotboot-bench", dir_.c_str(), "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, opts.c_str()) != 0) {
       return ErrnoError("mount tmpfs (" + opts + ") on " + dir_ + (::geteuid() != 0 ? " (needs root)" : ""), errno);
     }
@@ -261,21 +301,44 @@ class HugeTmpfs {
       if (::umount2(dir_.c_str(), 0) != 0) ::umount2(dir_.c_str(), MNT_DETACH);
       mounted_ = false;
     }
-    ::rmdir(dir_.c_str());
+    if (::rmdir(dir_.c_str()) == 0) job_.DropTemporary(dir_);  // else the job removes it as it ends
     dir_.clear();
   }
 
  private:
+  host::Job& job_;
   std::string dir_;
   bool mounted_ = false;
 };
 
-// A file removed when this goes out of scope.
-struct TempFile {
-  std::string path;
-  ~TempFile() {
-    if (!path.empty()) ::unlink(path.c_str());
+// A file of the bench's: a temporary of its job from before it is made
+// (Claim), so that a killed bench's janitor removes it; removed when this
+// goes out of scope.
+class TempFile {
+ public:
+  explicit TempFile(host::Job* job) : job_(job) {}
+  TempFile(const TempFile&) = delete;
+  TempFile& operator=(const TempFile&) = delete;
+  ~TempFile() { Release(true); }
+  Status Claim(const std::string& path) {
+    Release(true);
+    if (job_) HB_RETURN_IF_ERROR(job_->AddTemporary(path));
+    path_ = path;
+    return Status();
   }
+  // It is gone already (or never made): forget it.
+  void Forget() { Release(false); }
+  const std::string& path() const { return path_; }
+
+ private:
+  void Release(bool unlink) {
+    if (path_.empty()) return;
+    if (unlink) ::unlink(path_.c_str());
+    if (job_) job_->DropTemporary(path_);
+    path_.clear();
+  }
+  host::Job* job_;
+  std::string path_;
 };
 
 // The weights as one snapshot section, written as the builder writes
@@ -430,6 +493,8 @@ struct RowContext {
   uint64_t size;
   gpu::UploadOptions o;
   gpu::DeviceWeights* w;
+  host::Job& job;
+  Status mount_ns;  // whether the bench is in a mount namespace of its own (huge_tmpfs), else why not
 };
 
 // `n` bytes of device memory at `va` against the file at `off`, sampled at
@@ -460,10 +525,14 @@ std::vector<SourceRow> RowHugeTmpfs(RowContext& c) {
   SourceRow base;
   base.source = "huge_tmpfs";
   base.bytes = c.size;
-  HugeTmpfs fs;
-  if (Status m = fs.Mount(c.a.disk_dir, c.size); !m.ok()) {
+  HugeTmpfs fs(c.job);
+  if (Status m = fs.Mount(c.mount_ns, c.a.disk_dir, c.size); !m.ok()) {
     base.error = m.ToString();
     return {base};
+  }
+  if (c.a.stop_when_mounted) {
+    Note("tmpfs mounted on " + fs.dir() + "; stopped (--stop-when-mounted)");
+    ::raise(SIGSTOP);
   }
   const auto tc = std::chrono::steady_clock::now();
   if (Status cp = CopyFile(c.path, fs.file(), c.size); !cp.ok()) {
@@ -490,18 +559,22 @@ SourceRow RowDirect(RowContext& c) {
   SourceRow r;
   r.source = "direct";
   r.bytes = c.size;
-  TempFile disk{c.a.disk_dir + "/hotboot-bench-gpu-direct." + std::to_string(::getpid())};
-  if (Status cp = CopyFile(c.path, disk.path, c.size); !cp.ok()) {
-    disk.path.clear();  // CopyFile removed it
+  TempFile disk(&c.job);
+  if (Status t = disk.Claim(c.a.disk_dir + "/hotboot-bench-gpu-direct." + std::to_string(::getpid())); !t.ok()) {
+    r.error = t.ToString();
+    return r;
+  }
+  if (Status cp = CopyFile(c.path, disk.path(), c.size); !cp.ok()) {
+    disk.Forget();  // CopyFile removed it
     r.error = cp.ToString();
     return r;
   }
-  if (Status d = DropFromPageCache(disk.path); !d.ok()) {
+  if (Status d = DropFromPageCache(disk.path()); !d.ok()) {
     r.error = d.ToString();
     return r;
   }
   if (!c.dev) {
-    auto rate = HostDirectReadRate(disk.path, c.size, c.o.chunk_bytes);
+    auto rate = HostDirectReadRate(disk.path(), c.size, c.o.chunk_bytes);
     if (rate.ok()) r.extra["read_GBps"] = *rate;
     r.error = rate.ok() ? "not uploaded: --host-only (O_DIRECT read rate measured)" : rate.status().ToString();
     return r;
@@ -509,7 +582,7 @@ SourceRow RowDirect(RowContext& c) {
   gpu::UploadOptions o = c.o;
   o.mode = gpu::UploadOptions::ReadMode::kDirect;
   // O_DIRECT reads leave nothing in the page cache: every repeat reads the disk.
-  r = FromStats("direct", BestUpload(*c.w, disk.path, o, c.a.repeat));
+  r = FromStats("direct", BestUpload(*c.w, disk.path(), o, c.a.repeat));
   return r;
 }
 
@@ -517,14 +590,26 @@ SourceRow RowSnapshot(RowContext& c) {
   SourceRow r;
   r.source = "snapshot";
   r.bytes = c.size;
-  TempFile snap{c.a.workdir + "/hotboot-bench-gpu." + std::to_string(::getpid()) + ".hbsnap"};
+  TempFile snap(&c.job);
+  if (Status t = snap.Claim(c.a.workdir + "/hotboot-bench-gpu." + std::to_string(::getpid()) + ".hbsnap"); !t.ok()) {
+    r.error = t.ToString();
+    return r;
+  }
+  // The writer's temporary (renamed into place at the end), as the builder registers it.
+  TempFile writing(&c.job);
+  if (Status t = writing.Claim(snap.path() + ".tmp." + std::to_string(::getpid())); !t.ok()) {
+    r.error = t.ToString();
+    return r;
+  }
   const auto tw = std::chrono::steady_clock::now();
-  if (Status ws = WriteBenchSnapshot(c.path, snap.path); !ws.ok()) {
+  const Status ws = WriteBenchSnapshot(c.path, snap.path());
+  writing.Forget();  // renamed into place, or removed by the writer
+  if (!ws.ok()) {
     r.error = ws.ToString();
     return r;
   }
   r.extra["write_seconds"] = Seconds(tw);
-  auto reader = snapfile::SnapshotReader::Open(snap.path);
+  auto reader = snapfile::SnapshotReader::Open(snap.path());
   if (!reader.ok()) {
     r.error = reader.status().ToString();
     return r;
@@ -536,7 +621,7 @@ SourceRow RowSnapshot(RowContext& c) {
     return r;
   }
   std::error_code ec;
-  r.extra["snapshot_bytes"] = std::filesystem::file_size(snap.path, ec);
+  r.extra["snapshot_bytes"] = std::filesystem::file_size(snap.path(), ec);
   r.extra["chunks"] = layout->chunks.size();
   r.extra["max_chunk_bytes"] = layout->max_chunk_raw;
   // Decode alone, into pinned memory (plain memory with --host-only).
@@ -738,14 +823,13 @@ SourceRow RowHandoff(RowContext& c, double* import_ms) {
   return r;
 }
 
-Status MakeWeightsFile(const GpuBenchArgs& a, std::string* path, bool* generated) {
+// --weights, else a generated file (`generated` holds it).
+Status MakeWeightsFile(const GpuBenchArgs& a, std::string* path, TempFile& generated) {
   *path = a.weights;
-  *generated = false;
   if (!path->empty()) return Status();
   *path = a.workdir + "/hotboot-bench-gpu." + std::to_string(::getpid());
-  HB_RETURN_IF_ERROR(GenerateWeightsFile(*path, static_cast<uint64_t>(a.size_mib) << 20));
-  *generated = true;
-  return Status();
+  HB_RETURN_IF_ERROR(generated.Claim(*path));
+  return GenerateWeightsFile(*path, static_cast<uint64_t>(a.size_mib) << 20);
 }
 
 std::vector<std::string> SplitSources(const std::string& s) {
@@ -772,6 +856,17 @@ void PrintRow(const SourceRow& r, double ceiling) {
 
 int RunBenchGpu(const GpuBenchArgs& a) {
   if (a.handoff_fd >= 0) return RunHandoffChild(a);
+  const std::vector<std::string> sources = SplitSources(a.sources);
+  auto wanted = [&](const char* s) { return std::find(sources.begin(), sources.end(), s) != sources.end(); };
+  // Its files and directories are this job's temporaries; first, it sweeps
+  // what killed benches, builds and restores left.
+  host::JobOptions jo;
+  jo.kind = "bench-gpu";
+  auto job = host::Job::Start(jo);
+  if (!job.ok()) return Fail(job.status().Prefixed("bench gpu"));
+  // Before any thread starts (the device's included), so that all of them
+  // see the tmpfs and no other process does.
+  const Status mount_ns = wanted("huge_tmpfs") ? EnterPrivateMountNamespace() : Status();
   std::unique_ptr<gpu::Device> device;
   if (!a.host_only) {
     auto dev = gpu::OpenCudaDevice(a.device, a.streams);
@@ -779,12 +874,11 @@ int RunBenchGpu(const GpuBenchArgs& a) {
     device = std::move(dev).value();
   }
   std::string path;
-  bool generated = false;
+  TempFile generated(job->get());
   Note(a.weights.empty() ? "generating " + HumanBytes(static_cast<uint64_t>(a.size_mib) << 20) + " of weights in " +
                               a.workdir
                          : "weights " + a.weights);
-  if (Status m = MakeWeightsFile(a, &path, &generated); !m.ok()) return Fail(m);
-  TempFile cleanup{generated ? path : std::string()};
+  if (Status m = MakeWeightsFile(a, &path, generated); !m.ok()) return Fail(m);
   std::error_code ec;
   const uint64_t size = fs::file_size(path, ec);
   if (ec || size == 0) return Fail(NotFound("weights file " + path + " is missing or empty"));
@@ -799,8 +893,6 @@ int RunBenchGpu(const GpuBenchArgs& a) {
   o.buffers = a.buffers;
   o.readers = a.readers;
   gpu::ParseReadMode(a.mode, &o.mode);  // checked by the option
-  const std::vector<std::string> sources = SplitSources(a.sources);
-  auto wanted = [&](const char* s) { return std::find(sources.begin(), sources.end(), s) != sources.end(); };
 
   double ceiling = 0;
   json host_copy = json::object(), upload = json::object(), sweep = json::array();
@@ -849,7 +941,7 @@ int RunBenchGpu(const GpuBenchArgs& a) {
   }
 
   // One row per source, against the same ceiling.
-  RowContext ctx{a, device.get(), path, size, o, w ? &*w : nullptr};
+  RowContext ctx{a, device.get(), path, size, o, w ? &*w : nullptr, **job, mount_ns};
   std::vector<SourceRow> rows;
   double import_ms = -1;
   for (const char* src : kSources) {
@@ -977,6 +1069,8 @@ void AddBenchGpu(CLI::App& bench, std::function<int()>* run) {
   // The handoff row's importing process (ImportInChild); not for people.
   g->add_option("--handoff-fd", a->handoff_fd)->group("")->check(CLI::Range(0, 1 << 20));
   g->add_option("--handoff-bytes", a->handoff_bytes)->group("");
+  // For the tests (tests/tools/bench_gpu_test.cpp): SIGSTOP once the tmpfs is mounted.
+  g->add_flag("--stop-when-mounted", a->stop_when_mounted)->group("");
   *run = [a, g]() { return g->parsed() ? RunBenchGpu(*a) : -1; };
 }
 

@@ -2,19 +2,27 @@
 // weights file, writes and decodes the snapshot, mounts, fills and unmounts
 // the huge-page tmpfs and reads with O_DIRECT; every row is there, and
 // nothing it made is left behind. Without --host-only and without a driver
-// it fails as it always did.
+// it fails as it always did. Killed while its tmpfs is mounted, it leaves no
+// mount (the mount lives in a mount namespace of the bench's own) and its
+// janitor removes its files; with the janitor killed too, the next run does.
+#include <fcntl.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
 #include <string>
+#include <thread>
+#include <vector>
 
 namespace {
 
@@ -60,6 +68,68 @@ class BenchGpu : public ::testing::Test {
       if (line.find(dir.string()) != std::string::npos) return true;
     }
     return false;
+  }
+  // Processes (any, in any mount namespace) that see a mount on `dir`.
+  static std::vector<std::string> MountsOf(const fs::path& dir) {
+    std::vector<std::string> seen;
+    for (const auto& e : fs::directory_iterator("/proc")) {
+      const std::string name = e.path().filename().string();
+      if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+      std::ifstream in(e.path() / "mountinfo");
+      for (std::string line; std::getline(in, line);) {
+        if (line.find(" " + dir.string() + " ") != std::string::npos) seen.push_back(name + ": " + line);
+      }
+    }
+    return seen;
+  }
+  // Starts `hotboot bench gpu ARGS --stop-when-mounted` and waits (30 s at
+  // most) until it stopped itself with its tmpfs mounted; its pid, or -1.
+  pid_t StartStopped(const std::vector<std::string>& args, const fs::path& log) {
+    std::vector<std::string> argv = {bin_, "bench", "gpu"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    argv.push_back("--stop-when-mounted");
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      ::dup2(fd, 1);
+      ::dup2(fd, 2);
+      std::vector<char*> av;
+      for (auto& x : argv) av.push_back(x.data());
+      av.push_back(nullptr);
+      ::execv(av[0], av.data());
+      ::_exit(127);
+    }
+    for (int i = 0; i < 3000; ++i) {
+      int st = 0;
+      const pid_t w = ::waitpid(pid, &st, WNOHANG | WUNTRACED);
+      if (w == pid && WIFSTOPPED(st)) return pid;
+      if (w == pid) return -1;  // it ended
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, nullptr, 0);
+    return -1;
+  }
+  static std::vector<pid_t> ChildrenOf(pid_t pid) {
+    std::vector<pid_t> out;
+    for (const auto& t : fs::directory_iterator("/proc/" + std::to_string(pid) + "/task")) {
+      std::ifstream in(t.path() / "children");
+      for (pid_t c; in >> c;) out.push_back(c);
+    }
+    return out;
+  }
+  static std::string Slurp(const fs::path& p) {
+    std::ifstream in(p);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+  }
+  static bool Eventually(const std::function<bool()>& cond) {
+    for (int i = 0; i < 500; ++i) {
+      if (cond()) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return cond();
   }
   std::string bin_;
   fs::path work_, disk_;
@@ -183,6 +253,74 @@ TEST_F(BenchGpu, EveryRowRunsOnTheFakeDriver) {
   EXPECT_TRUE(fs::is_empty(work_));
   EXPECT_TRUE(fs::is_empty(disk_));
   EXPECT_FALSE(MountedUnder(disk_));
+}
+
+// Killed (SIGKILL) with its tmpfs mounted: the mount was only ever in the
+// bench's own mount namespace, which goes with it; its janitor removes the
+// mount point and the generated weights file.
+TEST_F(BenchGpu, KilledWhileTheTmpfsIsMountedLeavesNoMountAndNoFile) {
+  if (::geteuid() != 0) GTEST_SKIP() << "mounting a tmpfs needs root";
+  const fs::path log = disk_.string() + ".log";
+  const pid_t pid = StartStopped({"--host-only", "--json", "--size-mib", "8", "--sources", "huge_tmpfs", "--workdir",
+                                  work_.string(), "--disk-dir", disk_.string()},
+                                 log);
+  ASSERT_GT(pid, 0) << Slurp(log);
+  const fs::path mnt = disk_ / ("hotboot-bench-huge." + std::to_string(pid));
+  // Mounted where the bench looks, huge=always, and nowhere else.
+  const std::vector<std::string> mounts = MountsOf(mnt);
+  ASSERT_EQ(mounts.size(), 1u) << Slurp(log);
+  EXPECT_EQ(mounts[0].rfind(std::to_string(pid) + ": ", 0), 0u) << mounts[0];
+  EXPECT_NE(mounts[0].find("tmpfs"), std::string::npos) << mounts[0];
+  EXPECT_NE(mounts[0].find("huge=always"), std::string::npos) << mounts[0];
+  EXPECT_FALSE(MountedUnder(disk_)) << "the test's own mount namespace never sees it";
+  EXPECT_NE(fs::read_symlink("/proc/" + std::to_string(pid) + "/ns/mnt"), fs::read_symlink("/proc/self/ns/mnt"));
+  EXPECT_TRUE(fs::is_directory(mnt));
+  EXPECT_FALSE(fs::is_empty(work_)) << "the generated weights file is there";
+
+  ASSERT_EQ(::kill(pid, SIGKILL), 0);
+  ASSERT_EQ(::waitpid(pid, nullptr, 0), pid);
+  EXPECT_TRUE(MountsOf(mnt).empty());
+  EXPECT_FALSE(MountedUnder(disk_));
+  EXPECT_TRUE(Eventually([&] { return fs::is_empty(disk_) && fs::is_empty(work_); }))
+      << "the janitor removes the mount point and the weights file";
+  fs::remove(log);
+}
+
+// The bench and its janitor killed together: what they left (the empty mount
+// point, the weights file) is removed by the next run's sweep, and that run
+// leaves nothing either.
+TEST_F(BenchGpu, WhatAKilledBenchAndItsJanitorLeftTheNextRunRemoves) {
+  if (::geteuid() != 0) GTEST_SKIP() << "mounting a tmpfs needs root";
+  const fs::path log = disk_.string() + ".log";
+  const std::vector<std::string> args = {"--host-only", "--json",          "--size-mib",   "8",
+                                         "--sources",   "huge_tmpfs",      "--workdir",    work_.string(),
+                                         "--disk-dir",  disk_.string()};
+  const pid_t pid = StartStopped(args, log);
+  ASSERT_GT(pid, 0) << Slurp(log);
+  const std::vector<pid_t> janitor = ChildrenOf(pid);
+  ASSERT_EQ(janitor.size(), 1u) << "the job's janitor is the bench's only child";
+  ASSERT_EQ(::kill(janitor[0], SIGKILL), 0);
+  ASSERT_EQ(::kill(pid, SIGKILL), 0);
+  ASSERT_EQ(::waitpid(pid, nullptr, 0), pid);
+  const fs::path mnt = disk_ / ("hotboot-bench-huge." + std::to_string(pid));
+  EXPECT_TRUE(MountsOf(mnt).empty()) << "the mount went with the bench";
+  for (int i = 0; i < 100 && fs::exists("/proc/" + std::to_string(janitor[0])); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));  // reaped by init
+  }
+  EXPECT_TRUE(fs::is_directory(mnt)) << "left: nobody removed it";
+  EXPECT_FALSE(fs::is_empty(work_)) << "left: the weights file";
+
+  int rc = -1;
+  std::string err;
+  Run("bench gpu --host-only --json --size-mib 8 --sources huge_tmpfs --workdir " + work_.string() +
+          " --disk-dir " + disk_.string(),
+      &rc, &err);
+  ASSERT_EQ(rc, 0) << err;
+  EXPECT_TRUE(fs::is_empty(disk_)) << fs::begin(fs::directory_iterator(disk_))->path();
+  EXPECT_TRUE(fs::is_empty(work_)) << fs::begin(fs::directory_iterator(work_))->path();
+  EXPECT_FALSE(MountedUnder(disk_));
+  EXPECT_TRUE(MountsOf(mnt).empty());
+  fs::remove(log);
 }
 
 }  // namespace
