@@ -203,6 +203,7 @@ std::string PhaseText(const std::string& p) {
   static const std::map<std::string, std::string> kText = {
       {"open", "opening"},           {"check", "checking"},          {"unpack", "unpacking"},
       {"weights", "placing weights"}, {"criu-restore", "criu restore"}, {"gpu-restore", "GPU restore"},
+      {"weights-handoff", "waiting for the GPU weights handoff"},
       {"after-restore", "after-restore hook"}, {"verify", "verifying"}, {"ready", "ready"},
       {"cold-boot", "cold boot"}};
   auto it = kText.find(p);

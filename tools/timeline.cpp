@@ -196,6 +196,7 @@ std::string PhaseColour(const std::string& name) {
       {"open + check", "#bcbd22"}, {"unpack", "#ff7f0e"}, {"weights", "#17becf"},
       {"weights (beside unpack)", "#9edae5"}, {"criu restore", "#2ca02c"}, {"gpu check", "#dbdb8d"},
       {"gpu check (beside)", "#dbdb8d"}, {"gpu restore", "#8c564b"}, {"gpu unlock", "#c49c94"},
+      {"handoff wait", "#5254a3"}, {"weights handoff (beside)", "#9c9ede"},
       {"after_restore", "#98df8a"}, {"verify", "#e377c2"},
       {"other", "#d9d9d9"}, {"load (other)", "#d9d9d9"},
   };
@@ -286,7 +287,8 @@ Lane RestoreLane(const std::string& label, const std::map<std::string, double>& 
   for (const auto& [key, name] : std::vector<std::pair<std::string, std::string>>{
            {"startup", "process start"}, {"check", "open + check"}, {"unpack", "unpack"}, {"weights", "weights"},
            {"criu_restore", "criu restore"}, {"gpu_check_wait", "gpu check"}, {"gpu_restore", "gpu restore"},
-           {"gpu_unlock", "gpu unlock"}, {"after_restore", "after_restore"}, {"verify", "verify"}}) {
+           {"gpu_unlock", "gpu unlock"}, {"weights_handoff_wait", "handoff wait"}, {"after_restore", "after_restore"},
+           {"verify", "verify"}}) {
     if (key == "unpack") unpack_start = t;
     const double d = Get(tm, key);
     // Below 0.05 ms nothing was done (the weights already in place).
@@ -302,6 +304,12 @@ Lane RestoreLane(const std::string& label, const std::map<std::string, double>& 
   }
   if (double d = Get(tm, "gpu_check_overlapped"); d > 0 && check_end >= 0) {
     lane.phases.push_back({"gpu check (beside)", check_end / 1000, (check_end + d) / 1000});
+  }
+  // The GPU weights handoff's thread starts as the check ends and uploads
+  // beside unpack, CRIU and the driver's restore; the restore waited
+  // "handoff wait" for what was left of it.
+  if (double d = Get(tm, "weights_handoff"); d > 0 && check_end >= 0) {
+    lane.phases.push_back({"weights handoff (beside)", check_end / 1000, (check_end + d) / 1000});
   }
   lane.total_s = total / 1000;
   return lane;

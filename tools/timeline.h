@@ -64,9 +64,11 @@ Lane ColdBootLane(const std::string& label, const std::map<std::string, double>&
                   double observed_ready_ms);
 
 // A restore from `hotboot restore --json`'s "timings_ms": startup, open +
-// check, unpack, weights, criu restore, the GPU steps, after_restore, verify,
-// one after the other; work that ran beside them (weights_overlapped,
-// gpu_check_overlapped) on a second track. Total: its "total".
+// check, unpack, weights, criu restore, the GPU steps, the wait for the GPU
+// weights handoff (weights_handoff_wait), after_restore, verify, one after
+// the other; work that ran beside them (weights_overlapped,
+// gpu_check_overlapped, and weights_handoff from the end of the check) on a
+// second track. Total: its "total".
 Lane RestoreLane(const std::string& label, const std::map<std::string, double>& timings_ms);
 
 // The colour a phase name is drawn in ("#rrggbb"): a fixed palette entry for

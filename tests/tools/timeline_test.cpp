@@ -285,6 +285,67 @@ TEST(Timeline, RestoreLaneFromRestoreTimings) {
   EXPECT_NEAR(l.phases.back().start_s, 0.050, 1e-9);  // beside the unpack, from its start
 }
 
+// A GPU restore with the weights handoff (restore/src/restore.cpp): the
+// handoff's thread (weights_handoff) runs from the end of the check beside
+// unpack, CRIU and the driver's restore, on a track of its own; what the
+// restore still waited for it (weights_handoff_wait) is a step between the
+// driver's unlock and after_restore. Its parts (server_*, verify_canary,
+// weights_handoff_release) are inside other steps: no bars of their own.
+TEST(Timeline, RestoreLaneDrawsTheWeightsHandoffBesideAndItsWaitInLine) {
+  const std::map<std::string, double> tm = {
+      {"startup", 20},          {"check", 30},           {"unpack", 50},
+      {"weights", 5},           {"criu_restore", 100},   {"gpu_check_wait", 0.01},
+      {"gpu_restore", 150},     {"gpu_unlock", 5},       {"weights_handoff_wait", 40},
+      {"after_restore", 60},    {"verify", 40},          {"total", 502},
+      {"weights_handoff", 370}, {"gpu_check_overlapped", 200}, {"weights_handoff_release", 3},
+      {"server_weight_adopt", 12}, {"server_total", 50}, {"verify_canary", 30}};
+  const Lane l = RestoreLane("restore", tm);
+  EXPECT_DOUBLE_EQ(l.total_s, 0.502);  // 2 ms of gaps: under 1%, no "other"
+  std::vector<std::string> names;
+  std::map<std::string, std::pair<double, double>> at;
+  for (const Phase& p : l.phases) {
+    names.push_back(p.name);
+    at[p.name] = {p.start_s, p.end_s};
+  }
+  EXPECT_EQ(names, (std::vector<std::string>{"process start", "open + check", "unpack", "weights", "criu restore",
+                                             "gpu restore", "gpu unlock", "handoff wait", "after_restore", "verify",
+                                             "gpu check (beside)", "weights handoff (beside)"}));
+  // In line: after the unlock (20+30+50+5+100+150+5 = 360 ms), 40 ms.
+  EXPECT_NEAR(at["handoff wait"].first, 0.360, 1e-4);
+  EXPECT_NEAR(at["handoff wait"].second, 0.400, 1e-4);
+  EXPECT_NEAR(at["after_restore"].first, 0.400, 1e-4);
+  // Beside: from the end of the check (50 ms) for 370 ms, so it ends where
+  // the wait for it does.
+  EXPECT_NEAR(at["weights handoff (beside)"].first, 0.050, 1e-9);
+  EXPECT_NEAR(at["weights handoff (beside)"].second, 0.420, 1e-9);
+
+  // Drawn on a track of its own (it overlaps unpack, CRIU and the GPU steps),
+  // its colour distinct from the weights' and the wait's.
+  TimelineOptions o;
+  o.zoom_short_lanes = false;
+  const std::string svg = RenderTimelineSvg({l}, o);
+  const std::vector<Bar> bars = Bars(svg);
+  const Bar* criu = Find(bars, "criu restore");
+  const Bar* beside = Find(bars, "weights handoff (beside)");
+  const Bar* wait = Find(bars, "handoff wait");
+  ASSERT_TRUE(criu && beside && wait);
+  EXPECT_GT(beside->y, criu->y);
+  EXPECT_EQ(wait->y, criu->y);
+  EXPECT_NEAR(beside->w / wait->w, 370.0 / 40, 0.05 * 370 / 40);
+  EXPECT_NE(PhaseColour("weights handoff (beside)"), PhaseColour("weights"));
+  EXPECT_NE(PhaseColour("handoff wait"), PhaseColour("weights handoff (beside)"));
+  EXPECT_NE(PhaseColour("handoff wait"), PhaseColour("gpu unlock"));
+  EXPECT_NE(svg.find(">weights handoff (beside)<"), std::string::npos) << "in the legend";
+
+  // Without a handoff (no weights_handoff key), neither appears.
+  std::map<std::string, double> plain = tm;
+  plain.erase("weights_handoff");
+  plain.erase("weights_handoff_wait");
+  for (const Phase& p : RestoreLane("restore", plain).phases) {
+    EXPECT_EQ(p.name.find("handoff"), std::string::npos) << p.name;
+  }
+}
+
 TEST(Timeline, WriteTimelineFileReplacesAtomically) {
   TempDir dir;
   ASSERT_FALSE(dir.path().empty());
