@@ -1029,7 +1029,8 @@ void AddBenchGpu(CLI::App& bench, std::function<int()>* run) {
       "page_cache, huge_tmpfs, direct, snapshot (with the host decode rate alone) and handoff\n"
       "(with the import+map time). Needs a CUDA GPU, except with --host-only. --size-mib 16384\n"
       "is an 8B-class model (the file is generated in parallel; the rows need about 3x its size\n"
-      "in memory and 1x on --disk-dir).");
+      "in memory and 1x on --disk-dir). Killed, it leaves nothing: the tmpfs is mounted in a mount\n"
+      "namespace of the bench's own, and its files are removed by its janitor (or the next run).");
   g->add_option("--weights", a->weights, "Weights file to upload (default: --size-mib of random bytes in --workdir)");
   g->add_option("--size-mib", a->size_mib, "Size of the generated file")->check(CLI::Range(1, 1 << 20));
   g->add_option("--device", a->device, "CUDA device ordinal");

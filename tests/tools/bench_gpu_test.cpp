@@ -292,9 +292,8 @@ TEST_F(BenchGpu, KilledWhileTheTmpfsIsMountedLeavesNoMountAndNoFile) {
 TEST_F(BenchGpu, WhatAKilledBenchAndItsJanitorLeftTheNextRunRemoves) {
   if (::geteuid() != 0) GTEST_SKIP() << "mounting a tmpfs needs root";
   const fs::path log = disk_.string() + ".log";
-  const std::vector<std::string> args = {"--host-only", "--json",          "--size-mib",   "8",
-                                         "--sources",   "huge_tmpfs",      "--workdir",    work_.string(),
-                                         "--disk-dir",  disk_.string()};
+  const std::vector<std::string> args = {"--host-only", "--json",    "--size-mib",   "8",           "--sources",
+                                         "huge_tmpfs",  "--workdir", work_.string(), "--disk-dir", disk_.string()};
   const pid_t pid = StartStopped(args, log);
   ASSERT_GT(pid, 0) << Slurp(log);
   const std::vector<pid_t> janitor = ChildrenOf(pid);
