@@ -426,21 +426,20 @@ void PrintTable(FILE* out, const ojson& j, const std::string& netns) {
 
 // ---- the picture ------------------------------------------------------------------
 
-// A restore's phases from its --json timings, in the order restore runs
-// them, offset by the moment its process started.
-Lane RestoreLane(const std::string& label, const Replica& r) {
-  Lane lane;
-  lane.label = label;
-  double at = r.start_s;
-  for (const char* p : {"startup", "check", "unpack", "weights", "criu_restore", "gpu_check_wait", "gpu_restore",
-                        "gpu_unlock", "after_restore", "verify"}) {
-    if (!r.timings_ms.contains(p) || !r.timings_ms[p].is_number()) continue;
-    const double s = r.timings_ms[p].get<double>() / 1000;
-    lane.phases.push_back({p, at, at + s});
-    at += s;
+// A restore's phases from its --json timings (timeline.h RestoreLane: the
+// steps in the order restore runs them, what ran beside them on a second
+// track), offset by the moment its process started, then what came after its
+// own report until the bench saw it ready.
+Lane BurstRestoreLane(const std::string& label, const Replica& r) {
+  std::map<std::string, double> timings;
+  for (const auto& [k, v] : r.timings_ms.items()) {
+    if (v.is_number()) timings[k] = v.get<double>();
   }
-  if (r.ready_s > at) lane.phases.push_back({"report", at, r.ready_s});
-  lane.total_s = r.ready_s;
+  Lane lane = RestoreLane(label, timings);
+  for (auto& p : lane.phases) p.start_s += r.start_s, p.end_s += r.start_s;
+  const double reported = r.start_s + lane.total_s;
+  if (r.ready_s > reported) lane.phases.push_back({"report", reported, r.ready_s});
+  lane.total_s = std::max(r.ready_s, reported);
   return lane;
 }
 
@@ -455,8 +454,8 @@ Lane ColdLane(const std::string& label, const Replica& r) {
 Status WriteTimeline(const std::string& path, const ojson& j, const Replica& one, const std::vector<Replica>& burst,
                      const std::vector<Replica>& cold) {
   std::vector<Lane> lanes;
-  lanes.push_back(RestoreLane("restore alone", one));
-  for (size_t i = 0; i < burst.size(); ++i) lanes.push_back(RestoreLane("burst restore " + std::to_string(i + 1), burst[i]));
+  lanes.push_back(BurstRestoreLane("restore alone", one));
+  for (size_t i = 0; i < burst.size(); ++i) lanes.push_back(BurstRestoreLane("burst restore " + std::to_string(i + 1), burst[i]));
   for (size_t i = 0; i < cold.size(); ++i) lanes.push_back(ColdLane("cold boot " + std::to_string(i + 1), cold[i]));
   TimelineOptions o;
   o.title = "hotboot bench burst: " + std::to_string(burst.size()) + " replicas onto one fresh host";
