@@ -162,6 +162,23 @@ std::string Hash128(const std::string& b) {
   return snapfile::Digest128{h.high64, h.low64}.Hex();
 }
 
+// A port on 127.0.0.1 nobody listens on now (the kernel's pick): tests run
+// in parallel, so none may count on a fixed one.
+int UnusedPort() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(a);
+  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+    if (fd >= 0) ::close(fd);
+    return -1;
+  }
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
 // A minimal HTTP server on 127.0.0.1:port for the readiness check: the
 // canary's tokens for POST /v1/generate, 200 {} for anything else.
 class TinyHttp {
@@ -700,7 +717,8 @@ Result<RestoreResult> HandoffRestore_Ready(HandoffRestore& t, const std::string&
                                            OpenDeviceFn open) {
   FakeCriu criu;
   std::unique_ptr<TinyHttp> http;
-  const int port = 47398;
+  const int port = UnusedPort();
+  EXPECT_GT(port, 0);
   criu.on_restore = [&] { http = std::make_unique<TinyHttp>(port); };
   criu.server_script =
       "read line; printf '%s\\n' '{\"reply\":\"after_restore\",\"ok\":true,\"digest\":\"" +
